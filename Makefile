@@ -1,0 +1,51 @@
+# MetaSym developer entry points. `make test` and `make demo` are all a user needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The venv is rebuilt only when requirements.txt or setup.py change.
+DEPS_HASH := $(shell cat requirements.txt setup.py | sha256sum | cut -c1-16)
+DEPS_STAMP := $(VENV)/.deps-$(DEPS_HASH)
+
+.PHONY: all venv interfaces test lint demo bench clean
+
+all: venv interfaces
+
+venv: $(DEPS_STAMP)
+
+$(DEPS_STAMP):
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "[make] installing pinned dependencies into $(VENV) (first run only, ~2 min)"
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
+		--config-settings editable_mode=compat -e .
+	@rm -f $(VENV)/.deps-*
+	@touch $@
+
+# ROS 2 interfaces (metasym_ros msg/srv) built into the venv with the system cmake;
+# rebuilt when their inputs change or after the wheels were reinstalled.
+ROS_IFACE_STAMP := $(VENV)/.ros-interfaces-stamp
+ROS_IFACE_INPUTS := package.xml CMakeLists.txt metasym_ros/__init__.py tools/build_interfaces.sh \
+	$(wildcard msg/*.msg srv/*.srv)
+
+interfaces: $(ROS_IFACE_STAMP)
+
+$(ROS_IFACE_STAMP): $(DEPS_STAMP) $(ROS_IFACE_INPUTS)
+	@echo "[make] building the metasym_ros ROS 2 interfaces into $(VENV)"
+	@tools/build_interfaces.sh $(VENV)
+	@touch $@
+
+lint: venv
+	$(VENV)/bin/ruff check metasym_core metasym_ros test launch setup.py
+
+test: venv interfaces lint
+	$(PY) -m pytest -q test
+
+demo: venv
+	$(PY) -m metasym_core.cli demo
+
+bench: venv
+	$(VENV)/bin/metasym bench rollout
+
+clean:
+	rm -rf build

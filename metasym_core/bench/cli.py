@@ -1,0 +1,55 @@
+"""`metasym bench <what>`: every benchmark prints a table, rewrites its section of
+docs/benchmarks.md and, with --json, prints one JSON object of figures whose keys
+carry their unit, each beside its baseline measured in the same run."""
+
+from __future__ import annotations
+
+import argparse
+
+from metasym_core.bench.report import DEFAULT_DOC, print_json
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    from metasym_core.bench.rollout import run_rollout_bench
+
+    figures = run_rollout_bench(args.config, horizon=args.horizon, repeats=args.repeats, big_batch=args.batch,
+                                compile_step=args.compile, doc=args.doc)
+    if args.json:
+        print_json(figures)
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from metasym_core.bench.generate import run_generate_bench
+    from metasym_core.systems import SYSTEM_NAMES
+
+    systems = list(SYSTEM_NAMES) if args.system == "all" else [args.system]
+    figures = run_generate_bench(systems, quick=args.quick, doc=args.doc)
+    if args.json:
+        print_json(figures)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `bench` and its benchmarks."""
+    bench = subparsers.add_parser("bench", help="run a benchmark", description=__doc__.splitlines()[0])
+    sub = bench.add_subparsers(dest="what", required=True, metavar="WHAT")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true", help="also print the figures as one JSON object")
+        p.add_argument("--doc", default=str(DEFAULT_DOC), help="markdown file whose section is rewritten")
+
+    p = sub.add_parser("rollout", help="rollout latency (B=1) and throughput (B=1024) vs a plain loop")
+    p.add_argument("--config", default="quadrotor", help="system name or config YAML (default quadrotor)")
+    p.add_argument("--horizon", type=int, default=30)
+    p.add_argument("--repeats", type=int, default=200, help="timed B=1 calls (B=1024 uses 1/20 of it)")
+    p.add_argument("--batch", type=int, default=1024, help="the large batch size")
+    p.add_argument("--compile", action="store_true", help="also time the torch.compile'd rollout step")
+    common(p)
+    p.set_defaults(func=_rollout)
+
+    p = sub.add_parser("generate", help="wall time of each family's default training set")
+    p.add_argument("system", nargs="?", default="all", help="a system name or all (default)")
+    p.add_argument("--quick", action="store_true", help="time one round of the pool and extrapolate")
+    common(p)
+    p.set_defaults(func=_generate)

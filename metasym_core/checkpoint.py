@@ -1,0 +1,70 @@
+"""Checkpoints: one file holding the model config, its state_dict and any extra
+(plain-data) training state. Saved atomically, loaded with `weights_only=True`."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from metasym_core.errors import MetaSymError
+from metasym_core.io import atomic_path
+from metasym_core.models.metasym import MetaSym
+
+FORMAT = "metasym-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(path: str | os.PathLike, model: MetaSym, extra: dict | None = None) -> Path:
+    """Write `model` (+ `extra`: tensors, numbers, strings, lists, dicts) to `path` atomically."""
+    payload = {"format": FORMAT, "version": VERSION, "config": model.config(),
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+               "extra": extra or {}}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The raw checkpoint dict, validated; any problem is a one-line `MetaSymError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise MetaSymError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first[:160]
+        raise MetaSymError(f"checkpoint {path} is unreadable (truncated or not a checkpoint): {first}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise MetaSymError(f"{path} is not a MetaSym checkpoint")
+    if payload.get("version") != VERSION:
+        raise MetaSymError(f"checkpoint {path} has format version {payload.get('version')}, "
+                           f"this MetaSym reads version {VERSION}")
+    return payload
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MetaSym, dict]:
+    """Rebuild the model from `path` on `device`; returns `(model, extra)`."""
+    payload = read_checkpoint(path)
+    try:
+        model = MetaSym.from_config(payload["config"])
+    except (KeyError, TypeError) as exc:
+        raise MetaSymError(f"checkpoint {path} has a bad model config: {exc}") from None
+    state = payload["state_dict"]
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise MetaSymError(f"checkpoint {path} does not match the model: missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]}")
+    for name, value in state.items():
+        if value.shape != own[name].shape:
+            raise MetaSymError(f"checkpoint {path}: {name} has shape {list(value.shape)}, "
+                               f"the model expects {list(own[name].shape)}")
+    model = model.to(next(iter(state.values())).dtype)
+    model.load_state_dict(state)
+    return model.to(device), payload["extra"]

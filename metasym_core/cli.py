@@ -1,0 +1,44 @@
+"""The `metasym` command: one parser, subcommands registered by feature modules.
+
+Each module in `_COMMAND_MODULES` exposes `register(subparsers)` which adds its
+subcommands with `set_defaults(func=...)`; `func(args) -> int` is the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from metasym_core.errors import MetaSymError
+
+_COMMAND_MODULES = [
+    "metasym_core.bench.cli",
+    "metasym_core.systems.cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (all subcommands)."""
+    parser = argparse.ArgumentParser(prog="metasym", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns (and exits with) a non-zero code on any user error."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("metasym: interrupted", file=sys.stderr)
+        return 130
+    except (MetaSymError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        print(f"metasym: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Per-system configuration (`config/<system>.yaml`): one file feeds the CLI,
+training and the ROS nodes, so a model is always built the same way."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+from metasym_core.errors import MetaSymError
+from metasym_core.models import ActiveDecoder, MetaSym, SymplecticEncoder
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+
+
+def config_path(system_or_path: str | os.PathLike) -> Path:
+    """A YAML path as given, or `config/<system>.yaml` of this checkout for a bare system name."""
+    text = str(system_or_path)
+    path = Path(text)
+    if path.suffix in (".yaml", ".yml") or os.sep in text:
+        return path
+    return CONFIG_DIR / f"{text}.yaml"
+
+
+def load_config(system_or_path: str | os.PathLike) -> dict:
+    """Read and validate a system config; errors name the file and the bad key."""
+    path = config_path(system_or_path)
+    if not path.is_file():
+        raise MetaSymError(f"config not found: {path}")
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise MetaSymError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(cfg, dict):
+        raise MetaSymError(f"config {path} must be a mapping")
+    for key in ("system", "state_dim", "control_dim", "model"):
+        if key not in cfg:
+            raise MetaSymError(f"config {path} lacks the key {key!r}")
+    for key in ("encoder", "decoder"):
+        if not isinstance(cfg["model"].get(key), dict):
+            raise MetaSymError(f"config {path} lacks the mapping model.{key}")
+    cfg["_path"] = str(path)
+    return cfg
+
+
+def build_model(cfg: dict) -> MetaSym:
+    """An untrained MetaSym with the sizes of `cfg`."""
+    try:
+        enc = SymplecticEncoder(cfg["state_dim"], **cfg["model"]["encoder"])
+        dec = ActiveDecoder(cfg["state_dim"], cfg["control_dim"], **cfg["model"]["decoder"])
+    except TypeError as exc:
+        raise MetaSymError(f"config {cfg.get('_path', '?')}: bad model option: {exc}") from None
+    return MetaSym(enc, dec)

@@ -1,0 +1,134 @@
+"""ActiveDecoder: ControlNet tokens, causal self-attention, meta-attention to the
+encoder latents and an MLP head predicting the next-state increment (METHOD §3).
+
+The decoder works on normalised quantities (see `MetaSym`). `forward` is the
+teacher-forced pass over a whole sequence (banded causal attention); it also
+returns every block's keys/values, from which `streaming.decoder_step` continues
+a rollout one token at a time.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metasym_core.errors import MetaSymError
+from metasym_core.models.attention import CausalSelfAttention, MetaAttention, window_bias
+
+LOCAL_SUFFIXES = ("meta_attn.w_q.weight", "meta_attn.w_v.weight")
+
+
+class ControlNet(nn.Module):
+    """Linear token embedding of `[x_t, u_t, h_t]` (state, control, step size)."""
+
+    def __init__(self, state_dim: int, control_dim: int, d_model: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(state_dim + control_dim + 1, d_model)
+
+    def forward(self, x: torch.Tensor, u: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return self.proj(torch.cat([x, u, h], dim=-1))
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm block: self-attention, meta-attention, MLP, each with a residual."""
+
+    def __init__(self, d_model: int, latent_dim: int, heads: int, context: int, dropout: float) -> None:
+        super().__init__()
+        self.dropout = dropout
+        self.ln1 = nn.LayerNorm(d_model)
+        self.self_attn = CausalSelfAttention(d_model, heads, context, dropout)
+        self.ln2 = nn.LayerNorm(d_model)
+        self.meta_attn = MetaAttention(d_model, latent_dim, heads, context, dropout)
+        self.ln3 = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.GELU(), nn.Linear(2 * d_model, d_model))
+
+    def _drop(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(x, self.dropout, self.training) if self.dropout > 0 else x
+
+    def forward(self, z: torch.Tensor, e: torch.Tensor, w_q: torch.Tensor | None, w_v: torch.Tensor | None
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Advance tokens `z [B, T, d]` whose encoder latents are `e`.
+
+        Returns the new tokens and this block's keys/values `(k, v, meta_k, meta_v)`,
+        each `[B, H, T, dh]`, which a rollout keeps as its sliding window.
+        """
+        pos = torch.arange(z.shape[1], device=z.device)
+        q, k, v = self.self_attn.project_kv(self.ln1(z))
+        mk, mv = self.meta_attn.project_kv(e, w_v)
+        z = z + self._drop(self.self_attn.combine(q, k, v, window_bias(self.self_attn.rel_bias, pos, pos)))
+        mq = self.meta_attn.query(self.ln2(z), w_q)
+        z = z + self._drop(self.meta_attn.combine(mq, mk, mv, window_bias(self.meta_attn.rel_bias, pos, pos)))
+        return z + self._drop(self.mlp(self.ln3(z))), (k, v, mk, mv)
+
+
+class ActiveDecoder(nn.Module):
+    """Autoregressive transformer decoder with meta-learned attention.
+
+    Args:
+        state_dim: dimension of `x = (q, p)` (and of the encoder latents).
+        control_dim: dimension of `u` (0 for autonomous systems).
+        d_model: token width; divisible by `heads`.
+        heads: attention heads. layers: decoder blocks. context: window length `c`.
+        dropout: dropout on attention weights and residual branches in training.
+    """
+
+    def __init__(self, state_dim: int, control_dim: int, d_model: int, heads: int = 4, layers: int = 1,
+                 context: int = 10, dropout: float = 0.0) -> None:
+        super().__init__()
+        if state_dim <= 0 or control_dim < 0 or d_model <= 0 or layers < 1 or context < 1:
+            raise MetaSymError("ActiveDecoder needs state_dim > 0, control_dim >= 0, d_model > 0, "
+                               f"layers >= 1, context >= 1; got {state_dim}, {control_dim}, {d_model}, "
+                               f"{layers}, {context}")
+        if heads < 1 or d_model % heads:
+            raise MetaSymError(f"d_model ({d_model}) must be divisible by heads ({heads})")
+        self.state_dim, self.control_dim, self.d_model = state_dim, control_dim, d_model
+        self.heads, self.layers, self.context, self.dropout = heads, layers, context, dropout
+        self.control_net = ControlNet(state_dim, control_dim, d_model)
+        self.blocks = nn.ModuleList(DecoderBlock(d_model, state_dim, heads, context, dropout)
+                                    for _ in range(layers))
+        self.ln_f = nn.LayerNorm(d_model)
+        self.head = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, state_dim))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def config(self) -> dict:
+        """Constructor arguments, for checkpoints."""
+        return {"state_dim": self.state_dim, "control_dim": self.control_dim, "d_model": self.d_model,
+                "heads": self.heads, "layers": self.layers, "context": self.context, "dropout": self.dropout}
+
+    # -- parameter split -------------------------------------------------------------------------
+    @staticmethod
+    def is_local(name: str) -> bool:
+        """Local (per-system) parameters: the meta-attention `W_Q` and `W_V`."""
+        return name.endswith(LOCAL_SUFFIXES)
+
+    def local_parameters(self) -> dict[str, nn.Parameter]:
+        """φ: meta-attention `W_Q`, `W_V` of every block, by name (for `functional_call`)."""
+        return {n: p for n, p in self.named_parameters() if self.is_local(n)}
+
+    def global_parameters(self) -> dict[str, nn.Parameter]:
+        """θ: every other decoder parameter, by name."""
+        return {n: p for n, p in self.named_parameters() if not self.is_local(n)}
+
+    def _local(self, local: dict[str, torch.Tensor] | None, i: int) -> tuple:
+        if not local:
+            return None, None
+        return local.get(f"blocks.{i}.meta_attn.w_q.weight"), local.get(f"blocks.{i}.meta_attn.w_v.weight")
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def forward_with_kv(self, x: torch.Tensor, u: torch.Tensor, h: torch.Tensor, e: torch.Tensor,
+                        local: dict[str, torch.Tensor] | None = None
+                        ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...]]]:
+        """`forward` plus every block's keys/values (the rollout's prefill)."""
+        z = self.control_net(x, u, h)
+        kv = []
+        for i, block in enumerate(self.blocks):
+            z, block_kv = block(z, e, *self._local(local, i))
+            kv.append(block_kv)
+        return self.head(self.ln_f(z)), kv
+
+    def forward(self, x: torch.Tensor, u: torch.Tensor, h: torch.Tensor, e: torch.Tensor,
+                local: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Teacher-forced increments `[B, T, D]`: output t sees inputs at steps t-c+1..t only."""
+        return self.forward_with_kv(x, u, h, e, local)[0]

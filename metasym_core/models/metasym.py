@@ -1,0 +1,208 @@
+"""MetaSym = SymplecticEncoder + ActiveDecoder, with data normalisation and the
+autoregressive rollout (METHOD §5).
+
+Alignment convention (every tensor `[batch, time, feature]`): `controls[:, t]`
+and `steps[:, t]` belong to `states[:, t]`: `u_t` acts over `[t_t, t_{t+1})` and
+`h_t = t_{t+1} - t_t`. Token t predicts `x_{t+1}`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from metasym_core.errors import MetaSymError
+from metasym_core.models.decoder import ActiveDecoder
+from metasym_core.models.encoder import SymplecticEncoder
+from metasym_core.models.streaming import decoder_step, initial_windows
+from metasym_core.validation import check_finite, check_positive_int, check_sequence, steps_tensor
+
+_EPS = 1e-8
+
+
+class MetaSym(nn.Module):
+    """The full model. Normalisation statistics are buffers, saved with the weights."""
+
+    def __init__(self, encoder: SymplecticEncoder, decoder: ActiveDecoder) -> None:
+        super().__init__()
+        if encoder.dim != decoder.state_dim:
+            raise MetaSymError(f"encoder dim {encoder.dim} != decoder state_dim {decoder.state_dim}")
+        self.encoder, self.decoder = encoder, decoder
+        D, m = decoder.state_dim, decoder.control_dim
+        for name, size in (("state", D), ("delta", D), ("control", m), ("step", 1)):
+            self.register_buffer(f"{name}_mean", torch.zeros(size))
+            self.register_buffer(f"{name}_std", torch.ones(size))
+        self._compiled_step = None
+
+    @property
+    def state_dim(self) -> int:
+        return self.decoder.state_dim
+
+    @property
+    def control_dim(self) -> int:
+        return self.decoder.control_dim
+
+    @property
+    def context(self) -> int:
+        return self.decoder.context
+
+    def config(self) -> dict:
+        """Constructor arguments of both parts, for checkpoints."""
+        return {"encoder": self.encoder.config(), "decoder": self.decoder.config()}
+
+    @classmethod
+    def from_config(cls, config: dict) -> MetaSym:
+        """Build an (untrained) model from `config()` output."""
+        return cls(SymplecticEncoder(**config["encoder"]), ActiveDecoder(**config["decoder"]))
+
+    @torch.no_grad()
+    def set_normalization(self, states: torch.Tensor, controls: torch.Tensor, steps: torch.Tensor) -> None:
+        """Fit the normalisation buffers to training data `[B, T, ·]` (steps `[B, T]` or `[B, T, 1]`)."""
+        check_sequence("states", states, self.state_dim)
+        check_sequence("controls", controls, self.control_dim, states.shape[0], states.shape[1])
+        h = steps_tensor(steps, states.shape[0], states.shape[1], states)
+        flat = states.reshape(-1, self.state_dim)
+        delta = (states[:, 1:] - states[:, :-1]).reshape(-1, self.state_dim)
+        for name, data in (("state", flat), ("delta", delta), ("control", controls.reshape(-1, self.control_dim)),
+                           ("step", h.reshape(-1, 1))):
+            if data.shape[0] == 0 or data.shape[1] == 0:
+                continue
+            getattr(self, f"{name}_mean").copy_(data.mean(0))
+            getattr(self, f"{name}_std").copy_(data.std(0, unbiased=False).clamp_min(_EPS)
+                                               if data.shape[0] > 1 else torch.ones(data.shape[1]))
+
+    # -- pieces ------------------------------------------------------------------------------------
+    def _norm(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return (x - getattr(self, f"{name}_mean")) / getattr(self, f"{name}_std")
+
+    def tokens(self, x: torch.Tensor, u: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Normalised decoder inputs `(x, u, h, e)` with `e = Φ_θ(x, h)` the encoder latent."""
+        e = self.encoder(x, h)
+        return self._norm("state", x), self._norm("control", u), self._norm("step", h), self._norm("state", e)
+
+    def _inputs(self, states: torch.Tensor, controls: torch.Tensor, steps, extra: int = 0):
+        p = next(self.parameters())
+        states = states.to(device=p.device, dtype=p.dtype)
+        check_sequence("states", states, self.state_dim)
+        B, T = states.shape[:2]
+        if T < 1:
+            raise MetaSymError("states must hold at least one step: expected [batch, time >= 1, "
+                               f"{self.state_dim}]")
+        controls = controls.to(device=p.device, dtype=p.dtype)
+        check_sequence("controls", controls, self.control_dim, B, T)
+        if isinstance(steps, torch.Tensor) and extra and steps.shape[1:2] == (T + extra,):
+            h = steps_tensor(steps, B, T + extra, states)
+        else:
+            h = steps_tensor(steps, B, T, states)
+            if extra:
+                h = torch.cat([h, h[:, -1:].expand(B, extra, 1)], dim=1)
+        return states, controls, h
+
+    def _check_local(self, local_params: dict[str, torch.Tensor] | None) -> None:
+        if local_params is None:
+            return
+        known = self.decoder.local_parameters()
+        for name, value in local_params.items():
+            if name not in known:
+                raise MetaSymError(f"local_params has unknown key {name!r}; expected keys {sorted(known)}")
+            if value.shape != known[name].shape:
+                raise MetaSymError(f"local_params[{name!r}] has shape {list(value.shape)}, "
+                                   f"expected {list(known[name].shape)}")
+
+    # -- teacher-forced prediction -------------------------------------------------------------------
+    def forward(self, states: torch.Tensor, controls: torch.Tensor, steps: float | torch.Tensor,
+                local_params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Next-state predictions `[B, T, D]` (entry t predicts `x_{t+1}`), teacher forced."""
+        self._check_local(local_params)
+        states, controls, h = self._inputs(states, controls, steps)
+        return self.predict_next(states, controls, h, local_params)
+
+    def predict_next(self, states: torch.Tensor, controls: torch.Tensor, h: torch.Tensor,
+                     local_params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Unchecked `forward` for inner loops (`h` is `[B, T, 1]`); pure, so `torch.func` can transform it."""
+        delta = self.decoder(*self.tokens(states, controls, h), local=local_params)
+        return states + delta * self.delta_std
+
+    # -- autoregressive rollout ------------------------------------------------------------------------
+    def _rollout_args(self, states, controls, steps, horizon, future_controls, local_params):
+        check_positive_int("horizon", horizon)
+        self._check_local(local_params)
+        states, controls, h = self._inputs(states, controls, steps, extra=horizon)
+        B, T = states.shape[:2]
+        if future_controls is None:
+            future = controls[:, -1:].expand(B, horizon, self.control_dim)
+        else:
+            future = future_controls.to(device=states.device, dtype=states.dtype)
+            check_sequence("future_controls", future, self.control_dim, B, horizon)
+        return states, controls, h, future
+
+    def rollout(self, states: torch.Tensor, controls: torch.Tensor, steps: float | torch.Tensor, horizon: int,
+                future_controls: torch.Tensor | None = None,
+                local_params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Predict the `horizon` states after the last observed one: `[B, horizon, D]`.
+
+        Args:
+            states, controls: observed context `[B, T, D]`, `[B, T, m]`.
+            steps: a float, `[B, T]` (future steps repeat the last) or `[B, T + horizon]`.
+            future_controls: `[B, horizon, m]`, entry k applied at predicted state k
+                (the last entry is unused); default: hold the last control.
+            local_params: adapted meta-attention weights (from `adapt`); the module is not changed.
+        """
+        states, controls, h, future = self._rollout_args(states, controls, steps, horizon, future_controls,
+                                                         local_params)
+        return self._rollout_cached(states, controls, h, future, horizon, local_params)
+
+    def _rollout_cached(self, states, controls, h, future, horizon, local_params) -> torch.Tensor:
+        """Prefill on the context, then `horizon - 1` streaming steps (pure: compilable as a whole)."""
+        T = states.shape[1]
+        hn_all = self._norm("step", h)
+        un_future = self._norm("control", future)
+        e = self.encoder(states, h[:, :T])
+        delta, kv = self.decoder.forward_with_kv(self._norm("state", states), self._norm("control", controls),
+                                                 hn_all[:, :T], self._norm("state", e), local_params)
+        x = states[:, -1] + delta[:, -1] * self.delta_std
+        windows, pos = initial_windows(kv, self.context)
+        out = [x]
+        step = self._compiled_step or self.stream_step
+        for k in range(1, horizon):
+            t = T + k - 1
+            position = torch.tensor([t], device=states.device)
+            pos.index_copy_(0, position % self.context, position)
+            x, windows = step(x, un_future[:, k - 1], h[:, t], hn_all[:, t], windows, pos, position, local_params)
+            out.append(x)
+        return torch.stack(out, dim=1)
+
+    def stream_step(self, x: torch.Tensor, un: torch.Tensor, h: torch.Tensor, hn: torch.Tensor,
+                    windows: list[torch.Tensor], pos: torch.Tensor, position: torch.Tensor,
+                    local_params: dict[str, torch.Tensor] | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One rollout step from state `x [B, D]` at absolute `position` (see `streaming`)."""
+        e = self.encoder(x, h)
+        delta, windows = decoder_step(self.decoder, self._norm("state", x), un, hn, self._norm("state", e),
+                                      windows, pos, position, local_params)
+        return x + delta * self.delta_std, windows
+
+    def compile_rollout(self, enable: bool = True) -> MetaSym:
+        """Run rollout steps through `torch.compile` (one compile per batch size, same results).
+
+        Worth it for latency-critical loops (the predictor node); the first call pays
+        the compile (tens of seconds on a small CPU; cached on disk by inductor).
+        """
+        self._compiled_step = torch.compile(self.stream_step, dynamic=False) if enable else None
+        return self
+
+    def rollout_reference(self, states: torch.Tensor, controls: torch.Tensor, steps: float | torch.Tensor,
+                          horizon: int, future_controls: torch.Tensor | None = None,
+                          local_params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The plain rollout: re-run the whole sequence every step. Slow; the yardstick for `rollout`."""
+        states, controls, h, future = self._rollout_args(states, controls, steps, horizon, future_controls,
+                                                         local_params)
+        T = states.shape[1]
+        xs, us = states, controls
+        outs = []
+        for k in range(horizon):
+            nxt = self.predict_next(xs, us, h[:, :T + k], local_params)[:, -1:]
+            check_finite("rollout", nxt)
+            outs.append(nxt)
+            xs = torch.cat([xs, nxt], dim=1)
+            us = torch.cat([us, future[:, k:k + 1]], dim=1)
+        return torch.cat(outs, dim=1)

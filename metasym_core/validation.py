@@ -1,0 +1,55 @@
+"""Input checks shared by the models: wrong shapes, NaN/Inf and bad step sizes
+are `MetaSymError`s (a `ValueError`) naming the argument and the expected shape;
+nothing is ever broadcast silently."""
+
+from __future__ import annotations
+
+import torch
+
+from metasym_core.errors import MetaSymError
+
+
+def check_sequence(name: str, x: torch.Tensor, feature: int, batch: int | None = None,
+                   time: int | None = None) -> None:
+    """`x` must be a finite float tensor `[batch, time, feature]`."""
+    if not isinstance(x, torch.Tensor):
+        raise MetaSymError(f"{name} must be a torch.Tensor [batch, time, {feature}], got {type(x).__name__}")
+    want = f"[{batch if batch is not None else 'batch'}, {time if time is not None else 'time'}, {feature}]"
+    if x.dim() != 3 or x.shape[-1] != feature or (batch is not None and x.shape[0] != batch) or (
+            time is not None and x.shape[1] != time):
+        raise MetaSymError(f"{name} has shape {list(x.shape)}, expected {want}")
+    if not x.is_floating_point():
+        raise MetaSymError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    check_finite(name, x)
+
+
+def check_finite(name: str, x: torch.Tensor) -> None:
+    """Reject NaN/Inf with the argument's name."""
+    if not bool(torch.isfinite(x).all()):
+        raise MetaSymError(f"{name} contains NaN or Inf")
+
+
+def steps_tensor(steps: float | torch.Tensor, batch: int, time: int, like: torch.Tensor,
+                 name: str = "steps") -> torch.Tensor:
+    """Step sizes as `[batch, time, 1]`: from a positive float, `[batch, time]` or `[batch, time, 1]`."""
+    if not isinstance(steps, torch.Tensor):
+        h = float(steps)
+        if not h > 0 or h == float("inf"):
+            raise MetaSymError(f"{name} must be a positive finite step size, got {steps!r}")
+        return torch.full((batch, time, 1), h, dtype=like.dtype, device=like.device)
+    h = steps.to(dtype=like.dtype, device=like.device)
+    if h.dim() == 2:
+        h = h.unsqueeze(-1)
+    if h.dim() != 3 or h.shape[0] != batch or h.shape[1] != time or h.shape[2] != 1:
+        raise MetaSymError(f"{name} has shape {list(steps.shape)}, expected [{batch}, {time}] or [{batch}, {time}, 1]")
+    check_finite(name, h)
+    if not bool((h > 0).all()):
+        raise MetaSymError(f"{name} must be positive everywhere")
+    return h
+
+
+def check_positive_int(name: str, value: int) -> int:
+    """A strictly positive integer (rollout horizons, counts)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise MetaSymError(f"{name} must be a positive integer, got {value!r}")
+    return value

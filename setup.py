@@ -1,0 +1,33 @@
+"""MetaSym: symplectic meta-learning for physical systems.
+
+`pip install .` gives the pure-PyTorch core (`metasym_core`) and the `metasym`
+command. The ROS 2 adapters (`metasym_ros`) are installed alongside but import
+rclpy only when a node is started.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="metasym",
+    version="0.1.0",
+    description="MetaSym: symplectic meta-learning of physical system families",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["metasym_core", "metasym_core.*", "metasym_ros", "metasym_ros.*"]),
+    install_requires=[
+        "torch>=2.4",
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+        "PyYAML>=6.0",
+        "h5py>=3.10",
+    ],
+    extras_require={
+        "systems": ["qutip>=5.3,<5.4", "crocoddyl>=3.2,<3.3", "pin==4.0.0", "example-robot-data", "transforms3d"],
+        "dev": ["pytest", "pytest-timeout", "ruff"],
+    },
+    entry_points={"console_scripts": ["metasym = metasym_core.cli:main"]},
+)

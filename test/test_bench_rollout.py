@@ -1,0 +1,26 @@
+"""`metasym bench rollout` smoke test: table, JSON keys with units, the docs section."""
+
+import json
+
+from metasym_core.cli import main
+
+
+def test_bench_rollout_quick(tmp_path, capsys):
+    doc = tmp_path / "benchmarks.md"
+    assert main(["bench", "rollout", "--repeats", "3", "--batch", "8", "--horizon", "5", "--json",
+                 "--doc", str(doc)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    figures = json.loads(out[-1])
+    for key in ("b1_p50_ms", "b1_p99_ms", "baseline_b1_p50_ms", "b8_steps_per_s", "baseline_b8_steps_per_s"):
+        assert figures[key] > 0
+    text = doc.read_text()
+    assert "## Rollout" in text and "| metasym | 1 |" in text and "| baseline | 8 |" in text
+    # rerunning replaces the section instead of appending a second one
+    assert main(["bench", "rollout", "--repeats", "2", "--batch", "4", "--horizon", "3", "--doc", str(doc)]) == 0
+    assert doc.read_text().count("## Rollout") == 1
+
+
+def test_bench_bad_config_is_one_line_error(capsys):
+    assert main(["bench", "rollout", "--config", "no_such_system"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "config not found" in err[0]

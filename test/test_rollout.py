@@ -1,0 +1,91 @@
+"""MetaSym rollout: shapes, batching, determinism, dtypes, the cached fast path
+against the plain path, and bad input."""
+
+import pytest
+import torch
+from _models import random_model
+
+from metasym_core import MetaSymError
+
+
+def _data(B=4, T=10, D=12, m=4, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, T, D, generator=g).to(dtype), torch.randn(B, T, m, generator=g).to(dtype))
+
+
+def test_shapes_and_fast_path_equals_plain_path(model64):
+    x, u = _data()
+    fu = torch.randn(4, 30, 4, dtype=torch.float64)
+    h = torch.rand(4, 40, dtype=torch.float64) * 0.02 + 0.005
+    fast = model64.rollout(x, u, h, 30, future_controls=fu)
+    plain = model64.rollout_reference(x, u, h, 30, future_controls=fu)
+    assert fast.shape == (4, 30, 12)
+    assert (fast - plain).abs().max() < 1e-10
+
+
+def test_two_layer_cached_rollout_matches_plain():
+    model = random_model(layers=2, context=5)
+    x, u = _data(T=12)
+    assert (model.rollout(x, u, 0.01, 8) - model.rollout_reference(x, u, 0.01, 8)).abs().max() < 1e-10
+
+
+def test_rows_are_independent(model64):
+    x, u = _data(B=5)
+    full = model64.rollout(x, u, 0.01, 12)
+    x2 = x.clone()
+    x2[2] += 3.0
+    changed = model64.rollout(x2, u, 0.01, 12)
+    keep = [0, 1, 3, 4]
+    assert torch.allclose(full[keep], changed[keep], atol=1e-12, rtol=0)
+    assert (full[2] - changed[2]).abs().max() > 1e-3
+    single = model64.rollout(x[3:4], u[3:4], 0.01, 12)
+    assert torch.allclose(single[0], full[3], atol=1e-12, rtol=0)
+
+
+def test_eval_mode_deterministic_and_dtypes():
+    for dtype in (torch.float32, torch.float64):
+        model = random_model(dtype=dtype)
+        model.decoder.dropout = 0.5
+        for block in model.decoder.blocks:
+            block.dropout = 0.5
+        x, u = _data(dtype=dtype)
+        a, b = model.rollout(x, u, 0.01, 10), model.rollout(x, u, 0.01, 10)
+        assert a.dtype == dtype and torch.equal(a, b)
+
+
+def test_local_params_used_and_module_untouched(model64):
+    x, u = _data()
+    local = {k: v.detach() * 0.5 for k, v in model64.decoder.local_parameters().items()}
+    before = {k: v.clone() for k, v in model64.state_dict().items()}
+    adapted = model64.rollout(x, u, 0.01, 10, local_params=local)
+    assert (adapted - model64.rollout(x, u, 0.01, 10)).abs().max() > 1e-6
+    assert (adapted - model64.rollout_reference(x, u, 0.01, 10, local_params=local)).abs().max() < 1e-10
+    assert all(torch.equal(before[k], v) for k, v in model64.state_dict().items())
+
+
+def test_holds_last_control_by_default(model64):
+    x, u = _data()
+    held = u[:, -1:].expand(4, 10, 4)
+    assert torch.allclose(model64.rollout(x, u, 0.01, 10), model64.rollout(x, u, 0.01, 10, held), atol=1e-12)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda x, u: ((x[..., :11], u, 0.01, 5), {}), r"states has shape \[4, 10, 11\], expected \[batch, time, 12\]"),
+    (lambda x, u: ((x, u[:, :9], 0.01, 5), {}), r"controls has shape \[4, 9, 4\], expected \[4, 10, 4\]"),
+    (lambda x, u: ((x[0], u, 0.01, 5), {}), r"states has shape \[10, 12\]"),
+    (lambda x, u: ((x.index_fill(1, torch.tensor([3]), float("nan")), u, 0.01, 5), {}), "states contains NaN"),
+    (lambda x, u: ((x, u.index_fill(1, torch.tensor([3]), float("inf")), 0.01, 5), {}), "controls contains NaN"),
+    (lambda x, u: ((x, u, 0.0, 5), {}), "steps must be a positive"),
+    (lambda x, u: ((x, u, -torch.ones(4, 10), 5), {}), "steps must be positive"),
+    (lambda x, u: ((x, u, torch.ones(4, 7), 5), {}), r"steps has shape \[4, 7\]"),
+    (lambda x, u: ((x, u, 0.01, 0), {}), "horizon must be a positive integer"),
+    (lambda x, u: ((x, u, 0.01, -3), {}), "horizon must be a positive integer"),
+    (lambda x, u: ((x, u, 0.01, 5), {"future_controls": torch.zeros(4, 4, 4)}), r"future_controls has shape"),
+    (lambda x, u: ((x, u, 0.01, 5), {"local_params": {"nope": torch.zeros(1)}}), "unknown key"),
+])
+def test_bad_input_is_a_value_error_naming_it(model64, bad, match):
+    x, u = _data()
+    args, kwargs = bad(x, u)
+    with pytest.raises(ValueError, match=match):
+        model64.rollout(*args, **kwargs)
+    assert issubclass(MetaSymError, ValueError)
