@@ -42,7 +42,7 @@ test: venv interfaces lint
 	$(PY) -m pytest -q test
 
 demo: venv
-	$(PY) -m metasym_core.cli demo
+	$(VENV)/bin/metasym demo
 
 bench: venv
 	$(VENV)/bin/metasym bench rollout

@@ -5,6 +5,8 @@ command. The ROS 2 adapters (`metasym_ros`) are installed alongside but import
 rclpy only when a node is started.
 """
 
+from glob import glob
+
 from setuptools import find_packages, setup
 
 setup(
@@ -29,5 +31,11 @@ setup(
         "systems": ["qutip>=5.3,<5.4", "crocoddyl>=3.2,<3.3", "pin==4.0.0", "example-robot-data", "transforms3d"],
         "dev": ["pytest", "pytest-timeout", "ruff"],
     },
-    entry_points={"console_scripts": ["metasym = metasym_core.cli:main"]},
+    # the per-system configs, where metasym_core.config looks for them after `pip install .`
+    data_files=[("share/metasym_ros/config", sorted(glob("config/*.yaml")))],
+    entry_points={"console_scripts": [
+        "metasym = metasym_core.cli:main",
+        "metasym-simulator = metasym_ros.simulator_node:main",
+        "metasym-predictor = metasym_ros.predictor_node:main",
+    ]},
 )

@@ -15,6 +15,9 @@ from metasym_core.errors import MetaSymError
 _COMMAND_MODULES = [
     "metasym_core.bench.cli",
     "metasym_core.systems.cli",
+    "metasym_core.train.cli",
+    "metasym_core.demo",
+    "metasym_ros.cli",
 ]
 
 

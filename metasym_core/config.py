@@ -4,6 +4,7 @@ training and the ROS nodes, so a model is always built the same way."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import yaml
@@ -14,12 +15,22 @@ from metasym_core.models import ActiveDecoder, MetaSym, SymplecticEncoder
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
 
+def config_dirs() -> list[Path]:
+    """Where bare system names are looked up, in order: this checkout's `config/`, then
+    `share/metasym_ros/config` of the Python prefix (`pip install .`) and of each ament prefix (colcon)."""
+    prefixes = [sys.prefix] + [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    return [CONFIG_DIR] + [Path(p) / "share" / "metasym_ros" / "config" for p in prefixes]
+
+
 def config_path(system_or_path: str | os.PathLike) -> Path:
-    """A YAML path as given, or `config/<system>.yaml` of this checkout for a bare system name."""
+    """A YAML path as given, or `<config dir>/<system>.yaml` for a bare system name."""
     text = str(system_or_path)
     path = Path(text)
     if path.suffix in (".yaml", ".yml") or os.sep in text:
         return path
+    for folder in config_dirs():
+        if (folder / f"{text}.yaml").is_file():
+            return folder / f"{text}.yaml"
     return CONFIG_DIR / f"{text}.yaml"
 
 

@@ -24,8 +24,9 @@ def check_sequence(name: str, x: torch.Tensor, feature: int, batch: int | None =
 
 
 def check_finite(name: str, x: torch.Tensor) -> None:
-    """Reject NaN/Inf with the argument's name."""
-    if not bool(torch.isfinite(x).all()):
+    """Reject NaN/Inf with the argument's name (one cheap reduction first: a NaN/Inf anywhere
+    makes the sum non-finite; only then, or on overflow, the exact elementwise check)."""
+    if x.numel() and not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
         raise MetaSymError(f"{name} contains NaN or Inf")
 
 

@@ -89,3 +89,24 @@ def test_bad_input_is_a_value_error_naming_it(model64, bad, match):
     with pytest.raises(ValueError, match=match):
         model64.rollout(*args, **kwargs)
     assert issubclass(MetaSymError, ValueError)
+
+
+@pytest.mark.parametrize("T", [1, 3, 9, 10, 25])
+def test_fast_path_any_context_length(T):
+    """Contexts shorter than, equal to and longer than the window (empty ring slots are masked)."""
+    model = random_model(layers=2, context=10)
+    x, u = _data(T=T)
+    h = torch.rand(4, T + 15, dtype=torch.float64) * 0.02 + 0.005
+    fast = model.rollout(x, u, h, 15)
+    assert (fast - model.rollout_reference(x, u, h, 15)).abs().max() < 1e-10
+
+
+def test_set_normalization_with_and_without_controls():
+    for m in (4, 0):
+        model = random_model(control_dim=m)
+        x = torch.randn(3, 20, 12, dtype=torch.float64) * 5 + 2
+        u = torch.randn(3, 20, m, dtype=torch.float64)
+        model.set_normalization(x, u, torch.full((3, 20), 0.01, dtype=torch.float64))
+        assert torch.allclose(model.state_mean, x.reshape(-1, 12).mean(0))
+        assert torch.allclose(model.delta_std, (x[:, 1:] - x[:, :-1]).reshape(-1, 12).std(0, unbiased=False))
+        assert model.rollout(x, u, 0.01, 5).shape == (3, 5, 12)

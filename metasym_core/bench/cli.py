@@ -13,7 +13,7 @@ def _rollout(args: argparse.Namespace) -> int:
     from metasym_core.bench.rollout import run_rollout_bench
 
     figures = run_rollout_bench(args.config, horizon=args.horizon, repeats=args.repeats, big_batch=args.batch,
-                                compile_step=args.compile, doc=args.doc)
+                                doc=args.doc)
     if args.json:
         print_json(figures)
     return 0
@@ -25,6 +25,15 @@ def _generate(args: argparse.Namespace) -> int:
 
     systems = list(SYSTEM_NAMES) if args.system == "all" else [args.system]
     figures = run_generate_bench(systems, quick=args.quick, doc=args.doc)
+    if args.json:
+        print_json(figures)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from metasym_core.bench.train import run_train_bench
+
+    figures = run_train_bench(None if args.system == "all" else [args.system], doc=args.doc)
     if args.json:
         print_json(figures)
     return 0
@@ -44,7 +53,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--horizon", type=int, default=30)
     p.add_argument("--repeats", type=int, default=200, help="timed B=1 calls (B=1024 uses 1/20 of it)")
     p.add_argument("--batch", type=int, default=1024, help="the large batch size")
-    p.add_argument("--compile", action="store_true", help="also time the torch.compile'd rollout step")
     common(p)
     p.set_defaults(func=_rollout)
 
@@ -53,3 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="time one round of the pool and extrapolate")
     common(p)
     p.set_defaults(func=_generate)
+
+    p = sub.add_parser("train", help="time per outer step per system, and online adaptation latency")
+    p.add_argument("system", nargs="?", default="all", help="a system name or all (default)")
+    common(p)
+    p.set_defaults(func=_train)

@@ -51,7 +51,7 @@ def _timings(fn: Callable[[], object], repeats: int, warmup: int = 3) -> np.ndar
 
 
 def run_rollout_bench(config: str = "quadrotor", horizon: int = 30, repeats: int = 200, big_batch: int = 1024,
-                      compile_step: bool = False, doc=DEFAULT_DOC, command: str = "metasym bench rollout",
+                      doc=DEFAULT_DOC, command: str = "metasym bench rollout",
                       seed: int = 0) -> dict[str, float]:
     """Measure B=1 latency and B=`big_batch` throughput for the config's model sizes."""
     if horizon < 1 or repeats < 1 or big_batch < 1:
@@ -79,11 +79,6 @@ def run_rollout_bench(config: str = "quadrotor", horizon: int = 30, repeats: int
             args = (x, u, 0.01, horizon, fu)
             variants = [("metasym", lambda a=args: model.rollout(*a)),
                         ("baseline", lambda a=args: naive_rollout(model, *a))]
-            if compile_step:
-                compiled = build_model(cfg).eval()
-                compiled.load_state_dict(model.state_dict())
-                compiled.compile_rollout()
-                variants.insert(1, ("compiled", lambda a=args, f=compiled.rollout: f(*a)))
             for name, fn in variants:
                 t = _timings(fn, n)
                 p50, p99 = np.percentile(t, 50) * 1e3, np.percentile(t, 99) * 1e3

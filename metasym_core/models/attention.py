@@ -8,6 +8,8 @@ exactly (see `ActiveDecoder.step`).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,8 +37,17 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, dropout: float) -> torch.Tensor:
-    """Scaled dot-product attention of split-head tensors with an additive bias."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout)
+    """Scaled dot-product attention of split-head tensors with an additive bias `[H, Tq, Tk]`.
+
+    The softmax is spelled out: for rows as short as a context window (10-30) it
+    is several times faster on CPU than the fused kernels, and exact the same.
+    """
+    scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1])) + bias
+    scores = (scores - scores.amax(-1, keepdim=True)).exp()
+    weights = scores / scores.sum(-1, keepdim=True)
+    if dropout > 0:
+        weights = F.dropout(weights, dropout, training=True)
+    return weights @ v
 
 
 class CausalSelfAttention(nn.Module):

@@ -14,7 +14,7 @@ from torch import nn
 from metasym_core.errors import MetaSymError
 from metasym_core.models.decoder import ActiveDecoder
 from metasym_core.models.encoder import SymplecticEncoder
-from metasym_core.models.streaming import decoder_step, initial_windows
+from metasym_core.models.streaming import StreamingPlan, initial_windows
 from metasym_core.validation import check_finite, check_positive_int, check_sequence, steps_tensor
 
 _EPS = 1e-8
@@ -32,7 +32,6 @@ class MetaSym(nn.Module):
         for name, size in (("state", D), ("delta", D), ("control", m), ("step", 1)):
             self.register_buffer(f"{name}_mean", torch.zeros(size))
             self.register_buffer(f"{name}_std", torch.ones(size))
-        self._compiled_step = None
 
     @property
     def state_dim(self) -> int:
@@ -61,11 +60,13 @@ class MetaSym(nn.Module):
         check_sequence("states", states, self.state_dim)
         check_sequence("controls", controls, self.control_dim, states.shape[0], states.shape[1])
         h = steps_tensor(steps, states.shape[0], states.shape[1], states)
-        flat = states.reshape(-1, self.state_dim)
-        delta = (states[:, 1:] - states[:, :-1]).reshape(-1, self.state_dim)
-        for name, data in (("state", flat), ("delta", delta), ("control", controls.reshape(-1, self.control_dim)),
-                           ("step", h.reshape(-1, 1))):
-            if data.shape[0] == 0 or data.shape[1] == 0:
+        D, m = self.state_dim, self.control_dim
+        fits = [("state", states.reshape(-1, D)), ("delta", (states[:, 1:] - states[:, :-1]).reshape(-1, D)),
+                ("step", h.reshape(-1, 1))]
+        if m:  # autonomous systems (m = 0) have no control statistics
+            fits.append(("control", controls.reshape(-1, m)))
+        for name, data in fits:
+            if data.shape[0] == 0:
                 continue
             getattr(self, f"{name}_mean").copy_(data.mean(0))
             getattr(self, f"{name}_std").copy_(data.std(0, unbiased=False).clamp_min(_EPS)
@@ -153,42 +154,19 @@ class MetaSym(nn.Module):
         return self._rollout_cached(states, controls, h, future, horizon, local_params)
 
     def _rollout_cached(self, states, controls, h, future, horizon, local_params) -> torch.Tensor:
-        """Prefill on the context, then `horizon - 1` streaming steps (pure: compilable as a whole)."""
+        """Prefill on the context, then `horizon - 1` streaming steps (see `streaming`)."""
         T = states.shape[1]
-        hn_all = self._norm("step", h)
-        un_future = self._norm("control", future)
         e = self.encoder(states, h[:, :T])
         delta, kv = self.decoder.forward_with_kv(self._norm("state", states), self._norm("control", controls),
-                                                 hn_all[:, :T], self._norm("state", e), local_params)
+                                                 self._norm("step", h[:, :T]), self._norm("state", e), local_params)
         x = states[:, -1] + delta[:, -1] * self.delta_std
-        windows, pos = initial_windows(kv, self.context)
+        rings = initial_windows(kv, self.context)
+        plan = StreamingPlan(self, local_params, future[:, :horizon - 1], h[:, T:T + horizon - 1], T)
         out = [x]
-        step = self._compiled_step or self.stream_step
-        for k in range(1, horizon):
-            t = T + k - 1
-            position = torch.tensor([t], device=states.device)
-            pos.index_copy_(0, position % self.context, position)
-            x, windows = step(x, un_future[:, k - 1], h[:, t], hn_all[:, t], windows, pos, position, local_params)
+        for k in range(horizon - 1):
+            x = plan.step(x, h[:, T + k], k, T + k, rings)
             out.append(x)
         return torch.stack(out, dim=1)
-
-    def stream_step(self, x: torch.Tensor, un: torch.Tensor, h: torch.Tensor, hn: torch.Tensor,
-                    windows: list[torch.Tensor], pos: torch.Tensor, position: torch.Tensor,
-                    local_params: dict[str, torch.Tensor] | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """One rollout step from state `x [B, D]` at absolute `position` (see `streaming`)."""
-        e = self.encoder(x, h)
-        delta, windows = decoder_step(self.decoder, self._norm("state", x), un, hn, self._norm("state", e),
-                                      windows, pos, position, local_params)
-        return x + delta * self.delta_std, windows
-
-    def compile_rollout(self, enable: bool = True) -> MetaSym:
-        """Run rollout steps through `torch.compile` (one compile per batch size, same results).
-
-        Worth it for latency-critical loops (the predictor node); the first call pays
-        the compile (tens of seconds on a small CPU; cached on disk by inductor).
-        """
-        self._compiled_step = torch.compile(self.stream_step, dynamic=False) if enable else None
-        return self
 
     def rollout_reference(self, states: torch.Tensor, controls: torch.Tensor, steps: float | torch.Tensor,
                           horizon: int, future_controls: torch.Tensor | None = None,

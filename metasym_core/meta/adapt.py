@@ -1,0 +1,113 @@
+"""Online few-shot adaptation of a new system (METHOD §5): the decoder's inner loop.
+
+`adapt` starts from the model's current local parameters φ (the meta-learned
+init φ₀), runs K plain SGD steps on the teacher-forced next-step loss of the
+first part of the observed window, and scores φ before and after on the held-out
+tail, so the caller (the ROS learner node) can refuse an adaptation that made
+things worse. Plain SGD with the training inner-loop rate, because that is the
+update rule φ₀ was meta-learned for (see `decoder_bilevel`). θ and the encoder
+are untouched and so is the module: the result is a new dict of tensors.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch.func import grad
+
+from metasym_core.errors import MetaSymError
+from metasym_core.meta.losses import DecoderBatch, decoder_batch, increment_loss
+from metasym_core.models.metasym import MetaSym
+from metasym_core.validation import check_positive_int
+
+DEFAULT_LR = 0.1  # the configs' training.inner_lr; pass the config's value for a trained model
+
+
+@dataclass
+class AdaptResult:
+    """Adapted local parameters and the losses (normalised next-step MSE) that judge them."""
+
+    local_params: dict[str, torch.Tensor]
+    loss_before: float  # held-out tail, φ₀
+    loss_after: float  # held-out tail, adapted φ
+    train_loss_before: float  # adaptation part, φ₀
+    train_loss_after: float  # adaptation part, adapted φ
+    inner_steps: int
+    seconds: float
+
+    @property
+    def improved(self) -> bool:
+        """Whether the held-out loss went down (accept the adaptation only then)."""
+        return self.loss_after < self.loss_before
+
+
+def _as_batch(name: str, x: torch.Tensor, dim: int) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise MetaSymError(f"{name} must be a torch.Tensor [T, {dim}] or [1, T, {dim}], got {type(x).__name__}")
+    if x.dim() == 2:
+        x = x.unsqueeze(0)
+    if x.dim() != 3 or x.shape[0] != 1 or x.shape[-1] != dim:
+        raise MetaSymError(f"{name} has shape {list(x.shape)}, expected [T, {dim}] or [1, T, {dim}]")
+    return x
+
+
+def split_point(T: int, holdout: float) -> int:
+    """First frame of the held-out tail: both parts keep at least 2 frames (one transition)."""
+    if not 0.0 < holdout < 1.0:
+        raise MetaSymError(f"holdout must be in (0, 1), got {holdout}")
+    if T < 4:
+        raise MetaSymError(f"adapt needs a window of at least 4 steps, got {T}")
+    return min(max(T - int(round(holdout * T)), 2), T - 2)
+
+
+def prepare(model: MetaSym, states: torch.Tensor, controls: torch.Tensor,
+            steps: float | torch.Tensor) -> DecoderBatch:
+    """Validate one window (`[T, ·]` or `[1, T, ·]`) and encode it once."""
+    states = _as_batch("states", states, model.state_dim)
+    controls = _as_batch("controls", controls, model.control_dim)
+    if isinstance(steps, torch.Tensor) and steps.dim() == 1:
+        steps = steps.unsqueeze(0)
+    states, controls, h = model._inputs(states, controls, steps)
+    return decoder_batch(model, states, controls, h)
+
+
+def adapt(model: MetaSym, states: torch.Tensor, controls: torch.Tensor, steps: float | torch.Tensor,
+          inner_steps: int = 10, lr: float = DEFAULT_LR, holdout: float = 0.25) -> AdaptResult:
+    """K-shot adaptation of φ on one observed window; the module is not changed.
+
+    Args:
+        states, controls: the most recent observed window, `[T, ·]` or `[1, T, ·]`.
+        steps: step sizes (a float, `[T]`, `[1, T]` or `[1, T, 1]`).
+        inner_steps: K SGD steps. lr: SGD rate (the config's `training.inner_lr`).
+        holdout: fraction of the window (its tail) kept out of the inner loop for scoring.
+    """
+    check_positive_int("inner_steps", inner_steps)
+    if not lr > 0:
+        raise MetaSymError(f"lr must be positive, got {lr}")
+    start = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            batch = prepare(model, states, controls, steps)
+            T = batch.x.shape[1]
+            cut = split_point(T, holdout)
+            fit = batch.slice(0, cut)
+            phi0 = {k: v.detach() for k, v in model.decoder.local_parameters().items()}
+            step = grad(lambda phi: increment_loss(model, fit, phi))
+            before_fit = float(increment_loss(model, fit, phi0))
+            before = float(increment_loss(model, batch, phi0, start=cut - 1))
+            phi = phi0
+            for _ in range(inner_steps):
+                g = step(phi)
+                phi = {k: phi[k] - lr * g[k] for k in phi}
+            after_fit = float(increment_loss(model, fit, phi))
+            after = float(increment_loss(model, batch, phi, start=cut - 1))
+    finally:
+        model.train(was_training)
+    for name, value in (("loss before adaptation", before), ("loss after adaptation", after)):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise MetaSymError(f"{name} is not finite (lr {lr} too large or bad window)")
+    return AdaptResult(phi, before, after, before_fit, after_fit, inner_steps, time.perf_counter() - start)

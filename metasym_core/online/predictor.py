@@ -1,0 +1,137 @@
+"""Online predictor: a MetaSym model, its current local parameters and a context
+window → predictions for the latest state, and batched candidate rollouts.
+
+Local parameters are swapped by reference (`set_local`), so a rollout in progress
+keeps the dict it started with and no prediction is ever dropped for a swap.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from metasym_core.checkpoint import load_checkpoint
+from metasym_core.config import build_model, load_config
+from metasym_core.device import resolve_device
+from metasym_core.errors import MetaSymError
+from metasym_core.models.metasym import MetaSym
+from metasym_core.online.local_params import load_local_params
+from metasym_core.online.window import ContextWindow
+
+
+def load_model(system: str, checkpoint: str | os.PathLike = "", device: str = "auto",
+               seed: int = 0) -> tuple[MetaSym, dict, str | None]:
+    """(model in eval mode on `device`, config, warning). An empty `checkpoint` gives an
+    untrained model built from config/<system>.yaml (the graph still runs) plus a warning."""
+    cfg = load_config(system)
+    dev = resolve_device(device)
+    warning = None
+    if checkpoint:
+        model, _ = load_checkpoint(checkpoint, device=dev)
+        if model.state_dim != cfg["state_dim"] or model.control_dim != cfg["control_dim"]:
+            raise MetaSymError(f"checkpoint {checkpoint} has state/control dims "
+                               f"{model.state_dim}/{model.control_dim}, config {system} wants "
+                               f"{cfg['state_dim']}/{cfg['control_dim']}")
+    else:
+        torch.manual_seed(seed)
+        model = build_model(cfg).to(dev)
+        warning = f"no checkpoint given: using an UNTRAINED {system} model (predictions are meaningless)"
+    return model.eval(), cfg, warning
+
+
+@dataclass
+class PredictionResult:
+    """One prediction from the newest window sample."""
+
+    states: np.ndarray  # [H, D]
+    times: np.ndarray  # [H], seconds after the newest sample
+    version: int
+    latency_ms: float
+
+
+class OnlinePredictor:
+    """Rollouts of `model` from a context window, with hot-swappable local parameters."""
+
+    def __init__(self, model: MetaSym, horizon: int):
+        if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+            raise MetaSymError(f"horizon must be an integer >= 1, got {horizon!r}")
+        self.model, self.horizon = model, horizon
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.local: dict[str, torch.Tensor] | None = None
+        self.version = 0
+
+    @property
+    def context(self) -> int:
+        return self.model.context
+
+    def make_window(self, max_age_s: float = float("inf")) -> ContextWindow:
+        """A window sized to the model's context."""
+        return ContextWindow(self.model.state_dim, self.model.control_dim, self.model.context, max_age_s)
+
+    def set_local(self, params: dict[str, torch.Tensor] | None, version: int) -> None:
+        """Use `params` from the next rollout on (validated by the model on use)."""
+        self.model._check_local(params)
+        self.local, self.version = params, int(version)
+
+    def load_local(self, path: str | os.PathLike, version: int) -> None:
+        """Load a learner's local parameter file and swap it in (errors leave the old ones)."""
+        expected = {k: v.detach() for k, v in self.model.decoder.local_parameters().items()}
+        params, file_version = load_local_params(path, expected, self.device)
+        if file_version != version:
+            raise MetaSymError(f"local parameter file {path} holds version {file_version}, "
+                               f"the status announced {version}")
+        self.set_local(params, version)
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(array), dtype=self.dtype, device=self.device)
+
+    def predict(self, window: ContextWindow) -> PredictionResult:
+        """Roll out `horizon` steps after the newest sample of `window`, holding its control and step."""
+        return self.predict_arrays(*window.arrays())
+
+    @torch.inference_mode()
+    def predict_arrays(self, states: np.ndarray, controls: np.ndarray, steps: np.ndarray) -> PredictionResult:
+        """`predict` from a window snapshot `(states [T, D], controls [T, m], steps [T])`."""
+        t0 = time.perf_counter()
+        local, version = self.local, self.version  # one consistent snapshot
+        out = self.model.rollout(self._tensor(states)[None], self._tensor(controls)[None],
+                                 self._tensor(steps)[None], self.horizon, local_params=local)
+        pred = out[0].double().cpu().numpy()
+        times = steps[-1] * np.arange(1, self.horizon + 1)
+        return PredictionResult(pred, times, version, 1e3 * (time.perf_counter() - t0))
+
+    @torch.inference_mode()
+    def rollout_batch(self, context_states: np.ndarray, context_controls: np.ndarray, context_dt: np.ndarray,
+                      candidate_controls: np.ndarray, dt: float) -> tuple[np.ndarray, int]:
+        """K candidate control sequences [K, H, m] from one context → trajectories [K, H, D] (one call)."""
+        D, m = self.model.state_dim, self.model.control_dim
+        xs = np.asarray(context_states, dtype=np.float64)
+        us = np.asarray(context_controls, dtype=np.float64)
+        hs = np.asarray(context_dt, dtype=np.float64)
+        cand = np.asarray(candidate_controls, dtype=np.float64)
+        if xs.ndim != 2 or xs.shape[1] != D or xs.shape[0] < 1:
+            raise MetaSymError(f"context states must be [L>=1, {D}], got {list(xs.shape)}")
+        L = xs.shape[0]
+        if us.shape != (L, m):
+            raise MetaSymError(f"context controls must be [{L}, {m}], got {list(us.shape)}")
+        if hs.shape != (L,):
+            raise MetaSymError(f"context dt must be [{L}], got {list(hs.shape)}")
+        if cand.ndim != 3 or cand.shape[0] < 1 or cand.shape[1] < 1 or cand.shape[2] != m:
+            raise MetaSymError(f"candidate controls must be [K>=1, H>=1, {m}], got {list(cand.shape)}")
+        if not (np.isfinite(xs).all() and np.isfinite(us).all() and np.isfinite(cand).all()):
+            raise MetaSymError("rollout request contains NaN or Inf")
+        if not (np.isfinite(hs).all() and (hs > 0).all() and np.isfinite(dt) and dt > 0):
+            raise MetaSymError("rollout steps (context_dt, dt) must be positive and finite")
+        K, H = cand.shape[:2]
+        local, version = self.local, self.version
+        steps = np.concatenate([hs, np.full(H, float(dt))])
+        out = self.model.rollout(
+            self._tensor(xs)[None].expand(K, L, D), self._tensor(us)[None].expand(K, L, m),
+            self._tensor(steps)[None].expand(K, L + H), H, future_controls=self._tensor(cand),
+            local_params=local)
+        return out.double().cpu().numpy(), version

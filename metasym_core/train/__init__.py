@@ -1,0 +1,1 @@
+"""Meta-training (`Trainer`), K-shot evaluation and the `train` / `evaluate` commands."""

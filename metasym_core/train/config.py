@@ -1,0 +1,67 @@
+"""The `training:` section of a system config, with defaults and one-line errors."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from metasym_core.errors import MetaSymError
+
+
+@dataclass
+class TrainingConfig:
+    """Meta-training hyper-parameters (see config/<system>.yaml for the chosen values)."""
+
+    encoder_steps: int = 100  # outer steps of encoder MAML (phase 1)
+    encoder_inner_steps: int = 3  # METHOD §4
+    encoder_inner_lr: float = 1e-3  # inner SGD rate (normalised loss)
+    encoder_lr: float = 1e-2  # outer Adam rate
+    outer_steps: int = 300  # decoder outer steps (phase 2)
+    inner_steps: int = 10  # decoder inner SGD steps K (paper: 10-15)
+    inner_lr: float = 0.1  # decoder inner SGD rate; also the default of online adaptation
+    outer_lr: float = 3e-3  # decoder outer Adam rate (θ and φ₀)
+    batch_systems: int = 8  # systems per outer step
+    window: int = 40  # transitions per support / query window of one outer step
+    support_fraction: float = 0.5  # first part of each trajectory = adaptation (support) data
+    checkpoint_interval: int = 50  # outer steps between checkpoints
+    eval_interval: int = 25  # outer steps between validation runs
+    patience: int = 8  # validation runs without improvement before early stopping (decoder phase)
+    first_order: bool = False  # drop second-order terms of the decoder inner loop
+    learn_init: bool = True  # meta-learn φ₀ with θ (MAML-style)
+    meta: bool = True  # False: the pooled, non-meta baseline (plain next-step training)
+    grad_clip: float = 1.0  # max gradient norm of each outer step
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> TrainingConfig:
+        """Read `cfg["training"]` (missing keys take the defaults)."""
+        section = cfg.get("training") or {}
+        where = cfg.get("_path", "config")
+        if not isinstance(section, dict):
+            raise MetaSymError(f"{where}: training must be a mapping")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(section) - set(known))
+        if unknown:
+            raise MetaSymError(f"{where}: unknown training keys {unknown}; valid: {sorted(known)}")
+        values = {}
+        for name, value in section.items():
+            kind = type(getattr(cls, name))
+            if kind is bool:
+                ok = isinstance(value, bool)
+            elif kind is int:
+                ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+            else:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+                value = float(value)
+            if not ok:
+                want = "boolean" if kind is bool else "non-negative integer" if kind is int else "positive number"
+                raise MetaSymError(f"{where}: training.{name} = {value!r} must be a {want}")
+            values[name] = value
+        out = cls(**values)
+        for name in ("batch_systems", "window", "checkpoint_interval", "eval_interval", "patience"):
+            if getattr(out, name) < 1:
+                raise MetaSymError(f"{where}: training.{name} must be >= 1")
+        if not 0.0 < out.support_fraction < 1.0:
+            raise MetaSymError(f"{where}: training.support_fraction must be in (0, 1)")
+        return out
+
+    def as_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,94 @@
+"""Training views of a dataset: per-system support/query windows sampled in time.
+
+Every trajectory is split at `boundary = round(support_fraction·T)`: frames
+before it are the adaptation (support) part, the rest the meta (query) part.
+A query window borrows the `context - 1` frames before its first target as
+context only (inputs, never targets), so every query target sees a full window.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from metasym_core.errors import MetaSymError
+from metasym_core.meta.losses import DecoderBatch, decoder_batch
+from metasym_core.models.metasym import MetaSym
+from metasym_core.systems.dataset import SystemDataset
+
+
+def padded_steps(times: np.ndarray) -> np.ndarray:
+    """h_t per frame `[N, T]`; the last frame repeats the previous step."""
+    dt = np.diff(times, axis=1)
+    return np.concatenate([dt, dt[:, -1:]], axis=1)
+
+
+@torch.no_grad()
+def fit_normalization(model: MetaSym, states: torch.Tensor, controls: torch.Tensor, h: torch.Tensor) -> None:
+    """Fit the model's normalisation buffers to the training tensors."""
+    model.set_normalization(states, controls, h)
+
+
+class TrainData:
+    """Tensors of one dataset in the model's dtype plus the window geometry."""
+
+    def __init__(self, ds: SystemDataset, model: MetaSym, support_fraction: float, window: int, name: str):
+        if ds.state_dim != model.state_dim or ds.control_dim != model.control_dim:
+            raise MetaSymError(f"{name} dataset ({ds.family}) has state_dim {ds.state_dim}, control_dim "
+                               f"{ds.control_dim}; the config expects {model.state_dim}, {model.control_dim}")
+        if len(ds) == 0:
+            raise MetaSymError(f"{name} dataset is empty")
+        dtype = next(model.parameters()).dtype
+        T = ds.steps
+        self.boundary = int(round(support_fraction * T))
+        self.context = model.context
+        self.window = min(window, self.boundary - 1, T - 1 - self.boundary)
+        if self.window < 2 or self.boundary < model.context:
+            raise MetaSymError(f"{name} dataset has {T} frames per system: too few for support_fraction "
+                               f"{support_fraction} and context {model.context}")
+        self.states = torch.from_numpy(ds.states).to(dtype)
+        self.controls = torch.from_numpy(ds.controls).to(dtype)
+        self.h = torch.from_numpy(padded_steps(ds.times)).to(dtype).unsqueeze(-1)
+        self.n = len(ds)
+        self.T = T
+        self._tokens: DecoderBatch | None = None
+
+    # -- offsets ------------------------------------------------------------------------------
+    def sample_offsets(self, batch: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """Systems and first support / query transition of each window of one outer step."""
+        systems = torch.randint(0, self.n, (batch,), generator=gen)
+        s0 = torch.randint(0, self.boundary - self.window, (batch,), generator=gen)
+        q0 = torch.randint(self.boundary, self.T - self.window, (batch,), generator=gen)
+        return systems, s0, q0
+
+    def fixed_offsets(self) -> tuple[torch.Tensor, ...]:
+        """Every system, support just before the boundary, query just after (validation)."""
+        n = self.n
+        return (torch.arange(n), torch.full((n,), self.boundary - 1 - self.window),
+                torch.full((n,), self.boundary))
+
+    # -- encoder transitions ------------------------------------------------------------------
+    def transitions(self, systems: torch.Tensor, first: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x, h, next `[B, window, ·]` of transitions first..first+window-1."""
+        idx = first[:, None] + torch.arange(self.window)
+        rows = systems[:, None]
+        return {"x": self.states[rows, idx], "h": self.h[rows, idx], "next": self.states[rows, idx + 1]}
+
+    # -- decoder windows ----------------------------------------------------------------------
+    def tokens(self, model: MetaSym) -> DecoderBatch:
+        """Decoder inputs of the whole dataset through the (frozen) encoder, cached."""
+        if self._tokens is None:
+            was = model.training
+            model.eval()
+            self._tokens = decoder_batch(model, self.states, self.controls, self.h)
+            model.train(was)
+        return self._tokens
+
+    def decoder_window(self, model: MetaSym, systems: torch.Tensor, first: torch.Tensor,
+                       lead: int = 0) -> DecoderBatch:
+        """Frames first-lead .. first+window (targets: `lead` context transitions, then `window`)."""
+        tok = self.tokens(model)
+        idx = (first - lead)[:, None] + torch.arange(self.window + lead + 1)
+        rows = systems[:, None]
+        return DecoderBatch(tok.x[rows, idx], tok.u[rows, idx], tok.h[rows, idx], tok.e[rows, idx],
+                            tok.target[rows, idx[:, :-1]])

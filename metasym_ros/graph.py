@@ -1,0 +1,92 @@
+"""The MetaSym node graph, described once in plain Python (no rclpy, no launch).
+
+For a system, `node_graph(system, overrides)` lists the nodes to start: package,
+executable, node name and parameters. Parameters come from the `ros:` section of
+config/<system>.yaml (one mapping per node), plus `system` itself, plus overrides.
+The launch files (launch/<system>.launch.py) and the venv launcher
+(`metasym launch <system>`, `metasym_ros.launcher`) both build from this list, so
+they start the same nodes with the same parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from metasym_core.config import load_config
+from metasym_core.errors import MetaSymError
+
+PACKAGE = "metasym_ros"
+SYSTEMS: tuple[str, ...] = ("quadrotor", "spring_mesh", "quantum")
+# Node name -> (executable, Python module with `main`); the learner joins once it exists.
+NODES: dict[str, tuple[str, str]] = {
+    "simulator": ("simulator", "metasym_ros.simulator_node"),
+    "predictor": ("predictor", "metasym_ros.predictor_node"),
+}
+# The knobs the launch files expose as launch arguments: argument -> (node, parameter).
+LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
+    "checkpoint": ("predictor", "checkpoint"),
+    "horizon": ("predictor", "horizon"),
+    "device": ("predictor", "device"),
+    "rate_hz": ("simulator", "rate_hz"),
+    "change_param": ("simulator", "change_param"),
+    "change_scale": ("simulator", "change_scale"),
+    "change_time": ("simulator", "change_time"),
+}
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node to start."""
+
+    name: str
+    executable: str
+    module: str
+    package: str = PACKAGE
+    parameters: dict[str, object] = field(default_factory=dict)
+
+
+def node_graph(system: str, overrides: Mapping[str, object] | None = None) -> list[NodeSpec]:
+    """The nodes of `system`; `overrides` maps "node.param" (or a LAUNCH_ARGUMENTS name) to a value."""
+    if system not in SYSTEMS:
+        raise MetaSymError(f"unknown system {system!r}; expected one of {', '.join(SYSTEMS)}")
+    cfg = load_config(system)
+    ros = cfg.get("ros") or {}
+    if not isinstance(ros, dict):
+        raise MetaSymError(f"config {cfg['_path']}: ros must be a mapping")
+    params: dict[str, dict[str, object]] = {}
+    for node in NODES:
+        section = ros.get(node) or {}
+        if not isinstance(section, dict):
+            raise MetaSymError(f"config {cfg['_path']}: ros.{node} must be a mapping")
+        params[node] = {"system": system, **section}
+    for key, value in (overrides or {}).items():
+        if "." in key:
+            node, _, param = key.partition(".")
+        elif key in LAUNCH_ARGUMENTS:
+            node, param = LAUNCH_ARGUMENTS[key]
+        else:
+            raise MetaSymError(f"unknown override {key!r}; use node.param or one of "
+                               f"{', '.join(LAUNCH_ARGUMENTS)}")
+        if node not in params or not param:
+            raise MetaSymError(f"override {key!r} names no node of the graph ({', '.join(NODES)})")
+        params[node][param] = _like(params[node].get(param), value, key)
+    return [NodeSpec(name=node, executable=exe, module=module, parameters=params[node])
+            for node, (exe, module) in NODES.items()]
+
+
+def _like(default: object, value: object, key: str) -> object:
+    """`value` with the type of the configured `default` where that is lossless (ROS parameters are typed)."""
+    if default is None or (type(value) is type(default)):
+        return value
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(default, str):
+        return str(value)
+    raise MetaSymError(f"override {key}={value!r} must be of type {type(default).__name__} like its default "
+                       f"{default!r}")
+
+
+def params_yaml(specs: list[NodeSpec]) -> dict[str, dict]:
+    """A ROS 2 parameters file (`--params-file`) content for `specs`."""
+    return {spec.name: {"ros__parameters": dict(spec.parameters)} for spec in specs}

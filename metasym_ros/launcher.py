@@ -1,0 +1,86 @@
+"""`metasym launch <system>`: start the node graph of metasym_ros.graph as subprocesses.
+
+The same nodes and parameters as launch/<system>.launch.py, without ros2 launch:
+each node runs as `python -m <module> --ros-args -r __node:=<name> --params-file <yaml>`
+in its own session, so a terminal Ctrl-C reaches the launcher only, which forwards
+SIGINT to every node once, waits for them to exit (then SIGKILL after a grace
+period) and returns 0 when all of them exited cleanly. If a node dies on its own,
+the others are stopped and its exit code is returned.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import yaml
+
+from metasym_ros.graph import NodeSpec, node_graph, params_yaml
+
+GRACE_S = 10.0  # time the nodes get to exit after SIGINT
+
+
+def node_command(spec: NodeSpec, params_file: str | Path) -> list[str]:
+    """The command line that runs one node."""
+    return [sys.executable, "-m", spec.module, "--ros-args", "-r", f"__node:={spec.name}",
+            "--params-file", str(params_file)]
+
+
+def _stop(procs: list[subprocess.Popen], grace_s: float) -> list[int]:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    end = time.monotonic() + grace_s
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"metasym launch: {proc.args[2]} did not exit after SIGINT; killing it", file=sys.stderr)
+            proc.kill()
+            proc.wait()
+    return [proc.returncode for proc in procs]
+
+
+def launch(system: str, overrides: Mapping[str, object] | None = None, duration_s: float | None = None,
+           grace_s: float = GRACE_S) -> int:
+    """Run the graph of `system` until SIGINT/SIGTERM (or `duration_s`); the exit code of the graph."""
+    specs = node_graph(system, overrides)
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    procs: list[subprocess.Popen] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="metasym-launch-") as tmp:
+            params_file = Path(tmp) / "params.yaml"
+            params_file.write_text(yaml.safe_dump(params_yaml(specs), sort_keys=False), encoding="utf-8")
+            for spec in specs:
+                procs.append(subprocess.Popen(node_command(spec, params_file), start_new_session=True))
+                print(f"metasym launch: started {spec.name} (pid {procs[-1].pid})", flush=True)
+            end = time.monotonic() + duration_s if duration_s else None
+            failed = None
+            while stop["signal"] is None and failed is None and (end is None or time.monotonic() < end):
+                failed = next((p for p in procs if p.poll() is not None), None)
+                time.sleep(0.05)
+            codes = _stop(procs, grace_s)
+    finally:
+        for proc in procs:  # only if something above raised
+            if proc.poll() is None:
+                proc.kill()
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    if failed is not None:
+        print(f"metasym launch: {failed.args[2]} exited with code {failed.returncode}", file=sys.stderr)
+        return failed.returncode or 1
+    bad = [(spec.name, code) for spec, code in zip(specs, codes, strict=True) if code != 0]
+    if bad:
+        print(f"metasym launch: unclean exit: {bad}", file=sys.stderr)
+        return 1
+    return 0

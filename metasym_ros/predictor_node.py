@@ -1,0 +1,331 @@
+"""`predictor` node: multi-step predictions of the streamed system, live.
+
+Parameters (declared up front, validated; see `ros: predictor:` in config/<system>.yaml):
+  system       quadrotor | spring_mesh | quantum (read only)
+  checkpoint   model file; empty = an untrained model from config/<system>.yaml (warning)
+  horizon      predicted steps H (default 30)
+  device       auto (cuda if present) | cpu | cuda[:N]
+  max_age_s    states older than this (header stamp vs node clock) are stale and dropped
+  max_rate_hz  at most this many predictions per second (flood guard)
+  path_rate_hz at most this many predicted paths per second (display only; 0 = none)
+  metrics_period_s  period of the metrics report
+  threads      torch CPU threads of the per-state prediction (default 1: latency-bound)
+  batch_threads  torch CPU threads of the rollout_batch service (0 = torch default)
+  frame_id     frame of the predicted path
+
+Topics (QoS in metasym_ros.qos):
+  sub ``metasym/state`` (SystemState, best effort, keep last 10)
+  sub ``metasym/adaptation`` (AdaptationStatus, reliable, transient local): an accepted
+      status names a file of local parameters (metasym_core.online.local_params); it is
+      loaded, checked and swapped in between two rollouts, so no prediction is dropped
+  pub ``metasym/prediction`` (Prediction, reliable, keep last 10): one per new state once
+      the window is full; header.stamp = stamp of the newest state, times = k·dt. The
+      callback only validates and appends; a worker thread rolls out from the newest state,
+      so states never queue behind rollouts. A state superseded while a rollout runs
+      (states faster than rollouts, or a flood) gets no prediction and counts as skipped
+  pub ``metasym/predicted_path`` (nav_msgs/Path, quadrotor only): predicted positions/attitudes
+  pub ``metasym/metrics`` (PredictionMetrics): realised error of earlier predictions against
+      the states that arrived later, mean latency, dropped + skipped messages since last report
+Service ``~/rollout_batch`` (RolloutBatch): context + K candidate control sequences → K
+trajectories, one batched `model.rollout` call.
+
+Bad states (wrong dimension or system, NaN/Inf, non-positive dt, stale or out-of-order
+stamps) are dropped with a throttled warning and counted; the node stays up.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import Counter
+
+import numpy as np
+import torch
+from geometry_msgs.msg import PoseStamped
+from nav_msgs.msg import Path
+from rclpy.node import Node
+
+from metasym_core.errors import MetaSymError
+from metasym_core.online.poses import quadrotor_poses
+from metasym_core.online.predictor import OnlinePredictor, load_model
+from metasym_core.online.realised import MetricsAccumulator, RealisedErrorTracker
+from metasym_core.online.streams import STREAMS
+from metasym_ros.common import declare, f64, run_node, seconds_stamp, stamp_seconds
+from metasym_ros.msg import AdaptationStatus, Prediction, PredictionMetrics, SystemState
+from metasym_ros.qos import (
+    ADAPTATION_QOS,
+    ADAPTATION_TOPIC,
+    METRICS_QOS,
+    METRICS_TOPIC,
+    PATH_QOS,
+    PATH_TOPIC,
+    PREDICTION_QOS,
+    PREDICTION_TOPIC,
+    STATE_QOS,
+    STATE_TOPIC,
+)
+from metasym_ros.srv import RolloutBatch
+
+WARN_EVERY_S = 2.0  # throttle of the drop warnings
+
+
+class PredictorNode(Node):
+    """Context window → model rollout → Prediction, plus metrics and a batched rollout service."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("predictor", **kwargs)
+        self.system = declare(self, "system", "quadrotor", "System family: " + " | ".join(STREAMS),
+                              read_only=True)
+        checkpoint = declare(self, "checkpoint", "", "Model checkpoint; empty = untrained model (warning)",
+                             read_only=True)
+        self.horizon = declare(self, "horizon", 30, "Predicted steps H", read_only=True)
+        device = declare(self, "device", "auto", "auto | cpu | cuda[:N]", read_only=True)
+        self.max_age_s = declare(self, "max_age_s", 1.0, "States older than this [s] are stale and dropped")
+        max_rate_hz = declare(self, "max_rate_hz", 200.0, "Most predictions per second (flood guard)")
+        metrics_period = declare(self, "metrics_period_s", 1.0, "Period of the metrics report [s]")
+        path_rate_hz = declare(self, "path_rate_hz", 10.0, "Most predicted paths per second (0 = none)")
+        threads = declare(self, "threads", 1, "torch CPU threads of the per-state prediction (0 = torch default)",
+                          read_only=True)
+        self.batch_threads = declare(self, "batch_threads", 0,
+                                     "torch CPU threads of the rollout_batch service (0 = torch default)")
+        self.frame_id = declare(self, "frame_id", "world", "Frame of the predicted path")
+        if self.system not in STREAMS:
+            raise MetaSymError(f"parameter system must be one of {', '.join(STREAMS)}, got {self.system!r}")
+        if self.horizon < 1:
+            raise MetaSymError(f"parameter horizon must be >= 1, got {self.horizon}")
+        for name, value in (("max_age_s", self.max_age_s), ("max_rate_hz", max_rate_hz),
+                            ("metrics_period_s", metrics_period)):
+            if not (math.isfinite(value) and value > 0):
+                raise MetaSymError(f"parameter {name} must be positive, got {value!r}")
+        self._default_threads = torch.get_num_threads()
+        self.threads = threads if threads > 0 else self._default_threads
+        torch.set_num_threads(self.threads)
+
+        model, cfg, warning = load_model(self.system, checkpoint, device)
+        if warning:
+            self.get_logger().warning(warning)
+        self.predictor = OnlinePredictor(model, self.horizon)
+        self.window = self.predictor.make_window(self.max_age_s)
+        self.tracker = RealisedErrorTracker()
+        self.metrics = MetricsAccumulator()
+        self.dropped: Counter[str] = Counter()  # node-level drops (system mismatch, lost, skipped, errors)
+        self.predictions = 0
+        self._min_period = 1.0 / max_rate_hz
+        self._path_period = 1.0 / path_rate_hz if path_rate_hz > 0 else math.inf
+        self._last_path = -math.inf
+        self._reported_drops = 0
+        # The subscription callback only validates and appends (fast); a worker thread predicts from
+        # the newest state, so states never queue behind slow rollouts (latency = one rollout, not a
+        # queue of them). States superseded while a rollout runs are counted as "skipped".
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._pending: SystemState | None = None
+        self._worker = threading.Thread(target=self._predict_loop, name="metasym-predictor", daemon=True)
+
+        self._pub = self.create_publisher(Prediction, PREDICTION_TOPIC, PREDICTION_QOS)
+        self._path_pub = (self.create_publisher(Path, PATH_TOPIC, PATH_QOS) if self.system == "quadrotor"
+                          else None)
+        self._metrics_pub = self.create_publisher(PredictionMetrics, METRICS_TOPIC, METRICS_QOS)
+        self._state_sub = self._subscribe_states()
+        self._adapt_sub = self.create_subscription(AdaptationStatus, ADAPTATION_TOPIC, self._on_adaptation,
+                                                   ADAPTATION_QOS)
+        self._srv = self.create_service(RolloutBatch, "~/rollout_batch", self._on_rollout_batch)
+        self._metrics_timer = self.create_timer(metrics_period, self._publish_metrics)
+        self._worker.start()
+        self.get_logger().info(f"predicting {self.system}: context {self.predictor.context}, horizon "
+                               f"{self.horizon}, device {self.predictor.device}")
+
+    def _subscribe_states(self):
+        """State subscription; samples lost in transport are counted where the RMW reports them."""
+        try:
+            from rclpy.event_handler import SubscriptionEventCallbacks
+
+            events = SubscriptionEventCallbacks(message_lost=self._on_lost)
+            return self.create_subscription(SystemState, STATE_TOPIC, self._on_state, STATE_QOS,
+                                            event_callbacks=events)
+        except Exception:  # noqa: BLE001 - event unsupported by this RMW: subscribe without it
+            return self.create_subscription(SystemState, STATE_TOPIC, self._on_state, STATE_QOS)
+
+    # -- counters --------------------------------------------------------------------------------
+    @property
+    def dropped_total(self) -> int:
+        """Every dropped or skipped state so far (window rejections + node-level)."""
+        return self.window.dropped + sum(self.dropped.values())
+
+    def _drop(self, reason: str, detail: str) -> None:
+        self.dropped[reason] += 1
+        self.get_logger().warning(f"dropped state ({reason}): {detail}", throttle_duration_sec=WARN_EVERY_S)
+
+    def _on_lost(self, info) -> None:
+        self.dropped["lost"] += int(info.total_count_change)
+
+    # -- states → predictions ----------------------------------------------------------------------
+    def _on_state(self, msg: SystemState) -> None:
+        now = self.get_clock().now().nanoseconds * 1e-9
+        if msg.system != self.system:
+            self._drop("system", f"system {msg.system!r}, expected {self.system!r}")
+            return
+        stamp = stamp_seconds(msg.header.stamp)
+        state = np.frombuffer(msg.state, dtype=np.float64)
+        control = np.frombuffer(msg.control, dtype=np.float64)
+        with self._lock:
+            reason = self.window.push(stamp, state, control, msg.dt, now=now, step=msg.step)
+        if reason is not None:
+            self.get_logger().warning(
+                f"dropped state ({reason}): step {msg.step}, stamp {stamp:.3f}, dim {state.size}/{control.size}; "
+                f"{self.window.dropped} dropped so far", throttle_duration_sec=WARN_EVERY_S)
+            return
+        with self._lock:
+            for evaluation in self.tracker.observe(msg.step, state):
+                self.metrics.add(evaluation)
+            if not self.window.full:
+                return
+            if self._pending is not None:
+                self.dropped["skipped"] += 1  # superseded before its rollout started
+            self._pending = msg
+        self._wake.set()
+
+    def _predict_loop(self) -> None:
+        """Worker: predict from the newest pending state; at most max_rate_hz rollouts per second."""
+        last = -math.inf
+        while not self._stop.is_set():
+            if not self._wake.wait(timeout=0.1):
+                continue
+            pause = self._min_period - (time.monotonic() - last)
+            if pause > 0:
+                time.sleep(pause)  # flood guard: newer states replace the pending one meanwhile
+            with self._lock:
+                self._wake.clear()
+                msg, self._pending = self._pending, None
+                if msg is None:
+                    continue
+                arrays = self.window.arrays()
+            last = time.monotonic()
+            try:
+                result = self.predictor.predict_arrays(*arrays)
+            except (MetaSymError, RuntimeError) as exc:
+                self._drop("error", f"rollout failed: {exc}")
+                continue
+            try:
+                self._publish_prediction(msg, result)
+            except Exception:  # noqa: BLE001 - context shut down (SIGINT) while predicting: stop quietly
+                if self._stop.is_set() or not self.context.ok():
+                    return
+                raise
+
+    def _publish_prediction(self, state_msg: SystemState, result) -> None:
+        out = Prediction(system=self.system, horizon=self.horizon, state_dim=result.states.shape[1],
+                         params_version=result.version)
+        out.header = state_msg.header
+        out.times = f64(result.times)
+        out.states = f64(result.states)
+        self._pub.publish(out)
+        with self._lock:
+            self.predictions += 1
+            for evaluation in self.tracker.add(state_msg.step, result.states, result.version):
+                self.metrics.add(evaluation)
+            self.metrics.latency_ms.append(result.latency_ms)
+        now = time.monotonic()
+        if self._path_pub is not None and now - self._last_path >= self._path_period:
+            self._last_path = now
+            self._path_pub.publish(self._path(state_msg, result))
+
+    def _path(self, state_msg: SystemState, result) -> Path:
+        positions, quats = quadrotor_poses(result.states)
+        base = stamp_seconds(state_msg.header.stamp)
+        path = Path()
+        path.header.stamp = state_msg.header.stamp
+        path.header.frame_id = self.frame_id
+        for (x, y, z), (qx, qy, qz, qw), t in zip(positions, quats, result.times, strict=True):
+            pose = PoseStamped()
+            pose.header.frame_id = self.frame_id
+            seconds_stamp(pose.header.stamp, base + t)
+            pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = float(x), float(y), float(z)
+            o = pose.pose.orientation
+            o.x, o.y, o.z, o.w = float(qx), float(qy), float(qz), float(qw)
+            path.poses.append(pose)
+        return path
+
+    # -- metrics ---------------------------------------------------------------------------------
+    def _publish_metrics(self) -> None:
+        with self._lock:
+            report = self.metrics.report()
+        total = self.dropped_total
+        msg = PredictionMetrics(system=self.system, realised_mse=report["realised_mse"],
+                                realised_mse_step1=report["realised_mse_step1"],
+                                params_version=int(report["params_version"] or self.predictor.version),
+                                dropped_messages=total - self._reported_drops, latency_ms=report["latency_ms"])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._reported_drops = total
+        self._metrics_pub.publish(msg)
+
+    # -- adaptation ------------------------------------------------------------------------------
+    def _on_adaptation(self, msg: AdaptationStatus) -> None:
+        if msg.system != self.system or not msg.accepted:
+            return
+        if msg.version <= self.predictor.version:
+            return  # already in use (transient-local replay) or older
+        try:
+            self.predictor.load_local(msg.params_path, msg.version)
+        except MetaSymError as exc:
+            self.get_logger().warning(f"adaptation v{msg.version} not used: {exc}")
+            return
+        self.get_logger().info(f"using local parameters v{msg.version} "
+                               f"(loss {msg.loss_before:.4g} -> {msg.loss_after:.4g})")
+
+    # -- batched rollout service -----------------------------------------------------------------
+    def _on_rollout_batch(self, request: RolloutBatch.Request,
+                          response: RolloutBatch.Response) -> RolloutBatch.Response:
+        t0 = time.perf_counter()
+        D, m = self.predictor.model.state_dim, self.predictor.model.control_dim
+        L, K, H = request.context_len, request.candidates, request.horizon
+        try:
+            if (request.state_dim, request.control_dim) != (D, m):
+                raise MetaSymError(f"state_dim/control_dim must be {D}/{m}, got "
+                                   f"{request.state_dim}/{request.control_dim}")
+            sizes = {"context_states": (len(request.context_states), L * D),
+                     "context_controls": (len(request.context_controls), L * m),
+                     "context_dt": (len(request.context_dt), L),
+                     "candidate_controls": (len(request.candidate_controls), K * H * m)}
+            for name, (got, want) in sizes.items():
+                if got != want:
+                    raise MetaSymError(f"{name} has {got} values, expected {want}")
+            if K < 1 or H < 1 or L < 1:
+                raise MetaSymError("context_len, horizon and candidates must be >= 1")
+            torch.set_num_threads(self.batch_threads if self.batch_threads > 0 else self._default_threads)
+            states, version = self.predictor.rollout_batch(
+                np.frombuffer(request.context_states, dtype=np.float64).reshape(L, D),
+                np.frombuffer(request.context_controls, dtype=np.float64).reshape(L, m),
+                np.frombuffer(request.context_dt, dtype=np.float64),
+                np.frombuffer(request.candidate_controls, dtype=np.float64).reshape(K, H, m), request.dt)
+        except (MetaSymError, RuntimeError) as exc:
+            torch.set_num_threads(self.threads)
+            response.success, response.message = False, str(exc)
+            response.latency_ms = 1e3 * (time.perf_counter() - t0)
+            return response
+        torch.set_num_threads(self.threads)
+        response.success, response.message = True, "ok"
+        response.horizon, response.state_dim, response.candidates = H, D, K
+        response.states = f64(states)
+        response.params_version = version
+        response.latency_ms = 1e3 * (time.perf_counter() - t0)
+        return response
+
+
+    def destroy_node(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._worker.is_alive():
+            self._worker.join(timeout=5.0)
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console script `metasym-predictor`."""
+    return run_node(PredictorNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

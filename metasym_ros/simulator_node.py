@@ -1,0 +1,115 @@
+"""`simulator` node: streams a simulated system as SystemState messages.
+
+Parameters (declared up front, validated; see `ros: simulator:` in config/<system>.yaml):
+  system        quadrotor | spring_mesh | quantum (read only)
+  rate_hz       publish rate against the wall clock (default 100)
+  dt            simulated step per message [s]; spring mesh frames jitter ±10 % around it
+  seed          random seed of the flight / initial condition / noise
+  change_param  parameter changed on schedule (quadrotor: mass, inertia, arm, torque;
+                spring_mesh: k, m, gamma; quantum: omega, kappa, epsilon, nbar, eta)
+  change_scale  factor on the nominal value (default 1.3)
+  change_time   simulated time [s] of the change; negative = never
+  frame_id      header frame
+
+Publishes ``metasym/state`` (QoS: metasym_ros.qos.STATE_QOS). Header stamps come
+from the node clock at publish time; `dt` and `step` carry the simulated time, so
+simulated time runs at rate_hz·dt times wall time. Service ``~/change_parameter``
+(ChangeParameter) changes a parameter at any time.
+"""
+
+from __future__ import annotations
+
+import math
+
+from rclpy.node import Node
+
+from metasym_core.errors import MetaSymError
+from metasym_core.online.streams import STREAMS, make_stream
+from metasym_ros.common import declare, f64, run_node
+from metasym_ros.msg import SystemState
+from metasym_ros.qos import STATE_QOS, STATE_TOPIC
+from metasym_ros.srv import ChangeParameter
+
+
+class SimulatorNode(Node):
+    """Timer-driven publisher of one simulated system."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("simulator", **kwargs)
+        self.system = declare(self, "system", "quadrotor", "System family: " + " | ".join(STREAMS),
+                              read_only=True)
+        self.rate_hz = declare(self, "rate_hz", 100.0, "Publish rate [Hz] (wall clock)")
+        dt = declare(self, "dt", 0.02, "Simulated time step per message [s]", read_only=True)
+        seed = declare(self, "seed", 0, "Random seed of the simulation", read_only=True)
+        self.change_param = declare(self, "change_param", "mass", "Parameter changed on schedule")
+        self.change_scale = declare(self, "change_scale", 1.3, "Factor on the nominal value at change_time")
+        self.change_time = declare(self, "change_time", 10.0,
+                                   "Simulated time [s] of the scheduled change; negative = never")
+        self.frame_id = declare(self, "frame_id", "world", "Header frame of the states")
+        if self.system not in STREAMS:
+            raise MetaSymError(f"parameter system must be one of {', '.join(STREAMS)}, got {self.system!r}")
+        if not (math.isfinite(self.rate_hz) and 0 < self.rate_hz <= 10_000):
+            raise MetaSymError(f"parameter rate_hz must be in (0, 10000], got {self.rate_hz!r}")
+        if not (math.isfinite(dt) and dt > 0):
+            raise MetaSymError(f"parameter dt must be positive, got {dt!r}")
+
+        self.stream = make_stream(self.system, dt=dt, seed=seed)
+        if self.change_time >= 0 and self.change_param not in self.stream.param_names:
+            raise MetaSymError(f"parameter change_param must be one of {', '.join(self.stream.param_names)}, "
+                               f"got {self.change_param!r}")
+        self._changed = False
+        self.published = 0
+        self._pub = self.create_publisher(SystemState, STATE_TOPIC, STATE_QOS)
+        self._srv = self.create_service(ChangeParameter, "~/change_parameter", self._on_change_parameter)
+        self._timer = self.create_timer(1.0 / self.rate_hz, self._on_timer)
+        self.get_logger().info(f"simulating {self.system} at {self.rate_hz:g} Hz, dt={dt:g} s; change "
+                               + (f"{self.change_param} x{self.change_scale:g} at t={self.change_time:g} s"
+                                  if self.change_time >= 0 else "never"))
+
+    def _on_timer(self) -> None:
+        try:
+            sample = self.stream.advance()
+        except MetaSymError as exc:  # a diverged simulation: say so, stop publishing, stay up
+            self.get_logger().error(f"simulation stopped: {exc}")
+            self._timer.cancel()
+            return
+        if not self._changed and 0 <= self.change_time <= sample.t:
+            self._changed = True
+            self._set(self.change_param, self.change_scale, "schedule")
+        msg = SystemState(system=self.system, state_names=self.stream.state_names, dt=float(sample.dt),
+                          step=sample.step, param_names=self.stream.param_names)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.frame_id = self.frame_id
+        msg.state = f64(sample.state)
+        msg.control = f64(sample.control)
+        msg.param_values = f64(self.stream.param_values)
+        self._pub.publish(msg)
+        self.published += 1
+
+    def _set(self, name: str, scale: float, why: str) -> float:
+        value = self.stream.set_param(name, scale)
+        self.get_logger().info(f"{why}: {self.system} {name} = {scale:g} x nominal = {value:g}")
+        return value
+
+    def _on_change_parameter(self, request: ChangeParameter.Request,
+                             response: ChangeParameter.Response) -> ChangeParameter.Response:
+        try:
+            response.new_value = float(self._set(request.name, request.scale, "service"))
+            response.success, response.message = True, "ok"
+        except MetaSymError as exc:
+            response.success, response.message = False, str(exc)
+        return response
+
+    def destroy_node(self) -> None:
+        if hasattr(self, "stream"):
+            self.stream.close()
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console script `metasym-simulator`."""
+    return run_node(SimulatorNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

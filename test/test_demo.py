@@ -1,0 +1,26 @@
+"""`metasym demo` end to end on a tiny budget: datasets, model, evaluation, plot; cached on rerun."""
+
+import json
+
+from metasym_core.cli import main
+
+
+def test_demo_small(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--max-steps", "12", "--shots", "60", "--horizon", "20"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert len(result["systems"]) == 10 and result["horizon"] == 20
+    assert all(r["mse_before"] >= 0 and r["mse_after"] >= 0 for r in result["systems"])
+    png = (out / "quadrotor_adaptation.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    capsys.readouterr()
+    # second run reuses the datasets and the checkpoint
+    assert main(["demo", "--out", str(out), "--max-steps", "12", "--shots", "60", "--horizon", "20"]) == 0
+    log = capsys.readouterr().out
+    assert "using the cached model" in log and "simulating" not in log
+
+
+def test_demo_bad_arguments(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "d"), "--max-steps", "3", "--shots", "150", "--horizon", "80"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "shots + horizon" in err[0]

@@ -1,0 +1,247 @@
+"""Pure-Python helpers of the online (ROS) pipeline: no rclpy here (metasym_core.online,
+metasym_ros.graph, the launcher's command lines and the CLI registration)."""
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from _models import random_model
+
+from metasym_core.errors import MetaSymError
+from metasym_core.online.local_params import load_local_params, save_local_params
+from metasym_core.online.predictor import OnlinePredictor, load_model
+from metasym_core.online.realised import MetricsAccumulator, RealisedErrorTracker
+from metasym_core.online.streams import make_stream
+from metasym_core.online.window import ContextWindow
+
+pytestmark = pytest.mark.timeout(120)
+
+
+# -- context window ----------------------------------------------------------------------------
+def test_window_accepts_valid_samples_and_keeps_the_last_capacity():
+    w = ContextWindow(state_dim=2, control_dim=1, capacity=3)
+    for k in range(5):
+        assert w.push(0.1 * k, [k, -k], [0.5], 0.1, step=k) is None
+    assert w.full and len(w) == 3 and w.accepted == 5 and w.dropped == 0
+    states, controls, steps = w.arrays()
+    np.testing.assert_array_equal(states[:, 0], [2, 3, 4])
+    assert controls.shape == (3, 1) and steps.tolist() == [0.1] * 3
+    assert w.last().step == 4
+
+
+@pytest.mark.parametrize("kwargs, reason", [
+    ({"state": [1.0, 2.0, 3.0]}, "dimension"),
+    ({"control": []}, "dimension"),
+    ({"state": [math.nan, 0.0]}, "nonfinite"),
+    ({"control": [math.inf]}, "nonfinite"),
+    ({"dt": 0.0}, "bad_dt"),
+    ({"dt": math.nan}, "bad_dt"),
+    ({"stamp": 1.0}, "out_of_order"),  # duplicate stamp
+    ({"stamp": 0.5}, "out_of_order"),
+    ({"stamp": 2.0, "now": 10.0}, "stale"),
+])
+def test_window_rejects_bad_samples_and_counts_them(kwargs, reason):
+    w = ContextWindow(state_dim=2, control_dim=1, capacity=4, max_age_s=1.0)
+    assert w.push(1.0, [0.0, 0.0], [0.0], 0.1, now=1.0) is None
+    sample = {"stamp": 1.5, "state": [1.0, 1.0], "control": [0.0], "dt": 0.1, "now": 1.5, **kwargs}
+    assert w.push(**sample) == reason
+    assert w.rejected[reason] == 1 and w.dropped == 1 and len(w) == 1
+    assert w.push(3.0, [1.0, 1.0], [0.0], 0.1, now=3.0) is None  # still accepts good samples
+
+
+def test_window_validates_its_sizes():
+    with pytest.raises(MetaSymError, match="capacity"):
+        ContextWindow(2, 0, 0)
+    with pytest.raises(MetaSymError, match="state_dim"):
+        ContextWindow(0, 0, 3)
+
+
+# -- realised error ----------------------------------------------------------------------------
+def test_realised_error_matches_predictions_to_later_states_by_step():
+    tracker = RealisedErrorTracker()
+    truth = np.arange(10.0)[:, None] * np.ones((1, 2))  # state of step s is (s, s)
+    tracker.add(base_step=2, states=truth[3:6] + 1.0, version=7)  # predicts steps 3, 4, 5, off by 1
+    done = []
+    for s in range(3, 7):
+        done += tracker.observe(s, truth[s])
+    assert len(done) == 1 and len(tracker) == 0
+    ev = done[0]
+    assert (ev.base_step, ev.version, ev.matched) == (2, 7, 3)
+    assert ev.mse == pytest.approx(1.0) and ev.mse_step1 == pytest.approx(1.0)
+
+
+def test_realised_error_skips_lost_states_and_bounds_memory():
+    tracker = RealisedErrorTracker(max_pending=5)
+    tracker.add(0, np.zeros((3, 1)))
+    assert tracker.observe(2, np.array([2.0])) == []  # step 1 was lost
+    (ev,) = tracker.observe(3, np.array([0.0]))
+    assert ev.matched == 2 and ev.mse_step1 is None and ev.mse == pytest.approx(2.0)
+    for k in range(20):
+        tracker.add(100 + k, np.zeros((50, 1)))
+    assert len(tracker) == 5
+
+
+def test_realised_error_matches_states_that_arrived_before_the_prediction_was_registered():
+    tracker = RealisedErrorTracker()
+    for s in range(3):
+        tracker.observe(s, np.array([float(s)]))
+    assert tracker.add(0, np.array([[1.0], [2.0], [3.0]])) == []  # steps 1, 2 matched at once
+    (ev,) = tracker.observe(3, np.array([5.0]))
+    assert ev.matched == 3 and ev.mse == pytest.approx(4.0 / 3) and ev.mse_step1 == 0.0
+
+
+def test_metrics_accumulator_reports_means_and_resets():
+    acc = MetricsAccumulator()
+    assert math.isnan(acc.report()["realised_mse"])
+    tracker = RealisedErrorTracker()
+    tracker.add(0, np.array([[1.0]]), version=3)
+    acc.add(tracker.observe(1, np.array([3.0]))[0])
+    acc.latency_ms += [1.0, 3.0]
+    report = acc.report()
+    assert report["realised_mse"] == pytest.approx(4.0) and report["latency_ms"] == pytest.approx(2.0)
+    assert report["params_version"] == 3 and report["evaluations"] == 1
+    assert acc.report()["evaluations"] == 0
+
+
+# -- local parameter transport -----------------------------------------------------------------
+def test_local_params_roundtrip_and_validation(tmp_path):
+    model = random_model(state_dim=4, control_dim=1, d_model=8)
+    expected = {k: v.detach() for k, v in model.decoder.local_parameters().items()}
+    params = {k: v + 0.5 for k, v in expected.items()}
+    path = save_local_params(tmp_path / "phi.pt", params, version=3, system="toy")
+    loaded, version = load_local_params(path, expected)
+    assert version == 3 and all(torch.equal(loaded[k], params[k]) for k in params)
+    bad = dict(params)
+    bad[next(iter(bad))] = torch.zeros(1)
+    save_local_params(tmp_path / "bad.pt", bad, 4, "toy")
+    with pytest.raises(MetaSymError, match="shape"):
+        load_local_params(tmp_path / "bad.pt", expected)
+    with pytest.raises(MetaSymError, match="not found"):
+        load_local_params(tmp_path / "missing.pt", expected)
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(MetaSymError, match="unreadable"):
+        load_local_params(tmp_path / "junk.pt", expected)
+
+
+# -- online predictor --------------------------------------------------------------------------
+def _filled_window(predictor, rng, n=12):
+    w = predictor.make_window()
+    D, m = predictor.model.state_dim, predictor.model.control_dim
+    for k in range(n):
+        w.push(0.01 * k, rng.normal(size=D), rng.normal(size=m), 0.01, step=k)
+    return w
+
+
+def test_predictor_predicts_from_the_window_and_swaps_local_params(tmp_path):
+    model = random_model(state_dim=4, control_dim=2, d_model=8, context=5)
+    predictor = OnlinePredictor(model, horizon=6)
+    w = _filled_window(predictor, np.random.default_rng(0))
+    result = predictor.predict(w)
+    assert result.states.shape == (6, 4) and result.version == 0
+    np.testing.assert_allclose(result.times, 0.01 * np.arange(1, 7))
+    states, controls, steps = w.arrays()
+    ref = model.rollout(torch.as_tensor(states)[None], torch.as_tensor(controls)[None],
+                        torch.as_tensor(steps)[None], 6)[0].detach().numpy()
+    np.testing.assert_allclose(result.states, ref, rtol=1e-10, atol=1e-12)
+
+    local = {k: torch.zeros_like(v) for k, v in model.decoder.local_parameters().items()}
+    save_local_params(tmp_path / "phi.pt", local, version=2, system="toy")
+    with pytest.raises(MetaSymError, match="version"):
+        predictor.load_local(tmp_path / "phi.pt", 5)
+    predictor.load_local(tmp_path / "phi.pt", 2)
+    adapted = predictor.predict(w)
+    assert adapted.version == 2 and not np.allclose(adapted.states, result.states)
+
+
+def test_rollout_batch_equals_single_rollouts():
+    model = random_model(state_dim=4, control_dim=2, d_model=8, context=5)
+    predictor = OnlinePredictor(model, horizon=3)
+    rng = np.random.default_rng(1)
+    L, K, H = 5, 4, 7
+    xs, us, hs = rng.normal(size=(L, 4)), rng.normal(size=(L, 2)), np.full(L, 0.02)
+    cand = rng.normal(size=(K, H, 2))
+    out, version = predictor.rollout_batch(xs, us, hs, cand, 0.02)
+    assert out.shape == (K, H, 4) and version == 0
+    for k in (0, K - 1):
+        ref = model.rollout(torch.as_tensor(xs)[None], torch.as_tensor(us)[None], 0.02, H,
+                            future_controls=torch.as_tensor(cand[k])[None])[0].detach().numpy()
+        np.testing.assert_allclose(out[k], ref, rtol=1e-9, atol=1e-12)
+    with pytest.raises(MetaSymError, match="candidate controls"):
+        predictor.rollout_batch(xs, us, hs, cand[..., :1], 0.02)
+    with pytest.raises(MetaSymError, match="NaN"):
+        predictor.rollout_batch(xs * np.nan, us, hs, cand, 0.02)
+
+
+def test_load_model_without_checkpoint_warns_and_matches_config():
+    model, cfg, warning = load_model("quantum", "", "cpu")
+    assert "UNTRAINED" in warning and model.state_dim == cfg["state_dim"] == 2
+    with pytest.raises(MetaSymError, match="not found"):
+        load_model("quantum", "/nonexistent/ckpt.pt", "cpu")
+
+
+# -- streams -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("system, dim, param", [("quadrotor", 12, "mass"), ("spring_mesh", 400, "k"),
+                                                ("quantum", 2, "omega")])
+def test_streams_advance_and_change_parameters(system, dim, param):
+    stream = make_stream(system, seed=1)
+    try:
+        samples = [stream.advance() for _ in range(5)]
+        assert [s.step for s in samples] == list(range(5))
+        assert all(s.state.shape == (dim,) and np.isfinite(s.state).all() and s.dt > 0 for s in samples)
+        assert all(b.t == pytest.approx(a.t + a.dt) for a, b in zip(samples, samples[1:], strict=False))
+        assert len(stream.state_names) == dim
+        before = dict(zip(stream.param_names, stream.param_values, strict=True))[param]
+        assert stream.set_param(param, 1.3) == pytest.approx(1.3 * before)
+        assert np.isfinite(stream.advance().state).all()
+        with pytest.raises(MetaSymError, match="unknown"):
+            stream.set_param("nope", 1.0)
+        with pytest.raises(MetaSymError):
+            stream.set_param(param, 100.0)
+    finally:
+        stream.close()
+
+
+def test_spring_mesh_stream_is_continuous():
+    stream = make_stream("spring_mesh", seed=0)
+    a, b = stream.advance(), stream.advance()
+    assert np.abs(b.state[:200] - a.state[:200]).max() < 0.05  # one small frame of motion
+    assert make_stream("quadrotor").advance().control.shape == (4,)
+    with pytest.raises(MetaSymError, match="unknown system"):
+        make_stream("pendulum")
+
+
+# -- graph, launcher and CLI -------------------------------------------------------------------
+def test_graph_reads_the_ros_section_and_applies_overrides():
+    from metasym_ros.graph import node_graph, params_yaml
+
+    specs = node_graph("quadrotor", {"horizon": 12, "simulator.rate_hz": 50.0})
+    by_name = {s.name: s for s in specs}
+    assert set(by_name) == {"simulator", "predictor"}
+    assert by_name["predictor"].parameters["horizon"] == 12
+    assert by_name["predictor"].parameters["system"] == "quadrotor"
+    assert by_name["simulator"].parameters["rate_hz"] == 50.0
+    assert by_name["simulator"].parameters["change_param"] == "mass"
+    assert params_yaml(specs)["predictor"]["ros__parameters"]["horizon"] == 12
+    for system in ("spring_mesh", "quantum"):
+        assert {s.executable for s in node_graph(system)} == {"simulator", "predictor"}
+    with pytest.raises(MetaSymError, match="unknown override"):
+        node_graph("quadrotor", {"bogus": 1})
+    with pytest.raises(MetaSymError, match="no node"):
+        node_graph("quadrotor", {"learner.x": 1})
+
+
+def test_launcher_command_and_cli_need_no_rclpy(tmp_path):
+    from metasym_ros.graph import node_graph
+    from metasym_ros.launcher import node_command
+
+    spec = node_graph("quantum")[0]
+    cmd = node_command(spec, tmp_path / "p.yaml")
+    assert cmd[1:3] == ["-m", spec.module] and "--params-file" in cmd and f"__node:={spec.name}" in cmd
+    code = ("import sys; from metasym_core.cli import build_parser; "
+            "a = build_parser().parse_args(['launch', 'quantum', '--set', 'horizon=5']); "
+            "assert a.overrides == [('horizon', 5)], a.overrides; "
+            "assert 'rclpy' not in sys.modules and 'launch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

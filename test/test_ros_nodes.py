@@ -1,0 +1,260 @@
+"""The MetaSym nodes over real DDS: simulator + predictor of the quadrotor graph.
+
+In-process nodes (one executor thread) for the topic/service checks, and the
+`metasym launch` subprocess graph for the SIGINT check. Discovery stays on this
+host, on a random domain in 100-200; every in-process test runs in its own namespace.
+"""
+
+import contextlib
+import importlib
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = [pytest.mark.ros, pytest.mark.timeout(120)]
+
+# rcl reads these when a context is initialised; set them before any rclpy use.
+os.environ["ROS_DOMAIN_ID"] = str(random.randint(100, 200))
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ["ROS_STATIC_PEERS"] = ""
+os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+
+DEADLINE_S = 20.0
+HORIZON = 8
+
+
+def _wait(done, what, deadline=DEADLINE_S):
+    end = time.monotonic() + deadline
+    while not done():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def _ros(**node_params):
+    """An rclpy context whose executor spins in a thread; yields (ns, make(cls_or_name, params), ctx)."""
+    rclpy = importlib.import_module("rclpy")
+    executors = importlib.import_module("rclpy.executors")
+    Parameter = importlib.import_module("rclpy.parameter").Parameter
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    executor = executors.SingleThreadedExecutor(context=context)
+    namespace = f"/t{uuid.uuid4().hex[:8]}"
+    nodes = []
+
+    def make(kind, params=None):
+        if isinstance(kind, str):
+            node = rclpy.create_node(kind, namespace=namespace, context=context)
+        else:
+            overrides = [Parameter(k, value=v) for k, v in (params or {}).items()]
+            node = kind(context=context, namespace=namespace, parameter_overrides=overrides)
+        executor.add_node(node)
+        nodes.append(node)
+        return node
+
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    try:
+        yield namespace, make, thread
+    finally:
+        executor.shutdown(timeout_sec=5)
+        if thread.is_alive():
+            thread.join(timeout=5)  # no callback may run once the context is gone
+        for node in nodes:
+            node.destroy_node()
+        context.try_shutdown()
+
+
+def _f64(values):
+    from metasym_ros.common import f64
+
+    return f64(values)
+
+
+def _now_stamp(node):
+    return node.get_clock().now().to_msg()
+
+
+def test_quadrotor_graph_predicts_changes_adapts_and_serves_rollouts(tmp_path):
+    from metasym_ros.msg import AdaptationStatus, Prediction, PredictionMetrics, SystemState
+    from metasym_ros.srv import ChangeParameter, RolloutBatch
+    from nav_msgs.msg import Path
+
+    from metasym_core.online.local_params import save_local_params
+    from metasym_ros import qos
+    from metasym_ros.predictor_node import PredictorNode
+    from metasym_ros.simulator_node import SimulatorNode
+
+    with _ros() as (ns, make, thread):
+        sim = make(SimulatorNode, {"system": "quadrotor", "dt": 0.02, "change_time": 0.5})
+        pred = make(PredictorNode, {"system": "quadrotor", "horizon": HORIZON, "metrics_period_s": 0.5})
+        probe = make("probe")
+        got = {"state": [], "prediction": [], "path": [], "metrics": []}
+        for key, typ, topic, profile in (("state", SystemState, qos.STATE_TOPIC, qos.STATE_QOS),
+                                         ("prediction", Prediction, qos.PREDICTION_TOPIC, qos.PREDICTION_QOS),
+                                         ("path", Path, qos.PATH_TOPIC, qos.PATH_QOS),
+                                         ("metrics", PredictionMetrics, qos.METRICS_TOPIC, qos.METRICS_QOS)):
+            probe.create_subscription(typ, topic, got[key].append, profile)
+        adapt_pub = probe.create_publisher(AdaptationStatus, qos.ADAPTATION_TOPIC, qos.ADAPTATION_QOS)
+        thread.start()
+
+        # predictions: shape, stamps, times, version; path and metrics alongside
+        _wait(lambda: len(got["prediction"]) >= 30 and any(math.isfinite(m.realised_mse) for m in got["metrics"]),
+              "predictions and realised-error metrics")
+        preds = list(got["prediction"])
+        state_stamps = {(m.header.stamp.sec, m.header.stamp.nanosec) for m in got["state"]}
+        for p in preds:
+            assert (p.system, p.horizon, p.state_dim, p.params_version) == ("quadrotor", HORIZON, 12, 0)
+            assert len(p.states) == HORIZON * 12 and np.isfinite(np.asarray(p.states)).all()
+            np.testing.assert_allclose(np.asarray(p.times), 0.02 * np.arange(1, HORIZON + 1))
+        stamps = [p.header.stamp.sec + 1e-9 * p.header.stamp.nanosec for p in preds]
+        assert all(b > a for a, b in zip(stamps, stamps[1:], strict=False)), "prediction stamps must increase"
+        matched = sum((p.header.stamp.sec, p.header.stamp.nanosec) in state_stamps for p in preds)
+        assert matched >= 0.8 * len(preds), "prediction stamps are the stamps of the states they start from"
+        path = got["path"][-1]
+        assert len(path.poses) == HORIZON and path.header.frame_id == "world"
+        assert all(math.isfinite(ps.pose.position.z) for ps in path.poses)
+
+        # scheduled change (t = 0.5 s simulated) and the change_parameter service
+        _wait(lambda: got["state"] and got["state"][-1].param_values[0] == pytest.approx(1.3), "scheduled change")
+        client = probe.create_client(ChangeParameter, f"{ns}/simulator/change_parameter")
+        _wait(client.service_is_ready, "change_parameter service")
+        ok = client.call(ChangeParameter.Request(name="inertia", scale=1.2), timeout_sec=DEADLINE_S)
+        assert ok.success and ok.new_value == pytest.approx(1.2)
+        bad = client.call(ChangeParameter.Request(name="colour", scale=1.2), timeout_sec=DEADLINE_S)
+        assert not bad.success and "colour" in bad.message
+        _wait(lambda: got["state"][-1].param_values[1] == pytest.approx(1.2), "inertia change in the states")
+
+        # adaptation: accepted local parameters travel as a file named by the (transient-local) status
+        local = {k: torch.zeros_like(v) for k, v in pred.predictor.model.decoder.local_parameters().items()}
+        path_v1 = save_local_params(tmp_path / "phi_v1.pt", local, version=1, system="quadrotor")
+        status = AdaptationStatus(system="quadrotor", version=1, accepted=True, reason="test",
+                                  params_path=str(path_v1), loss_before=1.0, loss_after=0.5)
+        status.header.stamp = _now_stamp(probe)
+        adapt_pub.publish(status)
+        n_before = len(got["prediction"])
+        _wait(lambda: any(p.params_version == 1 for p in got["prediction"][n_before:]), "predictions of v1")
+        assert pred.dropped["error"] == 0
+
+        # batched rollout service: K candidates -> K x H x D in one call
+        rollout = probe.create_client(RolloutBatch, f"{ns}/predictor/rollout_batch")
+        _wait(rollout.service_is_ready, "rollout_batch service")
+        L, K, H, D, m = 10, 16, 12, 12, 4
+        rng = np.random.default_rng(0)
+        req = RolloutBatch.Request(context_len=L, state_dim=D, control_dim=m, horizon=H, candidates=K, dt=0.02)
+        req.context_states = _f64(rng.normal(scale=0.1, size=L * D))
+        req.context_controls = _f64(np.full(L * m, 3.6))
+        req.context_dt = _f64(np.full(L, 0.02))
+        req.candidate_controls = _f64(rng.uniform(3.0, 4.0, size=K * H * m))
+        res = rollout.call(req, timeout_sec=DEADLINE_S)
+        assert res.success, res.message
+        assert (res.candidates, res.horizon, res.state_dim, res.params_version) == (K, H, D, 1)
+        out = np.asarray(res.states).reshape(K, H, D)
+        ref, version = pred.predictor.rollout_batch(  # the same single batched call, in process
+            np.asarray(req.context_states).reshape(L, D), np.asarray(req.context_controls).reshape(L, m),
+            np.asarray(req.context_dt), np.asarray(req.candidate_controls).reshape(K, H, m), 0.02)
+        assert version == 1 and np.isfinite(out).all()
+        np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-9)
+        req.state_dim = 5
+        res = rollout.call(req, timeout_sec=DEADLINE_S)
+        assert not res.success and "state_dim" in res.message
+        assert sim.published > 0
+
+
+def test_bad_states_are_dropped_and_counted_while_predictions_continue():
+    from metasym_ros.msg import Prediction, PredictionMetrics, SystemState
+
+    from metasym_ros import qos
+    from metasym_ros.predictor_node import PredictorNode
+
+    with _ros() as (_, make, thread):
+        pred = make(PredictorNode, {"system": "quadrotor", "horizon": 5, "max_age_s": 1.0,
+                                    "metrics_period_s": 0.3})
+        probe = make("probe")
+        preds, metrics = [], []
+        probe.create_subscription(Prediction, qos.PREDICTION_TOPIC, preds.append, qos.PREDICTION_QOS)
+        probe.create_subscription(PredictionMetrics, qos.METRICS_TOPIC, metrics.append, qos.METRICS_QOS)
+        pub = probe.create_publisher(SystemState, qos.STATE_TOPIC, qos.STATE_QOS)
+        thread.start()
+        _wait(lambda: pub.get_subscription_count() > 0, "predictor discovery")
+        rng = np.random.default_rng(0)
+        step = [0]
+
+        def state(dim=12, stamp_offset=0.0, value=None):
+            msg = SystemState(system="quadrotor", dt=0.02, step=step[0])
+            t = probe.get_clock().now().nanoseconds * 1e-9 + stamp_offset
+            msg.header.stamp.sec, msg.header.stamp.nanosec = int(t), int((t % 1) * 1e9)
+            x = rng.normal(scale=0.1, size=dim) if value is None else np.full(dim, value)
+            msg.state, msg.control = _f64(x), _f64(np.full(4, 3.6))
+            step[0] += 1
+            return msg
+
+        def good_stream(seconds):
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                pub.publish(state())
+                time.sleep(0.02)
+
+        good_stream(0.6)
+        _wait(lambda: len(preds) >= 5, f"first predictions {pred.window.accepted} {dict(pred.window.rejected)} {pred.predictions} {dict(pred.dropped)}")
+        for bad in (lambda: state(dim=5), lambda: state(value=math.nan),
+                    lambda: state(stamp_offset=-5.0), lambda: state(stamp_offset=-0.3)):
+            for _ in range(3):  # best effort: send each kind a few times
+                pub.publish(bad())
+                time.sleep(0.01)
+                pub.publish(state())
+                time.sleep(0.02)
+        rejected = pred.window.rejected
+        _wait(lambda: all(rejected[r] >= 1 for r in ("dimension", "nonfinite", "stale", "out_of_order")),
+              "every kind of bad state to be counted")
+
+        dropped_before = pred.dropped_total
+        for _ in range(10_000):  # flood
+            pub.publish(state())
+        n_after_flood = len(preds)
+        good_stream(0.5)
+        _wait(lambda: len(preds) > n_after_flood + 5, "predictions after the flood")
+        assert pred.dropped_total > dropped_before, "the flood must be throttled and counted"
+        print("flood:", dict(pred.dropped), dict(pred.window.rejected), "accepted", pred.window.accepted,
+              "predictions", pred.predictions)
+        assert pred.window.accepted + pred.dropped_total <= 10_000 + step[0]
+        _wait(lambda: sum(m.dropped_messages for m in metrics) >= pred.dropped_total - pred.dropped["skipped"],
+              "dropped counts in the metrics", deadline=5)
+        assert all(len(p.states) == 5 * 12 for p in preds)
+
+
+def test_launched_graph_exits_cleanly_on_sigint():
+    from metasym_ros.msg import Prediction
+
+    from metasym_ros import qos
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "metasym_core.cli", "launch", "quadrotor", "--set", "horizon=5"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with _ros() as (_, make, thread):
+            probe = make("probe")
+            preds = []
+            probe.create_subscription(Prediction, "/" + qos.PREDICTION_TOPIC, preds.append, qos.PREDICTION_QOS)
+            thread.start()
+            _wait(lambda: len(preds) >= 3 or proc.poll() is not None, "predictions of the launched graph", 60)
+        assert proc.poll() is None, "launcher exited early:\n" + proc.stdout.read()
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0, out
+        assert time.monotonic() - t0 < 10, "nodes must exit within a few seconds"
+        assert "killing" not in out and "unclean" not in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,198 @@
+"""Trainer: resume reproduces the uninterrupted run, Ctrl-C, bad inputs, CLI."""
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from metasym_core.checkpoint import load_checkpoint, read_checkpoint
+from metasym_core.cli import main
+from metasym_core.config import load_config
+from metasym_core.errors import MetaSymError
+from metasym_core.systems.dataset import SystemDataset, generate, save_dataset
+from metasym_core.train.config import TrainingConfig
+from metasym_core.train.trainer import Trainer
+
+TINY = {"encoder_steps": 4, "outer_steps": 5, "inner_steps": 2, "batch_systems": 2, "window": 12,
+        "checkpoint_interval": 3, "eval_interval": 2, "patience": 50}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def arrays():
+    return {split: generate("oscillator", split, systems=4, steps=60, seed=seed, workers=1, progress=False)
+            for split, seed in (("train", 0), ("ood", 1))}
+
+
+@pytest.fixture
+def data(arrays):
+    return SystemDataset.from_arrays(arrays["train"]), SystemDataset.from_arrays(arrays["ood"])
+
+
+def _cfg(**training):
+    cfg = load_config("oscillator")
+    cfg["training"] = {**cfg["training"], **TINY, **training}
+    return cfg
+
+
+def _same(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_resume_and_ctrl_c_reproduce_uninterrupted_run(data, tmp_path):
+    train, val = data
+    full = Trainer(_cfg(), train, val, tmp_path / "full", seed=3, progress=False)
+    full.run()
+    assert full.step == 9
+    # interrupted by --max-steps inside the encoder phase, then resumed
+    part = Trainer(_cfg(), train, val, tmp_path / "part", seed=3, max_steps=3, progress=False)
+    part.run()
+    again = Trainer(_cfg(), train, val, tmp_path / "part", seed=3, progress=False)
+    again.resume()
+    assert again.step == 3
+    again.run()
+    assert _same(full.model, again.model)
+    # Ctrl-C in the decoder phase saves last.pt first
+    ctrl = Trainer(_cfg(), train, val, tmp_path / "ctrl", seed=3, progress=False)
+    calls = {"n": 0}
+    real = ctrl._decoder_step
+
+    def interrupt():
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real()
+    ctrl._decoder_step = interrupt
+    with pytest.raises(KeyboardInterrupt):
+        ctrl.run()
+    assert read_checkpoint(tmp_path / "ctrl" / "last.pt")["extra"]["step"] == 6
+    resumed = Trainer(_cfg(), train, val, tmp_path / "ctrl", seed=3, progress=False)
+    resumed.resume()
+    resumed.run()
+    assert _same(full.model, resumed.model)
+    for run in ("full", "part"):
+        rows = (tmp_path / run / "metrics.csv").read_text().splitlines()
+        assert rows[0].startswith("step,phase,loss") and len(rows) == 10
+        summary = json.loads((tmp_path / run / "metrics.json").read_text())
+        assert summary["steps"] == 9
+    assert (tmp_path / "full" / "final.pt").is_file() and (tmp_path / "full" / "best.pt").is_file()
+
+
+def test_nan_loss_keeps_last_good_checkpoint(data, tmp_path):
+    train, val = data
+    t = Trainer(_cfg(), train, val, tmp_path, seed=0, max_steps=3, progress=False)
+    t.run()
+    good = {k: v.clone() for k, v in t.model.state_dict().items()}
+    t.total = 9
+    with torch.no_grad():
+        t.model.encoder.S.fill_(float("nan"))
+    with pytest.raises(MetaSymError, match="training loss is nan at step 3") as info:
+        t.run()
+    assert "\n" not in str(info.value)
+    model, extra = load_checkpoint(tmp_path / "last.pt")
+    assert extra["step"] == 3
+    assert all(torch.equal(model.state_dict()[k], good[k]) for k in good)
+
+
+def test_bad_inputs(data, tmp_path):
+    train, val = data
+    with pytest.raises(MetaSymError, match="state_dim 2, control_dim 1; the config expects 12, 4"):
+        Trainer(load_config("quadrotor"), train, val, tmp_path)
+    empty = SystemDataset(train.metadata, train.system_index[:0], train.params[:0], train.times[:0],
+                          train.states[:0], train.controls[:0], {})
+    with pytest.raises(MetaSymError, match="empty"):
+        Trainer(_cfg(), empty, val, tmp_path)
+    with pytest.raises(MetaSymError, match="training.inner_lr"):
+        TrainingConfig.from_config({"training": {"inner_lr": -1}})
+    with pytest.raises(MetaSymError, match="unknown training keys"):
+        TrainingConfig.from_config({"training": {"inner_step": 3}})
+    with pytest.raises(MetaSymError, match="too few"):
+        Trainer(_cfg(support_fraction=0.1), train, val, tmp_path)
+
+
+def test_cli_train_and_evaluate(arrays, tmp_path, capsys):
+    for split, arr in arrays.items():
+        save_dataset(arr, tmp_path / f"{split}.npz")
+    cfg = yaml.safe_load(open(load_config("oscillator")["_path"]))
+    cfg["training"].update(TINY)
+    (tmp_path / "osc.yaml").write_text(yaml.safe_dump(cfg))
+    args = ["train", "--system", "oscillator", "--config", str(tmp_path / "osc.yaml"), "--data",
+            str(tmp_path / "train.npz"), "--val", str(tmp_path / "ood.npz"), "--out", str(tmp_path / "run"),
+            "--quiet"]
+    assert main(args + ["--max-steps", "5"]) == 0
+    assert main(args) == 1
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(args + ["--resume"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 9
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "final.pt"), "--data",
+                 str(tmp_path / "ood.npz"), "--shots", "30", "--horizon", "10"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["systems"]) == 4 and math.isfinite(out["mse_after"]["mean"])
+    assert set(out["mse_before"]) == {"mean", "std"}
+    assert main(["train", "--system", "quadrotor", "--config", str(tmp_path / "osc.yaml"), "--data",
+                 str(tmp_path / "train.npz"), "--val", str(tmp_path / "ood.npz"), "--out", str(tmp_path / "x")]) == 1
+    assert "is for oscillator" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "final.pt"), "--data",
+                 str(tmp_path / "ood.npz"), "--shots", "3"]) == 1
+    assert "shots must be in" in capsys.readouterr().err
+
+
+def _ddp_worker(rank: int, world: int, port: int, folder: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "WORLD_SIZE": str(world)})
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        train, val = (SystemDataset.from_arrays(generate("oscillator", s, systems=4, steps=60, seed=seed, workers=1,
+                                                         progress=False)) for s, seed in (("train", 0), ("ood", 1)))
+        cfg = _cfg(batch_systems=4)
+        cfg["model"]["encoder"]["dropconnect"] = 0.0
+        t = Trainer(cfg, train, val, f"{folder}/run", seed=5, progress=False)
+        t.run()
+        torch.save({"state": t.model.state_dict(), "losses": [r["loss"] for r in t.history]},
+                   f"{folder}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_data_parallel_matches_single_process(data, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in r0["state"])
+    cfg = _cfg(batch_systems=4)
+    cfg["model"]["encoder"]["dropconnect"] = 0.0
+    single = Trainer(cfg, *data, tmp_path / "single", seed=5, progress=False)
+    single.run()
+    assert [r["loss"] for r in single.history] == pytest.approx(r0["losses"], rel=1e-4, abs=1e-6)
+    state = single.model.state_dict()
+    assert all(torch.allclose(state[k], r0["state"][k], rtol=1e-4, atol=1e-5) for k in state)
+    assert (tmp_path / "run" / "final.pt").is_file()
+
+
+def test_train_bench_smoke(tmp_path):
+    from metasym_core.bench.train import run_train_bench
+
+    figures = run_train_bench(["oscillator"], repeats=1, adapt_repeats=2, doc=tmp_path / "bench.md")
+    assert figures["oscillator_decoder_step_ms"] > 0 and figures["adapt_k10_t200_1thread_ms"] > 0
+    assert "## Training" in (tmp_path / "bench.md").read_text()
