@@ -37,5 +37,6 @@ setup(
         "metasym = metasym_core.cli:main",
         "metasym-simulator = metasym_ros.simulator_node:main",
         "metasym-predictor = metasym_ros.predictor_node:main",
+        "metasym-learner = metasym_ros.learner_node:main",
     ]},
 )

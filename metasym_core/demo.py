@@ -82,7 +82,7 @@ def _plot(path: Path, model, ds, result: dict, shots: int, horizon: int) -> None
     t = ds.times[i, shots:shots + horizon]
     truth = ds.states[i, shots:shots + horizon]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for k, label in enumerate("xyz"):
+    for k in range(3):
         axes[0].plot(t, position_of(truth)[:, k], "k-", lw=2, label="truth" if k == 0 else None)
         axes[0].plot(t, position_of(before)[:, k], "C3--", label="meta-trained, not adapted" if k == 0 else None)
         axes[0].plot(t, position_of(after)[:, k], "C0-", label=f"adapted ({shots} shots)" if k == 0 else None)

@@ -18,20 +18,22 @@ from metasym_core.errors import MetaSymError
 
 PACKAGE = "metasym_ros"
 SYSTEMS: tuple[str, ...] = ("quadrotor", "spring_mesh", "quantum")
-# Node name -> (executable, Python module with `main`); the learner joins once it exists.
+# Node name -> (executable, Python module with `main`).
 NODES: dict[str, tuple[str, str]] = {
     "simulator": ("simulator", "metasym_ros.simulator_node"),
     "predictor": ("predictor", "metasym_ros.predictor_node"),
+    "learner": ("learner", "metasym_ros.learner_node"),
 }
-# The knobs the launch files expose as launch arguments: argument -> (node, parameter).
-LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
-    "checkpoint": ("predictor", "checkpoint"),
-    "horizon": ("predictor", "horizon"),
-    "device": ("predictor", "device"),
-    "rate_hz": ("simulator", "rate_hz"),
-    "change_param": ("simulator", "change_param"),
-    "change_scale": ("simulator", "change_scale"),
-    "change_time": ("simulator", "change_time"),
+# The knobs the launch files expose as launch arguments: argument -> the (node, parameter)s it sets.
+LAUNCH_ARGUMENTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "checkpoint": (("predictor", "checkpoint"), ("learner", "checkpoint")),
+    "device": (("predictor", "device"), ("learner", "device")),
+    "horizon": (("predictor", "horizon"),),
+    "rate_hz": (("simulator", "rate_hz"),),
+    "change_param": (("simulator", "change_param"),),
+    "change_scale": (("simulator", "change_scale"),),
+    "change_time": (("simulator", "change_time"),),
+    "adapt_period_s": (("learner", "period_s"),),
 }
 
 
@@ -62,15 +64,16 @@ def node_graph(system: str, overrides: Mapping[str, object] | None = None) -> li
         params[node] = {"system": system, **section}
     for key, value in (overrides or {}).items():
         if "." in key:
-            node, _, param = key.partition(".")
+            targets: tuple[tuple[str, str], ...] = (tuple(key.split(".", 1)),)
         elif key in LAUNCH_ARGUMENTS:
-            node, param = LAUNCH_ARGUMENTS[key]
+            targets = LAUNCH_ARGUMENTS[key]
         else:
             raise MetaSymError(f"unknown override {key!r}; use node.param or one of "
                                f"{', '.join(LAUNCH_ARGUMENTS)}")
-        if node not in params or not param:
-            raise MetaSymError(f"override {key!r} names no node of the graph ({', '.join(NODES)})")
-        params[node][param] = _like(params[node].get(param), value, key)
+        for node, param in targets:
+            if node not in params or not param:
+                raise MetaSymError(f"override {key!r} names no node of the graph ({', '.join(NODES)})")
+            params[node][param] = _like(params[node].get(param), value, key)
     return [NodeSpec(name=node, executable=exe, module=module, parameters=params[node])
             for node, (exe, module) in NODES.items()]
 

@@ -10,7 +10,8 @@ Parameters (declared up front, validated; see `ros: predictor:` in config/<syste
   path_rate_hz at most this many predicted paths per second (display only; 0 = none)
   metrics_period_s  period of the metrics report
   threads      torch CPU threads of the per-state prediction (default 1: latency-bound)
-  batch_threads  torch CPU threads of the rollout_batch service (0 = torch default)
+  batch_threads  torch CPU threads of the rollout_batch service (default 1; 0 = torch default;
+               more threads pay off only on idle cores: OpenMP spin-waits when oversubscribed)
   frame_id     frame of the predicted path
 
 Topics (QoS in metasym_ros.qos):
@@ -30,7 +31,9 @@ Service ``~/rollout_batch`` (RolloutBatch): context + K candidate control sequen
 trajectories, one batched `model.rollout` call.
 
 Bad states (wrong dimension or system, NaN/Inf, non-positive dt, stale or out-of-order
-stamps) are dropped with a throttled warning and counted; the node stays up.
+stamps) are dropped with a throttled warning and counted; the node stays up. States lost
+on the way (best-effort QoS drops the excess of a flood) show as gaps in SystemState.step
+and are counted as "lost"; states superseded before their rollout as "skipped".
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ class PredictorNode(Node):
         path_rate_hz = declare(self, "path_rate_hz", 10.0, "Most predicted paths per second (0 = none)")
         threads = declare(self, "threads", 1, "torch CPU threads of the per-state prediction (0 = torch default)",
                           read_only=True)
-        self.batch_threads = declare(self, "batch_threads", 0,
+        self.batch_threads = declare(self, "batch_threads", 1,
                                      "torch CPU threads of the rollout_batch service (0 = torch default)")
         self.frame_id = declare(self, "frame_id", "world", "Frame of the predicted path")
         if self.system not in STREAMS:
@@ -115,6 +118,7 @@ class PredictorNode(Node):
         self._path_period = 1.0 / path_rate_hz if path_rate_hz > 0 else math.inf
         self._last_path = -math.inf
         self._reported_drops = 0
+        self._last_step = -1  # highest SystemState.step seen: gaps are states lost on the way
         # The subscription callback only validates and appends (fast); a worker thread predicts from
         # the newest state, so states never queue behind slow rollouts (latency = one rollout, not a
         # queue of them). States superseded while a rollout runs are counted as "skipped".
@@ -128,7 +132,7 @@ class PredictorNode(Node):
         self._path_pub = (self.create_publisher(Path, PATH_TOPIC, PATH_QOS) if self.system == "quadrotor"
                           else None)
         self._metrics_pub = self.create_publisher(PredictionMetrics, METRICS_TOPIC, METRICS_QOS)
-        self._state_sub = self._subscribe_states()
+        self._state_sub = self.create_subscription(SystemState, STATE_TOPIC, self._on_state, STATE_QOS)
         self._adapt_sub = self.create_subscription(AdaptationStatus, ADAPTATION_TOPIC, self._on_adaptation,
                                                    ADAPTATION_QOS)
         self._srv = self.create_service(RolloutBatch, "~/rollout_batch", self._on_rollout_batch)
@@ -136,17 +140,6 @@ class PredictorNode(Node):
         self._worker.start()
         self.get_logger().info(f"predicting {self.system}: context {self.predictor.context}, horizon "
                                f"{self.horizon}, device {self.predictor.device}")
-
-    def _subscribe_states(self):
-        """State subscription; samples lost in transport are counted where the RMW reports them."""
-        try:
-            from rclpy.event_handler import SubscriptionEventCallbacks
-
-            events = SubscriptionEventCallbacks(message_lost=self._on_lost)
-            return self.create_subscription(SystemState, STATE_TOPIC, self._on_state, STATE_QOS,
-                                            event_callbacks=events)
-        except Exception:  # noqa: BLE001 - event unsupported by this RMW: subscribe without it
-            return self.create_subscription(SystemState, STATE_TOPIC, self._on_state, STATE_QOS)
 
     # -- counters --------------------------------------------------------------------------------
     @property
@@ -158,8 +151,6 @@ class PredictorNode(Node):
         self.dropped[reason] += 1
         self.get_logger().warning(f"dropped state ({reason}): {detail}", throttle_duration_sec=WARN_EVERY_S)
 
-    def _on_lost(self, info) -> None:
-        self.dropped["lost"] += int(info.total_count_change)
 
     # -- states → predictions ----------------------------------------------------------------------
     def _on_state(self, msg: SystemState) -> None:
@@ -167,6 +158,11 @@ class PredictorNode(Node):
         if msg.system != self.system:
             self._drop("system", f"system {msg.system!r}, expected {self.system!r}")
             return
+        if msg.step > self._last_step + 1 and self._last_step >= 0:  # gap in the simulator's counter
+            self.dropped["lost"] += msg.step - self._last_step - 1
+            self.get_logger().warning(f"{msg.step - self._last_step - 1} states lost before step {msg.step} "
+                                      "(transport or flood)", throttle_duration_sec=WARN_EVERY_S)
+        self._last_step = max(self._last_step, msg.step)
         stamp = stamp_seconds(msg.header.stamp)
         state = np.frombuffer(msg.state, dtype=np.float64)
         control = np.frombuffer(msg.control, dtype=np.float64)
@@ -189,6 +185,11 @@ class PredictorNode(Node):
 
     def _predict_loop(self) -> None:
         """Worker: predict from the newest pending state; at most max_rate_hz rollouts per second."""
+        torch.set_num_threads(self.threads)  # OpenMP thread counts are per thread: set it in this one too
+        try:
+            self.predictor.warm_up()  # pay the first-call cost before the first state, not on it
+        except (MetaSymError, RuntimeError) as exc:
+            self.get_logger().warning(f"warm-up rollout failed: {exc}")
         last = -math.inf
         while not self._stop.is_set():
             if not self._wake.wait(timeout=0.1):

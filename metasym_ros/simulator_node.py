@@ -55,6 +55,7 @@ class SimulatorNode(Node):
 
         self.stream = make_stream(self.system, dt=dt, seed=seed)
         if self.change_time >= 0 and self.change_param not in self.stream.param_names:
+            self.stream.close()
             raise MetaSymError(f"parameter change_param must be one of {', '.join(self.stream.param_names)}, "
                                f"got {self.change_param!r}")
         self._changed = False

@@ -217,20 +217,22 @@ def test_spring_mesh_stream_is_continuous():
 def test_graph_reads_the_ros_section_and_applies_overrides():
     from metasym_ros.graph import node_graph, params_yaml
 
-    specs = node_graph("quadrotor", {"horizon": 12, "simulator.rate_hz": 50.0})
+    specs = node_graph("quadrotor", {"horizon": 12, "simulator.rate_hz": 50.0, "checkpoint": "m.pt"})
     by_name = {s.name: s for s in specs}
-    assert set(by_name) == {"simulator", "predictor"}
+    assert set(by_name) == {"simulator", "predictor", "learner"}
+    # one launch argument may set a parameter of several nodes (the model of predictor and learner)
+    assert by_name["predictor"].parameters["checkpoint"] == by_name["learner"].parameters["checkpoint"] == "m.pt"
     assert by_name["predictor"].parameters["horizon"] == 12
     assert by_name["predictor"].parameters["system"] == "quadrotor"
     assert by_name["simulator"].parameters["rate_hz"] == 50.0
     assert by_name["simulator"].parameters["change_param"] == "mass"
     assert params_yaml(specs)["predictor"]["ros__parameters"]["horizon"] == 12
     for system in ("spring_mesh", "quantum"):
-        assert {s.executable for s in node_graph(system)} == {"simulator", "predictor"}
+        assert {s.executable for s in node_graph(system)} == {"simulator", "predictor", "learner"}
     with pytest.raises(MetaSymError, match="unknown override"):
         node_graph("quadrotor", {"bogus": 1})
     with pytest.raises(MetaSymError, match="no node"):
-        node_graph("quadrotor", {"learner.x": 1})
+        node_graph("quadrotor", {"planner.x": 1})
 
 
 def test_launcher_command_and_cli_need_no_rclpy(tmp_path):

@@ -204,8 +204,10 @@ def test_bad_states_are_dropped_and_counted_while_predictions_continue():
                 pub.publish(state())
                 time.sleep(0.02)
 
-        good_stream(0.6)
-        _wait(lambda: len(preds) >= 5, f"first predictions {pred.window.accepted} {dict(pred.window.rejected)} {pred.predictions} {dict(pred.dropped)}")
+        end = time.monotonic() + DEADLINE_S
+        while len(preds) < 5:  # the first rollout may be slow (warm-up): keep streaming
+            assert time.monotonic() < end, "timed out waiting for the first predictions"
+            good_stream(0.1)
         for bad in (lambda: state(dim=5), lambda: state(value=math.nan),
                     lambda: state(stamp_offset=-5.0), lambda: state(stamp_offset=-0.3)):
             for _ in range(3):  # best effort: send each kind a few times
@@ -224,11 +226,12 @@ def test_bad_states_are_dropped_and_counted_while_predictions_continue():
         good_stream(0.5)
         _wait(lambda: len(preds) > n_after_flood + 5, "predictions after the flood")
         assert pred.dropped_total > dropped_before, "the flood must be throttled and counted"
-        print("flood:", dict(pred.dropped), dict(pred.window.rejected), "accepted", pred.window.accepted,
-              "predictions", pred.predictions)
-        assert pred.window.accepted + pred.dropped_total <= 10_000 + step[0]
-        _wait(lambda: sum(m.dropped_messages for m in metrics) >= pred.dropped_total - pred.dropped["skipped"],
-              "dropped counts in the metrics", deadline=5)
+        # every state sent is accounted for: accepted, rejected, skipped or lost (gaps in `step`)
+        received = pred.window.accepted + pred.window.dropped
+        assert step[0] - 5 <= received + pred.dropped["lost"] <= step[0]  # a lost last state leaves no gap
+        _wait(lambda: sum(m.dropped_messages for m in metrics) == pred.dropped_total,
+              "every dropped/skipped state reported in the metrics", deadline=5)
+        print(f"flood: {dict(pred.dropped)} {dict(pred.window.rejected)} accepted {pred.window.accepted}")
         assert all(len(p.states) == 5 * 12 for p in preds)
 
 
@@ -258,3 +261,63 @@ def test_launched_graph_exits_cleanly_on_sigint():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_nodes_refuse_bad_parameters():
+    from metasym_core.errors import MetaSymError
+    from metasym_ros.predictor_node import PredictorNode
+    from metasym_ros.simulator_node import SimulatorNode
+
+    with _ros() as (_, make, _thread):
+        with pytest.raises(MetaSymError, match="system"):
+            make(SimulatorNode, {"system": "pendulum"})
+        with pytest.raises(MetaSymError, match="change_param"):
+            make(SimulatorNode, {"system": "quadrotor", "change_param": "colour"})
+        with pytest.raises(MetaSymError, match="horizon"):
+            make(PredictorNode, {"system": "quadrotor", "horizon": 0})
+        with pytest.raises(MetaSymError, match="checkpoint not found"):
+            make(PredictorNode, {"system": "quadrotor", "checkpoint": "/nonexistent.pt"})
+
+
+def test_learner_adapts_online_and_predictor_swaps_in_its_parameters(tmp_path):
+    """simulator → learner → (file + AdaptationStatus) → predictor, all over DDS."""
+    from metasym_ros.msg import AdaptationStatus, Prediction
+    from std_srvs.srv import Trigger
+
+    from metasym_core.checkpoint import save_checkpoint
+    from metasym_core.config import build_model, load_config
+    from metasym_ros import qos
+    from metasym_ros.learner_node import LearnerNode
+    from metasym_ros.predictor_node import PredictorNode
+    from metasym_ros.simulator_node import SimulatorNode
+
+    torch.manual_seed(0)
+    model = build_model(load_config("quadrotor"))
+    with torch.no_grad():  # non-trivial weights: the local parameters then matter
+        for p in model.parameters():
+            p.normal_(0.0, 0.2)
+    ckpt = save_checkpoint(tmp_path / "model.pt", model)
+    with _ros() as (ns, make, thread):
+        make(SimulatorNode, {"system": "quadrotor", "dt": 0.02, "change_time": 0.3})
+        pred = make(PredictorNode, {"system": "quadrotor", "horizon": HORIZON, "checkpoint": str(ckpt)})
+        learner = make(LearnerNode, {"system": "quadrotor", "checkpoint": str(ckpt), "window": 40,
+                                     "period_s": 0.5, "min_gain": 0.0, "params_dir": str(tmp_path / "phi")})
+        probe = make("probe")
+        statuses, preds = [], []
+        probe.create_subscription(AdaptationStatus, qos.ADAPTATION_TOPIC, statuses.append, qos.ADAPTATION_QOS)
+        probe.create_subscription(Prediction, qos.PREDICTION_TOPIC, preds.append, qos.PREDICTION_QOS)
+        thread.start()
+        _wait(lambda: statuses, "an adaptation attempt", deadline=40)
+        _wait(lambda: any(s.accepted for s in statuses), "an accepted adaptation", deadline=40)
+        first = next(s for s in statuses if s.accepted)
+        assert first.version == 1 and first.loss_after <= first.loss_before and first.latency_ms > 0
+        assert os.path.isfile(first.params_path)
+        _wait(lambda: any(p.params_version >= 1 for p in preds), "predictions with the adapted parameters")
+        assert pred.predictor.version >= 1
+        versions = [s.version for s in statuses if s.accepted]
+        assert versions == sorted(versions) and len(set(versions)) == len(versions)
+        client = probe.create_client(Trigger, f"{ns}/learner/adapt_now")
+        _wait(client.service_is_ready, "adapt_now service")
+        assert client.call(Trigger.Request(), timeout_sec=DEADLINE_S).success
+        n = len(learner.outcomes)
+        _wait(lambda: len(learner.outcomes) > n, "the requested adaptation")

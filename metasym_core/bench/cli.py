@@ -5,8 +5,13 @@ carry their unit, each beside its baseline measured in the same run."""
 from __future__ import annotations
 
 import argparse
+import importlib
 
 from metasym_core.bench.report import DEFAULT_DOC, print_json
+
+# Benchmarks that live in other packages (ROS): module with `register_bench(sub, common)`.
+# They must not load ROS client libraries at import time; a missing package leaves its benchmark out.
+_PLUGINS = ["metasym_ros.bench_latency"]
 
 
 def _rollout(args: argparse.Namespace) -> int:
@@ -39,6 +44,18 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _table1(args: argparse.Namespace) -> int:
+    from metasym_core.bench.table1 import run_table1_bench
+    from metasym_core.systems import SYSTEM_NAMES
+
+    systems = list(SYSTEM_NAMES) if args.system == "all" else [args.system]
+    figures = run_table1_bench(systems, quick=args.quick, out_json=args.out_json, doc=args.doc, out_dir=args.out,
+                               conservative=args.conservative, ablate_meta=args.ablate_meta)
+    if args.json:
+        print_json(figures)
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `bench` and its benchmarks."""
     bench = subparsers.add_parser("bench", help="run a benchmark", description=__doc__.splitlines()[0])
@@ -66,3 +83,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("system", nargs="?", default="all", help="a system name or all (default)")
     common(p)
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("table1", help="paper Table 1: OOD rollout MSE of MetaSym and the baselines")
+    p.add_argument("--system", default="all", choices=["spring_mesh", "quantum", "quadrotor", "all"])
+    p.add_argument("--quick", action="store_true", help="small sizes: a smoke test in minutes, not a reproduction")
+    p.add_argument("--out", default="runs/table1", help="output folder (cached data, runs, plots, JSON)")
+    p.add_argument("--out-json", default=None, help="JSON file of the results (default <out>/table1.json)")
+    p.add_argument("--conservative", action="store_true",
+                   help="ablation D.1: the undamped spring mesh (with --system spring_mesh)")
+    p.add_argument("--ablate-meta", action="store_true", help="add MetaSym trained without meta-learning")
+    common(p)
+    p.set_defaults(func=_table1)
+
+    for name in _PLUGINS:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        module.register_bench(sub, common)

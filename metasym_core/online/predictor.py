@@ -90,6 +90,11 @@ class OnlinePredictor:
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(array), dtype=self.dtype, device=self.device)
 
+    def warm_up(self) -> float:
+        """One throw-away rollout (first calls pay lazy initialisation); returns its time in ms."""
+        c, D, m = self.model.context, self.model.state_dim, self.model.control_dim
+        return self.predict_arrays(np.zeros((c, D)), np.zeros((c, m)), np.full(c, 0.01)).latency_ms
+
     def predict(self, window: ContextWindow) -> PredictionResult:
         """Roll out `horizon` steps after the newest sample of `window`, holding its control and step."""
         return self.predict_arrays(*window.arrays())

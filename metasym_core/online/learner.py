@@ -1,0 +1,132 @@
+"""Online few-shot adaptation policy of the learner node, without ROS.
+
+The learner keeps the most recent `window` valid samples, adapts the decoder's
+local parameters φ (`metasym_core.meta.adapt`) periodically or as soon as the
+realised prediction error rises, and *refuses* an adaptation unless it beats both
+the meta-learned init φ₀ and the currently published φ on the held-out tail of
+the window. Accepted parameters get the next version number and are written
+atomically to a file that the predictor loads (`local_params`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from metasym_core.errors import MetaSymError
+from metasym_core.meta.adapt import adapt, prepare, split_point
+from metasym_core.meta.losses import increment_loss
+from metasym_core.models.metasym import MetaSym
+from metasym_core.online.local_params import save_local_params
+from metasym_core.online.window import ContextWindow
+
+
+@dataclass
+class AdaptationOutcome:
+    """What one adaptation attempt did (the fields of an AdaptationStatus message)."""
+
+    version: int  # the version now in force (new if accepted)
+    accepted: bool
+    loss_before: float  # held-out loss of the parameters in force before
+    loss_after: float  # held-out loss of the candidate
+    latency_ms: float
+    reason: str
+    params_path: str = ""
+
+
+class OnlineLearner:
+    """Buffer, trigger, adapt, validate, publish (see the module docstring).
+
+    Args:
+        model: a (meta-)trained MetaSym; never modified.
+        system: system name written into the parameter files.
+        out_dir: where accepted parameters are written (`<system>_local_v<version>.pt`).
+        window: samples used per adaptation (the most recent ones).
+        inner_steps, lr, holdout: `adapt` settings (the config's training values).
+        period_s: adapt at least this often (wall/sim seconds of the caller's clock); <= 0: never periodic.
+        error_rise: adapt early when the realised error exceeds this factor times its running baseline.
+        min_interval_s: never adapt more often than this.
+        min_gain: accept only a relative held-out improvement of at least this (no churn on noise).
+    """
+
+    def __init__(self, model: MetaSym, system: str, out_dir: str | os.PathLike, window: int = 200,
+                 inner_steps: int = 10, lr: float = 0.1, holdout: float = 0.25, period_s: float = 5.0,
+                 error_rise: float = 2.0, min_interval_s: float = 0.5, min_gain: float = 0.01):
+        if window < max(8, model.context + 2):
+            raise MetaSymError(f"learner window must be >= {max(8, model.context + 2)} samples, got {window}")
+        if error_rise <= 1.0:
+            raise MetaSymError(f"error_rise must be > 1, got {error_rise}")
+        self.model, self.system = model.eval(), system
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.buffer = ContextWindow(model.state_dim, model.control_dim, window)
+        self.inner_steps, self.lr, self.holdout = int(inner_steps), float(lr), float(holdout)
+        self.period_s, self.error_rise, self.min_interval_s = float(period_s), float(error_rise), float(min_interval_s)
+        if not 0.0 <= min_gain < 1.0:
+            raise MetaSymError(f"min_gain must be in [0, 1), got {min_gain}")
+        self.min_gain = float(min_gain)
+        self.version = 0
+        self.active: dict[str, torch.Tensor] | None = None  # None: the model's own φ₀
+        self._last_attempt = -math.inf
+        self._baseline: float | None = None  # running realised error while nothing changes
+        self._alarm = False
+
+    # -- inputs ----------------------------------------------------------------------------------------
+    def push(self, stamp: float, state, control, dt: float, now: float | None = None) -> str | None:
+        """Buffer one sample; returns the rejection reason or None."""
+        return self.buffer.push(stamp, state, control, dt, now)
+
+    def observe_error(self, mse: float) -> None:
+        """Feed the predictor's realised error; a jump over `error_rise` × baseline raises the alarm."""
+        if not math.isfinite(mse):
+            return
+        if self._baseline is None:
+            self._baseline = mse
+        elif mse > self.error_rise * self._baseline:
+            self._alarm = True
+        else:
+            self._baseline = 0.9 * self._baseline + 0.1 * mse
+
+    def should_adapt(self, now: float) -> bool:
+        """Enough samples, not too soon, and either the error alarm or the period is due."""
+        if not self.buffer.full or now - self._last_attempt < self.min_interval_s:
+            return False
+        return self._alarm or (self.period_s > 0 and now - self._last_attempt >= self.period_s)
+
+    # -- the adaptation ------------------------------------------------------------------------------
+    def _holdout_loss(self, local: dict[str, torch.Tensor] | None, states, controls, steps) -> float:
+        with torch.no_grad():
+            batch = prepare(self.model, states, controls, steps)
+            cut = split_point(batch.x.shape[1], self.holdout)
+            return float(increment_loss(self.model, batch, local, start=cut - 1))
+
+    def adapt_now(self, now: float) -> AdaptationOutcome:
+        """Adapt on the buffered window; accept only an improvement over φ₀ and the active φ."""
+        return self.adapt_window(*self.buffer.arrays(), now=now)
+
+    def adapt_window(self, states, controls, steps, now: float) -> AdaptationOutcome:
+        """`adapt_now` on given arrays (a snapshot of the buffer taken under the caller's lock)."""
+        self._last_attempt = now
+        self._alarm = False
+        start = time.perf_counter()
+        dtype = next(self.model.parameters()).dtype
+        states, controls, steps = (torch.as_tensor(a, dtype=dtype) for a in (states, controls, steps))
+        result = adapt(self.model, states, controls, steps, self.inner_steps, self.lr, self.holdout)
+        current = result.loss_before if self.active is None else self._holdout_loss(self.active, states,
+                                                                                   controls, steps)
+        best_before = min(result.loss_before, current)
+        latency = 1000 * (time.perf_counter() - start)
+        if not result.loss_after < (1.0 - self.min_gain) * best_before:
+            return AdaptationOutcome(self.version, False, best_before, result.loss_after, latency,
+                                     f"refused: the held-out loss did not improve by {100 * self.min_gain:g}%")
+        self.version += 1
+        path = self.out_dir / f"{self.system}_local_v{self.version}.pt"
+        save_local_params(path, result.local_params, self.version, self.system)
+        self.active = result.local_params
+        self._baseline = None  # the error level changes with new parameters: learn it again
+        return AdaptationOutcome(self.version, True, best_before, result.loss_after, latency, "accepted", str(path))

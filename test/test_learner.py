@@ -1,0 +1,68 @@
+"""OnlineLearner: triggers, acceptance only on held-out improvement, versioned parameter files."""
+
+import torch
+from _models import random_model
+
+from metasym_core.online.learner import OnlineLearner
+from metasym_core.online.local_params import load_local_params
+
+
+def _system(seed=0):
+    """A model and a trajectory of the same model with perturbed local params (a "new system")."""
+    model = random_model(state_dim=4, control_dim=1, d_model=16, context=8, scale=0.3, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    true_local = {k: v.detach() + 0.5 * torch.randn(v.shape, generator=gen, dtype=v.dtype)
+                  for k, v in model.decoder.local_parameters().items()}
+    ctx = torch.randn(1, 8, 4, generator=gen, dtype=torch.float64)
+    u = torch.randn(1, 8 + 120, 1, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        future = model.rollout(ctx, u[:, :8], 0.1, 120, future_controls=u[:, 8:], local_params=true_local)
+    return model, torch.cat([ctx, future], dim=1)[0].numpy(), u[0].numpy()
+
+
+def _filled(tmp_path, **kw):
+    model, states, controls = _system()
+    learner = OnlineLearner(model, "test", tmp_path, window=60, inner_steps=10, lr=0.1, period_s=1.0, **kw)
+    for i in range(len(states)):
+        assert learner.push(0.1 * i, states[i], controls[i], 0.1) is None
+    return model, learner
+
+
+def test_accepts_improvement_and_writes_versioned_params(tmp_path):
+    model, learner = _filled(tmp_path)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert learner.should_adapt(now=10.0)
+    out = learner.adapt_now(now=10.0)
+    assert out.accepted and out.version == 1 and out.loss_after < out.loss_before
+    params, version = load_local_params(out.params_path, model.decoder.local_parameters())
+    assert version == 1 and all(torch.equal(params[k], learner.active[k]) for k in params)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # a second attempt must beat the parameters now in force, not just the init
+    again = learner.adapt_now(now=20.0)
+    assert again.loss_before <= out.loss_after + 1e-12
+    assert again.version == (2 if again.accepted else 1)
+
+
+def test_refuses_when_nothing_improves(tmp_path):
+    _, learner = _filled(tmp_path)
+    learner.lr = 1e-12  # an adaptation that cannot move φ cannot improve the held-out loss
+    out = learner.adapt_now(now=10.0)
+    assert not out.accepted and out.version == 0 and "refused" in out.reason
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_triggers(tmp_path):
+    model, _, _ = _system()
+    learner = OnlineLearner(model, "test", tmp_path, window=20, period_s=5.0, error_rise=2.0, min_interval_s=0.5)
+    assert not learner.should_adapt(100.0)  # buffer not full
+    _, learner = _filled(tmp_path)
+    learner.period_s = 5.0
+    learner.adapt_now(now=10.0)
+    assert not learner.should_adapt(11.0)  # period not due, no alarm
+    for mse in (1.0, 1.1, 0.9):
+        learner.observe_error(mse)
+    assert not learner.should_adapt(11.0)
+    learner.observe_error(5.0)  # the error jumps: adapt early
+    assert learner.should_adapt(11.0)
+    assert not learner.should_adapt(10.2)  # but never more often than min_interval_s
+    assert learner.should_adapt(15.0)
