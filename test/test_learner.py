@@ -1,7 +1,7 @@
 """OnlineLearner: triggers, acceptance only on held-out improvement, versioned parameter files."""
 
 import torch
-from _models import random_model
+from _models import perturbed_system
 
 from metasym_core.online.learner import OnlineLearner
 from metasym_core.online.local_params import load_local_params
@@ -9,15 +9,8 @@ from metasym_core.online.local_params import load_local_params
 
 def _system(seed=0):
     """A model and a trajectory of the same model with perturbed local params (a "new system")."""
-    model = random_model(state_dim=4, control_dim=1, d_model=16, context=8, scale=0.3, seed=seed)
-    gen = torch.Generator().manual_seed(seed)
-    true_local = {k: v.detach() + 0.5 * torch.randn(v.shape, generator=gen, dtype=v.dtype)
-                  for k, v in model.decoder.local_parameters().items()}
-    ctx = torch.randn(1, 8, 4, generator=gen, dtype=torch.float64)
-    u = torch.randn(1, 8 + 120, 1, generator=gen, dtype=torch.float64)
-    with torch.no_grad():
-        future = model.rollout(ctx, u[:, :8], 0.1, 120, future_controls=u[:, 8:], local_params=true_local)
-    return model, torch.cat([ctx, future], dim=1)[0].numpy(), u[0].numpy()
+    model, states, controls = perturbed_system(seed)
+    return model, states.numpy(), controls.numpy()
 
 
 def _filled(tmp_path, **kw):
