@@ -41,8 +41,11 @@ lint: venv
 test: venv interfaces lint
 	$(PY) -m pytest -q test
 
-demo: venv
+# Offline: simulate quadrotors, meta-train (cached in runs/demo), adapt to unseen ones, plot.
+# Then online: fly the ROS graph 30 s with a +30 % mass change at 10 s, adapting live.
+demo: venv interfaces
 	$(VENV)/bin/metasym demo
+	$(VENV)/bin/metasym flight --checkpoint runs/demo/run/final.pt
 
 bench: venv
 	$(VENV)/bin/metasym bench rollout

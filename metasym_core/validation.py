@@ -54,3 +54,27 @@ def check_positive_int(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise MetaSymError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def model_inputs(module: torch.nn.Module, states: torch.Tensor, controls: torch.Tensor, steps,
+                 state_dim: int, control_dim: int, extra: int = 0
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Checked `(states, controls, h [B, T + extra, 1])` on the device/dtype of `module`'s parameters.
+
+    `steps` is a positive float, `[B, T]`, or with `extra` future steps also `[B, T + extra]`;
+    missing future steps repeat the last one.
+    """
+    p = next(module.parameters())
+    states = states.to(device=p.device, dtype=p.dtype)
+    check_sequence("states", states, state_dim)
+    B, T = states.shape[:2]
+    if T < 1:
+        raise MetaSymError(f"states must hold at least one step: expected [batch, time >= 1, {state_dim}]")
+    controls = controls.to(device=p.device, dtype=p.dtype)
+    check_sequence("controls", controls, control_dim, B, T)
+    if isinstance(steps, torch.Tensor) and extra and steps.shape[1:2] == (T + extra,):
+        return states, controls, steps_tensor(steps, B, T + extra, states)
+    h = steps_tensor(steps, B, T, states)
+    if extra:
+        h = torch.cat([h, h[:, -1:].expand(B, extra, 1)], dim=1)
+    return states, controls, h

@@ -30,6 +30,25 @@ def register(subparsers) -> None:
                         "change_time)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.set_defaults(func=_run)
+    _register_flight(subparsers)
+
+
+def _register_flight(subparsers) -> None:
+    p = subparsers.add_parser("flight", help="quadrotor flight over ROS 2: parameter change, online adaptation",
+                              description="Fly the quadrotor node graph (simulator, predictor, learner) for "
+                                          "DURATION simulated seconds, change a parameter mid-flight, report the "
+                                          "realised prediction error before/after the change and after online "
+                                          "adaptation; writes OUT/flight.png and OUT/flight.json.")
+    p.add_argument("--checkpoint", default="", help="model for predictor and learner (e.g. runs/demo/run/final.pt)")
+    p.add_argument("--duration", type=float, default=30.0, help="simulated seconds to fly (default 30)")
+    p.add_argument("--change-time", type=float, default=10.0, help="simulated time of the change [s] (default 10)")
+    p.add_argument("--change-param", default="mass", help="mass (default), inertia, arm or torque")
+    p.add_argument("--change-scale", type=float, default=1.3, help="factor on the nominal value (default 1.3)")
+    p.add_argument("--out", default="runs/flight", help="output folder (default runs/flight)")
+    p.add_argument("--no-adapt", action="store_true", help="the same flight without the learner (baseline)")
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", type=_override, action="append", default=[],
+                   help="override a node parameter (node.param=value), as in `metasym launch`")
+    p.set_defaults(func=_run_flight)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -38,3 +57,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.duration is not None and not args.duration > 0:
         raise MetaSymError(f"--duration must be positive, got {args.duration}")
     return launch(args.system, dict(args.overrides), args.duration)
+
+
+def _run_flight(args: argparse.Namespace) -> int:
+    from metasym_ros.flight_demo import FlightConfig, run_flight
+
+    run_flight(FlightConfig(args.checkpoint, args.duration, args.change_time, args.change_param, args.change_scale,
+                            args.out, not args.no_adapt, dict(args.overrides)))
+    return 0

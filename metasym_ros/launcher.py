@@ -31,7 +31,8 @@ def node_command(spec: NodeSpec, params_file: str | Path) -> list[str]:
             "--params-file", str(params_file)]
 
 
-def _stop(procs: list[subprocess.Popen], grace_s: float) -> list[int]:
+def stop_all(procs: list[subprocess.Popen], grace_s: float) -> list[int]:
+    """SIGINT every running process once, wait up to `grace_s` in all, then SIGKILL; their exit codes."""
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
@@ -69,7 +70,7 @@ def launch(system: str, overrides: Mapping[str, object] | None = None, duration_
             while stop["signal"] is None and failed is None and (end is None or time.monotonic() < end):
                 failed = next((p for p in procs if p.poll() is not None), None)
                 time.sleep(0.05)
-            codes = _stop(procs, grace_s)
+            codes = stop_all(procs, grace_s)
     finally:
         for proc in procs:  # only if something above raised
             if proc.poll() is None:

@@ -37,6 +37,7 @@ from rclpy.node import Node
 from std_srvs.srv import Trigger
 
 from metasym_core.errors import MetaSymError
+from metasym_core.meta.adapt import adapt
 from metasym_core.online.learner import AdaptationOutcome, OnlineLearner
 from metasym_core.online.predictor import load_model
 from metasym_core.online.streams import STREAMS
@@ -96,6 +97,11 @@ class LearnerNode(Node):
                                                      METRICS_QOS)
         self._srv = self.create_service(Trigger, "~/adapt_now", self._on_adapt_now)
         self._timer = self.create_timer(0.1, self._tick)
+        # The first adaptation pays ~1 s of lazy initialisation (CPU the predictor needs too): pay it
+        # now, before the window fills, not at the first (possibly post-change) adaptation.
+        self._busy.set()
+        self._worker = threading.Thread(target=self._warm_up, name="metasym-learner", daemon=True)
+        self._worker.start()
         self.get_logger().info(f"learning {self.system}: window {window}, K={inner_steps}, lr {lr}, "
                                f"period {period_s} s, error rise ×{error_rise}")
 
@@ -140,6 +146,20 @@ class LearnerNode(Node):
             self._worker = threading.Thread(target=self._adapt, args=(now,), name="metasym-learner", daemon=True)
             self._worker.start()
 
+    def _warm_up(self) -> None:
+        """One throw-away adaptation on a synthetic window (nothing is published or versioned)."""
+        model, n = self.learner.model, self.learner.buffer.capacity
+        p = next(model.parameters())
+        try:
+            adapt(model, torch.zeros(n, model.state_dim, dtype=p.dtype, device=p.device),
+                  torch.zeros(n, model.control_dim, dtype=p.dtype, device=p.device),
+                  torch.full((n,), 0.02, dtype=p.dtype, device=p.device), self.learner.inner_steps,
+                  self.learner.lr, self.learner.holdout)
+        except (MetaSymError, RuntimeError) as exc:
+            self.get_logger().warning(f"warm-up adaptation failed: {exc}")
+        finally:
+            self._busy.clear()
+
     def _adapt(self, now: float) -> None:
         try:
             with self._lock:  # snapshot the buffer; the adaptation itself runs without the lock
@@ -160,9 +180,12 @@ class LearnerNode(Node):
             return
         finally:
             self._busy.clear()
-        log = self.get_logger().info if outcome.accepted else self.get_logger().warning
-        log(f"adaptation v{outcome.version} {outcome.reason}: held-out loss {outcome.loss_before:.4g} -> "
-            f"{outcome.loss_after:.4g} in {outcome.latency_ms:.0f} ms")
+        text = (f"adaptation v{outcome.version} {outcome.reason}: held-out loss {outcome.loss_before:.4g} -> "
+                f"{outcome.loss_after:.4g} in {outcome.latency_ms:.0f} ms")
+        if outcome.accepted:  # one severity per call site: rclpy refuses to change it between calls
+            self.get_logger().info(text)
+        else:
+            self.get_logger().warning(text)
 
     def destroy_node(self) -> None:
         if self._worker is not None and self._worker.is_alive():

@@ -10,6 +10,7 @@ Parameters (declared up front, validated; see `ros: simulator:` in config/<syste
   change_scale  factor on the nominal value (default 1.3)
   change_time   simulated time [s] of the change; negative = never
   frame_id      header frame
+  wait_for_subscribers  start the simulated clock only once this many subscribers match (default 0)
 
 Publishes ``metasym/state`` (QoS: metasym_ros.qos.STATE_QOS). Header stamps come
 from the node clock at publish time; `dt` and `step` carry the simulated time, so
@@ -46,12 +47,17 @@ class SimulatorNode(Node):
         self.change_time = declare(self, "change_time", 10.0,
                                    "Simulated time [s] of the scheduled change; negative = never")
         self.frame_id = declare(self, "frame_id", "world", "Header frame of the states")
+        self.wait_for_subscribers = declare(self, "wait_for_subscribers", 0,
+                                            "Start the simulated clock only once this many subscribers listen "
+                                            "(0: at once)", read_only=True)
         if self.system not in STREAMS:
             raise MetaSymError(f"parameter system must be one of {', '.join(STREAMS)}, got {self.system!r}")
         if not (math.isfinite(self.rate_hz) and 0 < self.rate_hz <= 10_000):
             raise MetaSymError(f"parameter rate_hz must be in (0, 10000], got {self.rate_hz!r}")
         if not (math.isfinite(dt) and dt > 0):
             raise MetaSymError(f"parameter dt must be positive, got {dt!r}")
+        if self.wait_for_subscribers < 0:
+            raise MetaSymError(f"parameter wait_for_subscribers must be >= 0, got {self.wait_for_subscribers}")
 
         self.stream = make_stream(self.system, dt=dt, seed=seed)
         if self.change_time >= 0 and self.change_param not in self.stream.param_names:
@@ -68,6 +74,8 @@ class SimulatorNode(Node):
                                   if self.change_time >= 0 else "never"))
 
     def _on_timer(self) -> None:
+        if self.published == 0 and self._pub.get_subscription_count() < self.wait_for_subscribers:
+            return  # states sent before the listeners matched would be lost to them
         try:
             sample = self.stream.advance()
         except MetaSymError as exc:  # a diverged simulation: say so, stop publishing, stay up

@@ -110,3 +110,12 @@ def test_set_normalization_with_and_without_controls():
         assert torch.allclose(model.state_mean, x.reshape(-1, 12).mean(0))
         assert torch.allclose(model.delta_std, (x[:, 1:] - x[:, :-1]).reshape(-1, 12).std(0, unbiased=False))
         assert model.rollout(x, u, 0.01, 5).shape == (3, 5, 12)
+
+
+def test_constant_features_keep_unit_scale():
+    model = random_model(control_dim=0)
+    x = torch.randn(2, 30, 12, dtype=torch.float64)
+    x[..., 3] = 7.0  # a coordinate that never moves
+    model.set_normalization(x, torch.zeros(2, 30, 0, dtype=torch.float64), 0.01)
+    assert model.state_std[3] == 1.0 and model.delta_std[3] == 1.0 and model.state_mean[3] == 7.0
+    assert torch.isfinite(model(x, torch.zeros(2, 30, 0, dtype=torch.float64), 0.01)).all()

@@ -11,7 +11,7 @@ from metasym_core.bench.report import DEFAULT_DOC, print_json
 
 # Benchmarks that live in other packages (ROS): module with `register_bench(sub, common)`.
 # They must not load ROS client libraries at import time; a missing package leaves its benchmark out.
-_PLUGINS = ["metasym_ros.bench_latency"]
+_PLUGINS = ["metasym_ros.bench_latency", "metasym_ros.bench_flight"]
 
 
 def _rollout(args: argparse.Namespace) -> int:

@@ -14,10 +14,9 @@ from torch import nn
 from metasym_core.errors import MetaSymError
 from metasym_core.models.decoder import ActiveDecoder
 from metasym_core.models.encoder import SymplecticEncoder
+from metasym_core.models.normalization import fit_normalization, normalize, register_normalization
 from metasym_core.models.streaming import StreamingPlan, initial_windows
-from metasym_core.validation import check_finite, check_positive_int, check_sequence, steps_tensor
-
-_EPS = 1e-8
+from metasym_core.validation import check_finite, check_positive_int, check_sequence, model_inputs
 
 
 class MetaSym(nn.Module):
@@ -28,10 +27,7 @@ class MetaSym(nn.Module):
         if encoder.dim != decoder.state_dim:
             raise MetaSymError(f"encoder dim {encoder.dim} != decoder state_dim {decoder.state_dim}")
         self.encoder, self.decoder = encoder, decoder
-        D, m = decoder.state_dim, decoder.control_dim
-        for name, size in (("state", D), ("delta", D), ("control", m), ("step", 1)):
-            self.register_buffer(f"{name}_mean", torch.zeros(size))
-            self.register_buffer(f"{name}_std", torch.ones(size))
+        register_normalization(self, decoder.state_dim, decoder.control_dim)
 
     @property
     def state_dim(self) -> int:
@@ -54,27 +50,13 @@ class MetaSym(nn.Module):
         """Build an (untrained) model from `config()` output."""
         return cls(SymplecticEncoder(**config["encoder"]), ActiveDecoder(**config["decoder"]))
 
-    @torch.no_grad()
     def set_normalization(self, states: torch.Tensor, controls: torch.Tensor, steps: torch.Tensor) -> None:
         """Fit the normalisation buffers to training data `[B, T, ·]` (steps `[B, T]` or `[B, T, 1]`)."""
-        check_sequence("states", states, self.state_dim)
-        check_sequence("controls", controls, self.control_dim, states.shape[0], states.shape[1])
-        h = steps_tensor(steps, states.shape[0], states.shape[1], states)
-        D, m = self.state_dim, self.control_dim
-        fits = [("state", states.reshape(-1, D)), ("delta", (states[:, 1:] - states[:, :-1]).reshape(-1, D)),
-                ("step", h.reshape(-1, 1))]
-        if m:  # autonomous systems (m = 0) have no control statistics
-            fits.append(("control", controls.reshape(-1, m)))
-        for name, data in fits:
-            if data.shape[0] == 0:
-                continue
-            getattr(self, f"{name}_mean").copy_(data.mean(0))
-            getattr(self, f"{name}_std").copy_(data.std(0, unbiased=False).clamp_min(_EPS)
-                                               if data.shape[0] > 1 else torch.ones(data.shape[1]))
+        fit_normalization(self, states, controls, steps, self.state_dim, self.control_dim)
 
     # -- pieces ------------------------------------------------------------------------------------
     def _norm(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        return (x - getattr(self, f"{name}_mean")) / getattr(self, f"{name}_std")
+        return normalize(self, name, x)
 
     def tokens(self, x: torch.Tensor, u: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Normalised decoder inputs `(x, u, h, e)` with `e = Φ_θ(x, h)` the encoder latent."""
@@ -82,22 +64,7 @@ class MetaSym(nn.Module):
         return self._norm("state", x), self._norm("control", u), self._norm("step", h), self._norm("state", e)
 
     def _inputs(self, states: torch.Tensor, controls: torch.Tensor, steps, extra: int = 0):
-        p = next(self.parameters())
-        states = states.to(device=p.device, dtype=p.dtype)
-        check_sequence("states", states, self.state_dim)
-        B, T = states.shape[:2]
-        if T < 1:
-            raise MetaSymError("states must hold at least one step: expected [batch, time >= 1, "
-                               f"{self.state_dim}]")
-        controls = controls.to(device=p.device, dtype=p.dtype)
-        check_sequence("controls", controls, self.control_dim, B, T)
-        if isinstance(steps, torch.Tensor) and extra and steps.shape[1:2] == (T + extra,):
-            h = steps_tensor(steps, B, T + extra, states)
-        else:
-            h = steps_tensor(steps, B, T, states)
-            if extra:
-                h = torch.cat([h, h[:, -1:].expand(B, extra, 1)], dim=1)
-        return states, controls, h
+        return model_inputs(self, states, controls, steps, self.state_dim, self.control_dim, extra)
 
     def _check_local(self, local_params: dict[str, torch.Tensor] | None) -> None:
         if local_params is None:

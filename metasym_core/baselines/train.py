@@ -1,0 +1,99 @@
+"""Pooled (non-meta) training of a baseline: next-step MSE in normalised units.
+
+Windows of `window + 1` frames are drawn from all training systems at once
+(no per-system adaptation). The loss is MetaSym's: the squared next-state error
+divided by `delta_std` (so 1 = "as bad as predicting no motion"). Optional input
+noise perturbs the input states by `noise · state_std` (targets stay clean);
+MetaSym's `Trainer` adds none, so the Table 1 bench keeps the default 0 and every
+model sees the same data with the same (the data's own sensor) noise. Adam,
+gradient clipping, early stopping on the validation loss; the best weights are
+restored at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import numpy as np
+import torch
+
+from metasym_core.baselines.base import Baseline
+from metasym_core.errors import MetaSymError
+from metasym_core.systems.dataset import SystemDataset
+from metasym_core.train.data import padded_steps
+
+
+def dataset_tensors(ds: SystemDataset, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """states `[N, T, D]`, controls `[N, T, m]` and steps `[N, T, 1]` of a dataset."""
+    return (torch.from_numpy(ds.states).to(dtype), torch.from_numpy(ds.controls).to(dtype),
+            torch.from_numpy(padded_steps(ds.times)).to(dtype).unsqueeze(-1))
+
+
+def next_step_loss(model: Baseline, x: torch.Tensor, u: torch.Tensor, h: torch.Tensor,
+                   noise: float = 0.0, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Mean squared normalised next-step error over windows `[B, W+1, ·]`."""
+    inputs = x[:, :-1]
+    if noise > 0:
+        inputs = inputs + noise * model.state_std * torch.randn(inputs.shape, generator=gen, dtype=x.dtype)
+    pred = model.predict_next(inputs, u[:, :-1], h[:, :-1])
+    return ((pred - x[:, 1:]) / model.delta_std).pow(2).mean()
+
+
+def _windows(data, rows: torch.Tensor, starts: torch.Tensor, length: int):
+    idx = starts[:, None] + torch.arange(length)
+    return tuple(t[rows[:, None], idx] for t in data)
+
+
+def train_baseline(model: Baseline, train_ds: SystemDataset, val_ds: SystemDataset, steps: int = 500,
+                   lr: float = 3e-3, window: int = 40, seed: int = 0, batch: int = 16, noise: float = 0.0,
+                   eval_interval: int = 25, patience: int = 8, grad_clip: float = 1.0) -> list[dict]:
+    """Train `model` in place (normalisation fitted on `train_ds`); returns the history rows
+    `{step, loss, val_loss, seconds}` (val_loss only at evaluations)."""
+    if steps < 1 or window < 1 or batch < 1:
+        raise MetaSymError(f"steps, window and batch must be >= 1, got {steps}, {window}, {batch}")
+    for name, ds in (("train", train_ds), ("val", val_ds)):
+        if ds.state_dim != model.state_dim or ds.control_dim != model.control_dim:
+            raise MetaSymError(f"{name} dataset has dims ({ds.state_dim}, {ds.control_dim}); the model expects "
+                               f"({model.state_dim}, {model.control_dim})")
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    dtype = next(model.parameters()).dtype
+    train, val = dataset_tensors(train_ds, dtype), dataset_tensors(val_ds, dtype)
+    model.set_normalization(*train)
+    W = min(window, train[0].shape[1] - 1, val[0].shape[1] - 1)
+    vrows = torch.arange(val[0].shape[0]).repeat_interleave(4)
+    vstarts = torch.from_numpy(np.tile(np.linspace(0, val[0].shape[1] - W - 1, 4).astype(np.int64),
+                                       val[0].shape[0]))
+    val_batch = _windows(val, vrows, vstarts, W + 1)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    best, best_state, bad, history = math.inf, copy.deepcopy(model.state_dict()), 0, []
+    for step in range(1, steps + 1):
+        t0 = time.perf_counter()
+        model.train()
+        rows = torch.randint(0, train[0].shape[0], (batch,), generator=gen)
+        starts = torch.randint(0, train[0].shape[1] - W, (batch,), generator=gen)
+        loss = next_step_loss(model, *_windows(train, rows, starts, W + 1), noise, gen)
+        if not torch.isfinite(loss):
+            raise MetaSymError(f"{model.name}: training loss is {float(loss)} at step {step}")
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        row = {"step": step, "loss": float(loss.detach()), "val_loss": None, "seconds": time.perf_counter() - t0}
+        if step % eval_interval == 0 or step == steps:
+            model.eval()
+            with torch.no_grad():
+                v = float(next_step_loss(model, *val_batch))
+            row["val_loss"] = v
+            if v < best:
+                best, best_state, bad = v, copy.deepcopy(model.state_dict()), 0
+            else:
+                bad += 1
+        history.append(row)
+        if bad >= patience:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return history

@@ -1,0 +1,64 @@
+"""Smoke test of `metasym bench table1 --quick --ablate-meta` (quadrotor): outputs exist and are well formed."""
+
+import json
+import math
+
+import pytest
+
+from metasym_core.bench.table1 import run_table1_bench
+from metasym_core.cli import main
+from metasym_core.errors import MetaSymError
+
+
+def test_table1_quick_quadrotor(tmp_path, capsys):
+    out, doc = tmp_path / "t1", tmp_path / "benchmarks.md"
+    assert main(["bench", "table1", "--system", "quadrotor", "--quick", "--out", str(out), "--doc", str(doc),
+                 "--json", "--ablate-meta"]) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    models = ("metasym", "metasym_unadapted", "metasym_nometa", "hold_last", "transformer", "dhnn", "mlp")
+    for model in models:
+        for what in ("ood_mse", "ood_mse_std", "params", "rollout_b1_h30_ms"):
+            value = figures[f"quadrotor_{model}_{what}"]
+            assert math.isfinite(value) and value >= 0, (model, what, value)
+    assert "quadrotor_quantum_lstm_ood_mse" not in figures  # not applicable
+    assert figures["quadrotor_metasym_over_transformer"] > 0
+    assert figures["quadrotor_metasym_rollout_over_simulator"] > 0
+    assert figures["quadrotor_metasym_encoder_symplectic_error"] < 1e-10
+    assert 0 <= figures["quadrotor_metasym_decoder_eps"] < 100
+    # parameter budgets matched to MetaSym's within 15 %
+    for model in ("transformer", "dhnn", "mlp"):
+        assert abs(figures[f"quadrotor_{model}_params"] / figures["quadrotor_metasym_params"] - 1) < 0.15
+    data = json.loads((out / "table1.json").read_text())
+    assert data["quick"] and data["figures"]["quadrotor_mlp_ood_mse"] == figures["quadrotor_mlp_ood_mse"]
+    curves = data["systems"]["quadrotor"]["mse_vs_horizon"]
+    assert set(curves) == set(models)
+    assert all(len(c) == 30 for c in curves.values())
+    png = (out / "table1_quadrotor.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    text = doc.read_text()
+    assert "## Table 1" in text and "| quadrotor | MetaSym (adapted) |" in text and "25.9 (9.0)" in text
+
+
+def test_table1_unknown_system(tmp_path):
+    with pytest.raises(MetaSymError, match="unknown system"):
+        run_table1_bench(["pendulum"], quick=True, doc=None, out_dir=tmp_path)
+
+
+def test_table1_conservative_needs_the_spring_mesh(tmp_path):
+    with pytest.raises(MetaSymError, match="spring_mesh only"):
+        run_table1_bench(["quadrotor"], quick=True, doc=None, out_dir=tmp_path, conservative=True)
+
+
+def test_table1_reports_a_failed_system_and_goes_on(tmp_path, monkeypatch):
+    import metasym_core.bench.table1 as table1
+
+    def boom(*args, **kwargs):
+        raise MetaSymError("training loss is inf at step 0")
+
+    monkeypatch.setattr(table1, "run_system", boom)
+    doc = tmp_path / "b.md"
+    figures = table1.run_table1_bench(["quadrotor"], quick=True, doc=doc, out_dir=tmp_path, log=lambda *_: None)
+    assert set(figures) == {"table1_wall_s"}
+    failed = json.loads((tmp_path / "table1.json").read_text())["failed"]
+    assert failed == {"quadrotor": "training loss is inf at step 0"}
+    assert "quadrotor: **failed**" in doc.read_text()

@@ -1,0 +1,88 @@
+"""`metasym flight` end to end: the real quadrotor node graph over DDS, a mid-flight mass
+change, online adaptation, the summary figures, the JSON and the PNG.
+
+The model is a checkpoint with non-trivial random weights (as in test_ros_nodes' learner
+test): training one is too slow for a test, and the local parameters must matter so
+that the learner's adaptations can be accepted. Discovery stays on this host, on a
+random domain in 100-200.
+"""
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = [pytest.mark.ros, pytest.mark.timeout(180)]
+
+DURATION_S, CHANGE_S = 12.0, 5.0  # simulated seconds
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, ROS_DOMAIN_ID=str(random.randint(100, 200)), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+                ROS_STATIC_PEERS="", PYTHONUNBUFFERED="1")
+
+
+def _metasym(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "metasym_core.cli", *args], env=_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_flight_changes_mass_adapts_online_and_reports(tmp_path):
+    from metasym_core.checkpoint import save_checkpoint
+    from metasym_core.config import build_model, load_config
+    from metasym_core.online.streams import make_stream
+
+    stream = make_stream("quadrotor", dt=0.02, seed=1)  # a short flight (not the test's) fixes the normalisation
+    samples = [stream.advance() for _ in range(300)]
+    stream.close()
+    torch.manual_seed(0)
+    model = build_model(load_config("quadrotor"))
+    with torch.no_grad():  # non-trivial weights: the local parameters then matter
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    model.set_normalization(*(torch.tensor(np.stack([getattr(s, k) for s in samples]), dtype=torch.float32)[None]
+                              for k in ("state", "control", "dt")))
+    ckpt = save_checkpoint(tmp_path / "model.pt", model)
+    out = tmp_path / "flight"
+    res = _metasym("flight", "--checkpoint", str(ckpt), "--duration", str(DURATION_S), "--change-time",
+                   str(CHANGE_S), "--out", str(out), timeout=150)
+    log = res.stdout + res.stderr
+    assert res.returncode == 0, log + (out / "nodes.log").read_text()
+    assert "[flight] t =" in res.stdout and "realised MSE before the change" in res.stdout
+    fig = json.loads((out / "flight.json").read_text())["figures"]
+    print({k: fig[k] for k in sorted(fig)})
+
+    # the flight ran its course, with predictions throughout
+    assert fig["duration_sim_s"] >= DURATION_S
+    assert fig["change_time_sim_s"] == pytest.approx(CHANGE_S, abs=fig["dt_s"] + 1e-9)
+    # the simulator starts its clock once everyone listens: predictions from the first full context window
+    assert fig["first_prediction_sim_s"] < 1.5 and fig["last_prediction_sim_s"] >= DURATION_S - 1.0
+    assert fig["prediction_max_gap_sim_s"] <= 0.5, "predictions must flow throughout the flight"
+    for phase in ("before_change", "after_change", "after_adaptation"):
+        assert fig[f"evaluations_{phase}"] > 0, phase
+    # the learner reacted: an accepted adaptation within 2 s (simulated) of the change
+    assert fig["adaptations_accepted_after_change"] >= 1
+    assert 0.0 <= fig["first_adaptation_after_change_sim_s"] <= 2.0
+    for key in ("mse_before_change", "mse_after_change", "mse_after_adaptation",
+                "error_ratio_after_adaptation_over_after_change", "first_adaptation_latency_ms",
+                "adaptation_latency_mean_ms", "prediction_latency_p50_ms", "prediction_latency_p99_ms"):
+        assert math.isfinite(fig[key]) and fig[key] >= 0, key
+    assert fig["node_exit_codes"] == [0, 0, 0], (out / "nodes.log").read_text()[-3000:]
+    png = (out / "flight.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+@pytest.mark.parametrize("args", [("--duration", "-1"), ("--change-time", "40"), ("--change-param", "colour"),
+                                  ("--change-scale", "5"), ("--checkpoint", "/nonexistent.pt")])
+def test_flight_refuses_bad_arguments_in_one_line(tmp_path, args):
+    res = _metasym("flight", "--out", str(tmp_path / "f"), *args, timeout=60)
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("metasym: error:"), res.stderr
+    assert not (tmp_path / "f").exists()
