@@ -9,21 +9,15 @@ these tests fail.
 import array
 import contextlib
 import importlib
-import os
-import random
 import time
 import uuid
 
+import _ros_env  # noqa: F401 - isolates DDS before any rclpy use
 import numpy as np
 import pytest
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(30)]
 
-# rcl reads these when a context is initialised; set them before any rclpy use.
-os.environ["ROS_DOMAIN_ID"] = str(random.randint(100, 200))
-os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ["ROS_STATIC_PEERS"] = ""
-os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 
 DEADLINE_S = 10.0
 

@@ -66,7 +66,8 @@ class MetaSym(nn.Module):
     def _inputs(self, states: torch.Tensor, controls: torch.Tensor, steps, extra: int = 0):
         return model_inputs(self, states, controls, steps, self.state_dim, self.control_dim, extra)
 
-    def _check_local(self, local_params: dict[str, torch.Tensor] | None) -> None:
+    def check_local_params(self, local_params: dict[str, torch.Tensor] | None) -> None:
+        """Names and shapes of adapted local parameters must match the decoder's (None is fine)."""
         if local_params is None:
             return
         known = self.decoder.local_parameters()
@@ -81,7 +82,7 @@ class MetaSym(nn.Module):
     def forward(self, states: torch.Tensor, controls: torch.Tensor, steps: float | torch.Tensor,
                 local_params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Next-state predictions `[B, T, D]` (entry t predicts `x_{t+1}`), teacher forced."""
-        self._check_local(local_params)
+        self.check_local_params(local_params)
         states, controls, h = self._inputs(states, controls, steps)
         return self.predict_next(states, controls, h, local_params)
 
@@ -94,7 +95,7 @@ class MetaSym(nn.Module):
     # -- autoregressive rollout ------------------------------------------------------------------------
     def _rollout_args(self, states, controls, steps, horizon, future_controls, local_params):
         check_positive_int("horizon", horizon)
-        self._check_local(local_params)
+        self.check_local_params(local_params)
         states, controls, h = self._inputs(states, controls, steps, extra=horizon)
         B, T = states.shape[:2]
         if future_controls is None:

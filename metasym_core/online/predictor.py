@@ -75,7 +75,7 @@ class OnlinePredictor:
 
     def set_local(self, params: dict[str, torch.Tensor] | None, version: int) -> None:
         """Use `params` from the next rollout on (validated by the model on use)."""
-        self.model._check_local(params)
+        self.model.check_local_params(params)
         self.local, self.version = params, int(version)
 
     def load_local(self, path: str | os.PathLike, version: int) -> None:

@@ -5,7 +5,7 @@ Every stream yields `StreamSample(t, state, control, dt, step)` following the
 supports `set_param(name, scale)`: the parameter becomes `scale` × its nominal value.
 
 - quadrotor: waypoint flight under MPC (`FlightSimulator`), continuous across changes.
-- spring_mesh: the family's θ-scheme (`SpringMesh._substep`) advanced frame by frame
+- spring_mesh: the family's θ-scheme (`SpringMesh.substep`) advanced frame by frame
   (continuous; a change applies from the next frame; values must stay in the family's ranges).
 - quantum: the heterodyne record simulated in chunks of `chunk` steps (a fresh
   coherent state per chunk, the next chunk prepared in the background); a change
@@ -142,7 +142,7 @@ class SpringMeshStream(SystemStream):
         t, h = self._t, self._h
         sub = h / self._family.substeps
         for _ in range(self._family.substeps):
-            self._family._substep(self._x, self._v, sub, k, m, gamma)
+            self._family.substep(self._x, self._v, sub, k, m, gamma)
         if not (np.isfinite(self._x).all() and np.isfinite(self._v).all()):
             raise MetaSymError(f"spring mesh stream diverged at t={t:.3f}")
         self._t, self._h = t + h, self._next_h()

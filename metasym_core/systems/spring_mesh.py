@@ -261,12 +261,12 @@ class SpringMesh(SystemFamily):
         for j in range(steps - 1):
             sub = h[j] / self.substeps
             for _ in range(self.substeps):
-                self._substep(x, v, sub, k, m, gamma)
+                self.substep(x, v, sub, k, m, gamma)
             states[j + 1, :half], states[j + 1, half:] = x, m * v
         return Trajectory(params=params, times=times, states=states, controls=np.zeros((steps, 0)),
                           extras={"energy": self.energy(states, params)})
 
-    def _substep(self, x: np.ndarray, v: np.ndarray, h: float, k: float, m: float, gamma: float) -> None:
+    def substep(self, x: np.ndarray, v: np.ndarray, h: float, k: float, m: float, gamma: float) -> None:
         """Advance flat positions x and velocities v [2·n_nodes] in place by one θ-step of length h."""
         mesh, theta = self.mesh, self.theta
         length, nx, ny = mesh.spring_geometry(x)

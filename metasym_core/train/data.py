@@ -24,11 +24,6 @@ def padded_steps(times: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def fit_normalization(model: MetaSym, states: torch.Tensor, controls: torch.Tensor, h: torch.Tensor) -> None:
-    """Fit the model's normalisation buffers to the training tensors."""
-    model.set_normalization(states, controls, h)
-
-
 class TrainData:
     """Tensors of one dataset in the model's dtype plus the window geometry."""
 

@@ -32,7 +32,7 @@ from metasym_core.models.metasym import MetaSym
 from metasym_core.systems.dataset import SystemDataset
 from metasym_core.train import distributed
 from metasym_core.train.config import TrainingConfig
-from metasym_core.train.data import TrainData, fit_normalization
+from metasym_core.train.data import TrainData
 
 _CSV_FIELDS = ("step", "phase", "loss", "val_loss", "seconds")
 
@@ -68,7 +68,7 @@ class Trainer:
         self.dec_opt = torch.optim.Adam(self.model.decoder.parameters(), lr=self.tc.outer_lr)
         self.step, self.best_val, self.bad_evals, self.stopped_early = 0, math.inf, 0, False
         self.history: list[dict] = []
-        fit_normalization(self.model, self.train_data.states, self.train_data.controls, self.train_data.h)
+        self.model.set_normalization(self.train_data.states, self.train_data.controls, self.train_data.h)
         self.rank, self.world = distributed.world()
         if self.tc.batch_systems < self.world:
             raise MetaSymError(f"training.batch_systems ({self.tc.batch_systems}) must be >= the number of "
