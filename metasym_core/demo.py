@@ -1,12 +1,15 @@
 """`metasym demo`: the offline MetaSym story on quadrotors, end to end on a laptop CPU.
 
-1. simulate a family of quadrotors (Crocoddyl trajectory optimisation; train,
-   validation and out-of-distribution splits), 2. meta-train MetaSym (encoder
-   MAML, then the bi-level decoder), 3. adapt to each unseen OOD quadrotor from a
-   few seconds of its data and compare rollout errors before/after, 4. plot.
+1. simulate a family of quadrotors flying waypoints under Crocoddyl MPC (the
+   flights the ROS simulator node flies; train, validation and out-of-distribution
+   splits), 2. meta-train MetaSym (encoder MAML, then the bi-level decoder),
+   3. adapt to each unseen OOD quadrotor from a few seconds of its data and compare
+   rollout errors before/after, 4. plot.
 
 Every stage is cached in the output folder (datasets, checkpoint), so a second
-run only evaluates. The ROS flight demo (`metasym launch quadrotor`) builds on it.
+run only evaluates; `recipe.json` beside the model records what made it, and a
+model made by another recipe (other data or config) is moved aside and retrained.
+The ROS flight demo (`metasym flight`, `metasym launch quadrotor`) builds on it.
 """
 
 from __future__ import annotations
@@ -29,29 +32,47 @@ from metasym_core.systems.dataset import generate, load_dataset, save_dataset
 
 # (split, systems, seed): validation and test are disjoint OOD draws
 _SPLITS = {"train": ("train", 30, 0), "val": ("ood", 4, 1), "ood": ("ood", 10, 2)}
+# Closed-loop MPC flights (what the predictor sees in the ROS flight), 15 s each (chosen).
+FAMILY_OPTIONS = {"source": "flight"}
+STEPS = 750
 
 
 def _dataset(out: Path, name: str, log) -> Path:
-    path = out / "data" / f"quadrotor_{name}.npz"
+    path = out / "data" / f"quadrotor_{FAMILY_OPTIONS['source']}_{name}.npz"
     if not path.is_file():
         split, systems, seed = _SPLITS[name]
-        log(f"[demo] simulating {systems} {split} quadrotors -> {path}")
+        log(f"[demo] simulating {systems} {split} quadrotors ({STEPS} steps of MPC flight each) -> {path}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_dataset(generate(make_family("quadrotor"), split, systems, None, seed=seed), path)
+        save_dataset(generate(make_family("quadrotor", **FAMILY_OPTIONS), split, systems, STEPS, seed=seed), path)
     return path
+
+
+def _recipe(max_steps: int, seed: int) -> dict:
+    """Everything the demo model depends on (compared with the cached model's `recipe.json`)."""
+    cfg = load_config("quadrotor")
+    return {"family_options": FAMILY_OPTIONS, "steps": STEPS, "splits": _SPLITS, "max_steps": max_steps,
+            "seed": seed, "model": cfg.get("model"), "training": cfg.get("training"),
+            "command": f"metasym demo --max-steps {max_steps} --seed {seed}"}
 
 
 def _train(out: Path, data: dict[str, Path], max_steps: int, seed: int, log) -> Path:
     from metasym_core.train.trainer import Trainer
 
-    final = out / "run" / "final.pt"
-    if final.is_file():
+    run, recipe = out / "run", json.loads(json.dumps(_recipe(max_steps, seed)))
+    final, stamp = run / "final.pt", run / "recipe.json"
+    cached = json.loads(stamp.read_text(encoding="utf-8")) if stamp.is_file() else None
+    if final.is_file() and cached == recipe:
         log(f"[demo] using the cached model {final} (delete it to retrain)")
         return final
+    if run.exists() and cached != recipe:
+        aside = out / f"run.old-{time.strftime('%Y%m%d-%H%M%S')}"
+        log(f"[demo] the model in {run} was made by another recipe: moved to {aside}, retraining")
+        run.rename(aside)
     log(f"[demo] meta-training MetaSym on {data['train'].name} ({max_steps} outer steps at most)")
     trainer = Trainer(load_config("quadrotor"), load_dataset(data["train"]), load_dataset(data["val"]),
-                      out / "run", seed=seed, max_steps=max_steps)
-    if (out / "run" / "last.pt").is_file():
+                      run, seed=seed, max_steps=max_steps)
+    atomic_write_text(stamp, json.dumps(recipe, indent=1))  # before training: a resumed run keeps its recipe
+    if (run / "last.pt").is_file():
         trainer.resume()
     trainer.run()
     return final
@@ -73,7 +94,8 @@ def _plot(path: Path, model, ds, result: dict, shots: int, horizon: int) -> None
     u = torch.from_numpy(ds.controls[i]).to(dtype)
     h = torch.from_numpy(padded_steps(ds.times[i:i + 1])[0]).to(dtype)
     c = model.context
-    res = adapt(model, x[:shots], u[:shots], h[:shots], result["inner_steps"], result["inner_lr"])
+    res = adapt(model, x[:shots], u[:shots], h[:shots], result["inner_steps"], result["inner_lr"],
+                horizon=result["adapt_horizon"])
     args = (x[None, shots - c:shots], u[None, shots - c:shots], h[None, shots - c:shots + horizon], horizon,
             u[None, shots:shots + horizon])
     with torch.no_grad():
@@ -107,14 +129,13 @@ def _plot(path: Path, model, ds, result: dict, shots: int, horizon: int) -> None
     plt.close(fig)
 
 
-def run_demo(out: str | Path = "runs/demo", max_steps: int = 900, shots: int = 100, horizon: int = 50,
+def run_demo(out: str | Path = "runs/demo", max_steps: int = 1800, shots: int = 100, horizon: int = 50,
              seed: int = 0, log=print) -> dict:
     """Run (or resume) the whole demo in `out`; returns the evaluation summary."""
     from metasym_core.train.evaluate import evaluate
 
-    family = make_family("quadrotor")
-    if shots < 1 or horizon < 1 or shots + horizon > family.default_steps:
-        raise MetaSymError(f"shots + horizon must be <= {family.default_steps} (the stored steps), both >= 1; "
+    if shots < 1 or horizon < 1 or shots + horizon > STEPS:
+        raise MetaSymError(f"shots + horizon must be <= {STEPS} (the stored steps), both >= 1; "
                            f"got {shots} + {horizon}")
     if max_steps < 1:
         raise MetaSymError(f"--max-steps must be >= 1, got {max_steps}")
@@ -128,7 +149,7 @@ def run_demo(out: str | Path = "runs/demo", max_steps: int = 900, shots: int = 1
     ood = load_dataset(data["ood"])
     log(f"[demo] adapting to {len(ood)} unseen OOD quadrotors from {shots} observed steps each")
     result = evaluate(model, ood, shots, horizon, inner_steps=int(tc.get("inner_steps", 10)),
-                      inner_lr=float(tc.get("inner_lr", 0.1)))
+                      inner_lr=float(tc.get("inner_lr", 0.1)), adapt_horizon=int(tc.get("rollout_horizon", 0)))
     png = out / "quadrotor_adaptation.png"
     _plot(png, model, ood, result, shots, horizon)
     atomic_write_text(out / "result.json", json.dumps(result, indent=1))
@@ -146,7 +167,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="quadrotor family: simulate, meta-train, adapt to OOD, plot",
                               description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/demo", help="output folder (datasets, model, plot; cached)")
-    p.add_argument("--max-steps", type=int, default=900, help="training outer steps at most (both phases)")
+    p.add_argument("--max-steps", type=int, default=1800, help="training outer steps at most (both phases)")
     p.add_argument("--shots", type=int, default=100, help="observed steps per OOD system used to adapt")
     p.add_argument("--horizon", type=int, default=50, help="rollout steps scored after the shots")
     p.add_argument("--seed", type=int, default=0)

@@ -41,3 +41,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def progress_interval() -> float:
+    """Seconds between progress-bar refreshes: live on a terminal, sparse in a log file (no flood)."""
+    import sys
+
+    return 0.1 if sys.stderr.isatty() else 15.0

@@ -10,6 +10,13 @@ The realised horizon-H error of every prediction is computed here, from the
 predictions and the states that arrive later (`RealisedErrorTracker`, keyed by the
 simulator's `step`), so the summary splits it exactly into: before the parameter
 change, after the change until the first accepted adaptation, and after it.
+
+A published prediction holds the last control over its horizon (the predictor
+cannot know what the MPC will do), and under waypoint-chasing MPC that guess, not
+the model, dominates its error. So after the flight every evaluated prediction is
+also re-run from the same context, with the same parameter version, under the
+controls that were then applied: the *model error*, the part adaptation can fix.
+The summary reports both, phase by phase.
 Writes `<out>/flight.png` (trajectory, error over time) and `<out>/flight.json`
 (summary figures and the series behind the plot); the nodes' output goes to
 `<out>/nodes.log`. rclpy is imported inside functions only.
@@ -92,6 +99,7 @@ class FlightRecorder:
         self.metrics: list[dict] = []
         self.adaptations: list[dict] = []
         self.evaluations: list[tuple[int, int, float]] = []  # base step, version, realised mse
+        self.model_evaluations: list[tuple[int, int, float]] = []  # base step, version, model mse (hindcast)
         self.latest_step = -1
         self._cursor = 0  # next step to replay
         self._late: list[tuple[tuple[int, int], np.ndarray, int, float]] = []
@@ -101,8 +109,9 @@ class FlightRecorder:
         stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
         x = np.array(msg.state, dtype=np.float64)
         params = np.array(msg.param_values, dtype=np.float64)
+        u = np.array(msg.control, dtype=np.float64)
         with self.lock:
-            self.states[int(msg.step)] = (stamp, x, params, float(msg.dt))
+            self.states[int(msg.step)] = (stamp, x, params, float(msg.dt), u)
             self.stamp_step[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = int(msg.step)
             self.latest_step = max(self.latest_step, int(msg.step))
 
@@ -117,7 +126,7 @@ class FlightRecorder:
 
     def on_metrics(self, msg) -> None:
         with self.lock:
-            self.metrics.append({"wall": time.time(), "realised_mse": msg.realised_mse,
+            self.metrics.append({"wall": time.time(), "realised_mse": msg.realised_mse, "model_mse": msg.model_mse,
                                  "latency_ms": msg.latency_ms, "params_version": int(msg.params_version),
                                  "dropped": int(msg.dropped_messages)})
 
@@ -126,7 +135,8 @@ class FlightRecorder:
             self.adaptations.append({"stamp": msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec,
                                      "version": int(msg.version), "accepted": bool(msg.accepted),
                                      "latency_ms": float(msg.latency_ms), "loss_before": float(msg.loss_before),
-                                     "loss_after": float(msg.loss_after), "reason": msg.reason})
+                                     "loss_after": float(msg.loss_after), "reason": msg.reason,
+                                     "params_path": msg.params_path})
 
     # -- replay ----------------------------------------------------------------------------------
     def _file_predictions(self) -> None:
@@ -162,26 +172,66 @@ class FlightRecorder:
         with self.lock:
             self.unmatched_predictions = len(self._late)
 
+    def hindcast(self, checkpoint: str) -> None:
+        """The model error of every evaluated prediction (module doc): one batched rollout per version."""
+        import torch
 
-def _phase_errors(rec: FlightRecorder, change_step: int | None, first_version: int | None) -> dict[str, float]:
-    """Mean realised error before the change, after it until the first adapted prediction, and after that."""
-    H = rec.horizon
-    ev = np.array(rec.evaluations, dtype=np.float64).reshape(-1, 3)
+        from metasym_core.online.local_params import load_local_params
+        from metasym_core.online.predictor import load_model
+
+        model = load_model(SYSTEM, checkpoint, "cpu")[0]
+        dtype, c, H = next(model.parameters()).dtype, model.context, self.horizon
+        expected = {k: v.detach() for k, v in model.decoder.local_parameters().items()}
+        paths = {a["version"]: a["params_path"] for a in self.adaptations if a["accepted"]}
+        by_version: dict[int, list[int]] = {}
+        for base, version, _ in self.evaluations:
+            if all(s in self.states for s in range(base - c + 1, base + H + 1)):
+                by_version.setdefault(version, []).append(base)
+        out = []
+        for version, bases in sorted(by_version.items()):
+            local = None
+            if version:
+                try:
+                    local = load_local_params(paths[version], expected, torch.device("cpu"))[0]
+                except (KeyError, MetaSymError):
+                    continue  # announced before this recorder listened, or its file is gone
+            rows = [[self.states[s] for s in range(b - c + 1, b + H + 1)] for b in bases]
+            x = torch.tensor(np.array([[r[1] for r in w] for w in rows]), dtype=dtype)
+            u = torch.tensor(np.array([[r[4] for r in w] for w in rows]), dtype=dtype)
+            h = torch.tensor(np.array([[r[3] for r in w] for w in rows]), dtype=dtype)
+            with torch.inference_mode():
+                pred = model.rollout(x[:, :c], u[:, :c], h, H, future_controls=u[:, c:], local_params=local)
+            mse = ((pred.double().numpy() - x[:, c:].double().numpy()) ** 2).mean(axis=(1, 2))
+            out += [(b, version, float(m)) for b, m in zip(bases, mse, strict=True)]
+        self.model_evaluations = sorted(out)
+
+
+def _phase_errors(evaluations: list, horizon: int, change_step: int | None, first_version: int | None,
+                  prefix: str = "") -> dict[str, float]:
+    """Mean error before the change, after it until the first adapted prediction, and after that.
+
+    `evaluations` are (base step, version, mse); keys are `<prefix>mse_before_change` etc.
+    """
+    ev = np.array(evaluations, dtype=np.float64).reshape(-1, 3)
     base, version, mse = ev[:, 0], ev[:, 1], ev[:, 2]
 
     def mean(mask) -> float:
         return float(np.mean(mse[mask])) if np.any(mask) else float("nan")
 
     if change_step is None:
-        return {"mse_before_change": mean(np.ones_like(mse, dtype=bool)), "mse_after_change": float("nan"),
-                "mse_after_adaptation": float("nan")}
-    before = base + H < change_step  # the whole horizon before the change
-    after = base >= change_step  # predicted from a changed state
-    adapted = version >= first_version if first_version is not None else np.zeros_like(after)
-    return {"mse_before_change": mean(before), "mse_after_change": mean(after & ~adapted),
-            "mse_after_adaptation": mean(after & adapted),
-            "evaluations_before_change": int(before.sum()), "evaluations_after_change": int((after & ~adapted).sum()),
-            "evaluations_after_adaptation": int((after & adapted).sum())}
+        out = {"mse_before_change": mean(np.ones_like(mse, dtype=bool)), "mse_after_change": float("nan"),
+               "mse_after_adaptation": float("nan")}
+    else:
+        before = base + horizon < change_step  # the whole horizon before the change
+        after = base >= change_step  # predicted from a changed state
+        adapted = version >= first_version if first_version is not None else np.zeros_like(after)
+        out = {"mse_before_change": mean(before), "mse_after_change": mean(after & ~adapted),
+               "mse_after_adaptation": mean(after & adapted), "evaluations_before_change": int(before.sum()),
+               "evaluations_after_change": int((after & ~adapted).sum()),
+               "evaluations_after_adaptation": int((after & adapted).sum())}
+    ratio = out["mse_after_adaptation"] / out["mse_after_change"] if out["mse_after_change"] > 0 else float("nan")
+    out["error_ratio_after_adaptation_over_after_change"] = ratio
+    return {prefix + k: v for k, v in out.items()}
 
 
 def summarise(rec: FlightRecorder, cfg: FlightConfig, wall_s: float) -> dict:
@@ -210,9 +260,8 @@ def summarise(rec: FlightRecorder, cfg: FlightConfig, wall_s: float) -> dict:
            "adapt": cfg.adapt, "adaptations_attempted": len(rec.adaptations),
            "adaptations_accepted": sum(a["accepted"] for a in rec.adaptations),
            "adaptations_accepted_after_change": len(post)}
-    out.update(_phase_errors(rec, change_step, first_version))
-    out["error_ratio_after_adaptation_over_after_change"] = (
-        out["mse_after_adaptation"] / out["mse_after_change"] if out["mse_after_change"] > 0 else float("nan"))
+    out.update(_phase_errors(rec.evaluations, rec.horizon, change_step, first_version))
+    out.update(_phase_errors(rec.model_evaluations, rec.horizon, change_step, first_version, "model_"))
     out["first_adaptation_after_change_sim_s"] = sim_time(first["stamp"]) - change_t if first else float("nan")
     adapted_steps = [s for s, preds in rec.predictions.items() if change_step is not None and s >= change_step
                      and first_version is not None and any(v >= first_version for _, v, _ in preds)]
@@ -270,7 +319,12 @@ def plot_flight(path: Path, rec: FlightRecorder, summary: dict) -> None:
     ax = axes[1]
     ev = np.array(rec.evaluations, dtype=np.float64).reshape(-1, 3)
     if len(ev):
-        ax.semilogy(ev[:, 0] * dt, ev[:, 2], ".", ms=2.5, color="C0", label=f"realised MSE over H={rec.horizon}")
+        ax.semilogy(ev[:, 0] * dt, ev[:, 2], ".", ms=2.0, color="0.6",
+                    label=f"published prediction (last control held), MSE over H={rec.horizon}")
+    mev = np.array(rec.model_evaluations, dtype=np.float64).reshape(-1, 3)
+    if len(mev):
+        ax.semilogy(mev[:, 0] * dt, mev[:, 2], ".", ms=2.5, color="C0",
+                    label="model error: same prediction under the applied controls")
     for t, version, accepted in summary["_adaptations_sim_s"]:
         if accepted:
             ax.axvline(t, color="C2", lw=1.0, label="accepted adaptation")
@@ -283,8 +337,8 @@ def plot_flight(path: Path, rec: FlightRecorder, summary: dict) -> None:
     handles, labels = ax.get_legend_handles_labels()
     uniq = dict(zip(labels, handles, strict=True))
     ax.legend(uniq.values(), uniq.keys(), fontsize=8, loc="upper left")
-    ax.set(xlabel="simulated time [s]", ylabel="realised MSE", title="realised prediction error (per prediction, "
-                                                                        "by the time it was made)")
+    ax.set(xlabel="simulated time [s]", ylabel="MSE over the horizon",
+           title="prediction error (per prediction, by the time it was made)")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
@@ -299,21 +353,23 @@ def summary_table(s: dict) -> str:
     """The terminal table of a flight summary."""
     from metasym_core.bench.report import text_table
 
-    rows = [["realised MSE before the change", _fmt(s["mse_before_change"]),
-             f"{s.get('evaluations_before_change', 0)} predictions"],
-            ["  after the change, before adaptation", _fmt(s["mse_after_change"]),
-             f"{s.get('evaluations_after_change', 0)} predictions"],
-            ["  after adaptation", _fmt(s["mse_after_adaptation"]),
-             f"{s.get('evaluations_after_adaptation', 0)} predictions; ratio "
-             f"{_fmt(s['error_ratio_after_adaptation_over_after_change'])}"],
-            ["change → first accepted adaptation", _fmt(s["first_adaptation_after_change_sim_s"], " s"),
-             f"simulated; adapted predictions from +{_fmt(s['first_adapted_prediction_after_change_sim_s'], ' s')}"],
-            ["adaptation latency", _fmt(s["first_adaptation_latency_ms"], " ms"),
-             f"first after the change; mean {_fmt(s['adaptation_latency_mean_ms'], ' ms')} over "
-             f"{s['adaptations_attempted']} attempts ({s['adaptations_accepted']} accepted)"],
-            ["state → prediction latency p50 / p99", f"{_fmt(s['prediction_latency_p50_ms'])} / "
-             f"{_fmt(s['prediction_latency_p99_ms'], ' ms')}",
-             f"rollout mean {_fmt(s['predictor_rollout_mean_ms'], ' ms')}"]]
+    rows = []
+    for prefix, what in (("model_", "model error (applied controls)"), ("", "published predictions (held control)")):
+        rows += [[f"{what}: MSE before the change", _fmt(s[prefix + "mse_before_change"]),
+                  f"{s.get(prefix + 'evaluations_before_change', 0)} predictions"],
+                 ["  after the change, before adaptation", _fmt(s[prefix + "mse_after_change"]),
+                  f"{s.get(prefix + 'evaluations_after_change', 0)} predictions"],
+                 ["  after adaptation", _fmt(s[prefix + "mse_after_adaptation"]),
+                  f"{s.get(prefix + 'evaluations_after_adaptation', 0)} predictions; ratio "
+                  f"{_fmt(s[prefix + 'error_ratio_after_adaptation_over_after_change'])}"]]
+    rows += [["change → first accepted adaptation", _fmt(s["first_adaptation_after_change_sim_s"], " s"),
+              f"simulated; adapted predictions from +{_fmt(s['first_adapted_prediction_after_change_sim_s'], ' s')}"],
+             ["adaptation latency", _fmt(s["first_adaptation_latency_ms"], " ms"),
+              f"first after the change; mean {_fmt(s['adaptation_latency_mean_ms'], ' ms')} over "
+              f"{s['adaptations_attempted']} attempts ({s['adaptations_accepted']} accepted)"],
+             ["state → prediction latency p50 / p99", f"{_fmt(s['prediction_latency_p50_ms'])} / "
+              f"{_fmt(s['prediction_latency_p99_ms'], ' ms')}",
+              f"rollout mean {_fmt(s['predictor_rollout_mean_ms'], ' ms')}"]]
     return text_table(["measure", "value", "note"], rows)
 
 
@@ -322,7 +378,9 @@ def _graph_specs(cfg: FlightConfig) -> tuple[list, int]:
     from metasym_ros.graph import node_graph
 
     overrides = {"checkpoint": cfg.checkpoint, "change_param": cfg.change_param,
-                 "change_scale": float(cfg.change_scale), "change_time": float(cfg.change_time_s), **cfg.overrides}
+                 "change_scale": float(cfg.change_scale), "change_time": float(cfg.change_time_s),
+                 # kept after the flight: the model-error hindcast reruns every parameter version
+                 "learner.params_dir": str(Path(cfg.out).resolve() / "params"), **cfg.overrides}
     specs = [s for s in node_graph(SYSTEM, overrides) if cfg.adapt or s.name != "learner"]
     return specs, int(next(s for s in specs if s.name == "predictor").parameters.get("horizon", 30))
 
@@ -413,12 +471,16 @@ def run_flight(cfg: FlightConfig, log=print) -> dict:
                 os.unlink(params_file)
     wall_s = time.monotonic() - start
     rec.finish()
+    rec.hindcast(cfg.checkpoint)
     summary = summarise(rec, cfg, wall_s)
     summary["node_exit_codes"] = codes
     plot_flight(out / "flight.png", rec, summary)
     ev = np.array(rec.evaluations, dtype=np.float64).reshape(-1, 3)
+    mev = np.array(rec.model_evaluations, dtype=np.float64).reshape(-1, 3)
     series = {"prediction_sim_s": (ev[:, 0] * summary["dt_s"]).round(4).tolist(),
               "prediction_version": ev[:, 1].astype(int).tolist(), "realised_mse": ev[:, 2].tolist(),
+              "model_sim_s": (mev[:, 0] * summary["dt_s"]).round(4).tolist(),
+              "model_version": mev[:, 1].astype(int).tolist(), "model_mse": mev[:, 2].tolist(),
               "adaptations": rec.adaptations}
     figures = {k: v for k, v in summary.items() if not k.startswith("_")}
     atomic_write_text(out / "flight.json", json.dumps({"figures": figures, "series": series}, indent=1,
@@ -455,7 +517,8 @@ def _fly(cfg: FlightConfig, rec: FlightRecorder, procs: list[subprocess.Popen], 
             last_version = new[-1][1]
         err = _fmt(float(np.mean([e[2] for e in new]))) if new else "n/a"
         lat = _fmt(metrics["latency_ms"], " ms") if metrics else "n/a"
-        line = (f"[flight] t = {latest * dt:6.2f} s  realised MSE(H={rec.horizon}) {err:>9}  "
+        model_err = _fmt(metrics["model_mse"]) if metrics else "n/a"
+        line = (f"[flight] t = {latest * dt:6.2f} s  MSE(H={rec.horizon}) model {model_err:>9} published {err:>9}  "
                 f"params v{last_version}  predictor {lat}")
         print("\r" + line if tty else line, end="" if tty else "\n", flush=True)
         if latest * dt >= cfg.duration_s:

@@ -34,6 +34,7 @@ LAUNCH_ARGUMENTS: dict[str, tuple[tuple[str, str], ...]] = {
     "change_scale": (("simulator", "change_scale"),),
     "change_time": (("simulator", "change_time"),),
     "adapt_period_s": (("learner", "period_s"),),
+    "train_at_start": (("learner", "train_at_start"),),
 }
 
 

@@ -1,39 +1,68 @@
-"""`learner` node: online few-shot adaptation of the streamed system.
+"""`learner` node: offline meta-training and online few-shot adaptation of the streamed system.
 
 Parameters (declared up front, validated; see `ros: learner:` in config/<system>.yaml):
   system        quadrotor | spring_mesh | quantum (read only)
-  checkpoint    meta-trained model; empty = untrained model from the config (warning)
+  checkpoint    meta-trained model; empty = untrained model from the config (warning), or
+                meta-train one first when `train_at_start` is true
   device        auto (cuda if present) | cpu | cuda[:N]
   window        most recent samples used per adaptation
-  inner_steps, lr, holdout   the adaptation (default: the config's `training:` values)
+  inner_steps, lr, holdout, horizon   the adaptation (default: the config's `training:` values;
+                horizon = training.rollout_horizon, 0 = next-step loss)
   period_s      adapt at least this often [s]; <= 0: only when the error rises
   error_rise    adapt early when the realised error exceeds this factor × its baseline
   min_interval_s, min_gain   no more often than this; accept only this relative gain
   params_dir    where accepted parameter files go (empty: a fresh temporary folder)
   max_age_s     states older than this are stale and dropped
-  threads       torch CPU threads of the adaptation (default 1: small models, latency-bound)
+  threads       torch CPU threads of adaptation and training (default 1: small models, latency-bound)
+  train_at_start  when `checkpoint` is empty or names a missing file: use the newest finished
+                run of `train_dir`, else resume its interrupted newest run, else meta-train a new
+                one (default false: the untrained model, as before)
+  train_data, val_data  dataset .npz files (empty: the family's default train / ood datasets,
+                generated once into `<train_dir>/data/` and reused)
+  train_dir     run folders `<train_dir>/run001`, `run002`, ... (default runs/learner/<system>)
+  train_steps   most outer steps of one training (0: the config's whole schedule); training
+                runs on the CPU, like `metasym train`
 
 Topics (QoS in metasym_ros.qos):
   sub ``metasym/state`` (SystemState): buffered (the same validation as the predictor)
-  sub ``metasym/metrics`` (PredictionMetrics): the predictor's realised error, the trigger
+  sub ``metasym/metrics`` (PredictionMetrics): the predictor's model error (`model_mse`; the
+      realised error until that is measured), the trigger
   pub ``metasym/adaptation`` (AdaptationStatus, transient local): every attempt; an
       accepted one names the file of the new local parameters (version + 1)
-Service ``~/adapt_now`` (std_srvs/Trigger): adapt at once on the buffered window.
+  pub ``metasym/model`` (std_msgs/String, transient local): the absolute path of each model
+      this node meta-trained (`<run>/final.pt`) once it is in use here
+Services:
+  ``~/adapt_now`` (std_srvs/Trigger): adapt at once on the buffered window.
+  ``~/train`` (std_srvs/Trigger): meta-train a new run on a background thread; answers at
+      once (refused while a training runs). Progress: a log line every few seconds.
 
-Adaptations run on a worker thread, never on the executor thread, so the node
-keeps buffering states while one runs; `metasym_core.online.learner` holds the
-policy (trigger, validate against φ₀ and the parameters in force, version).
+Adaptations and trainings run on worker threads, never on the executor thread, so the
+node keeps buffering states (and the predictor keeps predicting) meanwhile;
+`metasym_core.online.learner` holds the adaptation policy (trigger, validate against φ₀
+and the parameters in force, version) and `metasym_core.train.trainer` the training.
+While the start-up training makes the first model, adaptation is paused. A trained model
+replaces the learner's model at once; its versions start again at 0 and its parameter
+files go to `<params_dir>/<model tag>/` (`predictor_node.model_tag`: a hash of the
+checkpoint's path and mtime), so a predictor never applies parameters of one model to
+another. On shutdown (SIGINT) a training stops at the next outer step and saves
+`last.pt` (`train_at_start` resumes it; or `metasym train --resume`).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import re
+import sys
 import tempfile
 import threading
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 from rclpy.node import Node
+from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from metasym_core.errors import MetaSymError
@@ -41,33 +70,112 @@ from metasym_core.meta.adapt import adapt
 from metasym_core.online.learner import AdaptationOutcome, OnlineLearner
 from metasym_core.online.predictor import load_model
 from metasym_core.online.streams import STREAMS
+from metasym_core.systems.dataset import SystemDataset, generate, load_dataset, merge, save_dataset
+from metasym_core.train.trainer import Trainer
 from metasym_ros.common import declare, run_node, stamp_seconds
 from metasym_ros.msg import AdaptationStatus, PredictionMetrics, SystemState
-from metasym_ros.qos import ADAPTATION_QOS, ADAPTATION_TOPIC, METRICS_QOS, METRICS_TOPIC, STATE_QOS, STATE_TOPIC
+from metasym_ros.predictor_node import model_tag
+from metasym_ros.qos import (
+    ADAPTATION_QOS,
+    ADAPTATION_TOPIC,
+    METRICS_QOS,
+    METRICS_TOPIC,
+    MODEL_QOS,
+    MODEL_TOPIC,
+    STATE_QOS,
+    STATE_TOPIC,
+)
 
 WARN_EVERY_S = 2.0
+PROGRESS_EVERY_S = 2.0  # throttle of the training progress lines
+STOP_WAIT_S = 20.0  # how long shutdown waits for a training to save last.pt
+_RUN = re.compile(r"run(\d+)$")
+
+
+def run_folders(train_dir: str | os.PathLike) -> list[Path]:
+    """The run folders `run<N>` of `train_dir`, oldest (lowest N) first."""
+    root = Path(train_dir)
+    if not root.is_dir():
+        return []
+    runs = [p for p in root.iterdir() if p.is_dir() and _RUN.match(p.name)]
+    return sorted(runs, key=lambda p: int(_RUN.match(p.name).group(1)))
+
+
+def prepare_datasets(system: str, train_data: str, val_data: str, data_dir: str | os.PathLike,
+                     should_stop: Callable[[], bool] = lambda: False,
+                     log: Callable[[str], None] = lambda _text: None, systems: int | None = None,
+                     steps: int | None = None) -> tuple[SystemDataset, SystemDataset] | None:
+    """(train, val) datasets: the given files, or the family's default train (seed 0) / ood (seed 1)
+    datasets generated into `data_dir` (reused when present; `systems`/`steps` override the
+    family's sizes). Generation runs system by system in this thread (no process pool: the
+    caller is a ROS process) and returns None as soon as `should_stop()` is true."""
+    out = []
+    for name, given, split, seed in (("train_data", train_data, "train", 0), ("val_data", val_data, "ood", 1)):
+        path = Path(given) if given else Path(data_dir) / f"{system}_{split}.npz"
+        if not path.is_file():
+            if given:
+                raise MetaSymError(f"parameter {name}: dataset not found: {path}")
+            from metasym_core.systems import make_family
+
+            family = make_family(system)
+            n = family.default_systems[split] if systems is None else systems
+            parts = []
+            for i in range(n):  # one shard per system: stoppable in between, the same bytes as one run
+                if should_stop():
+                    return None
+                log(f"generating {system}/{split} data for meta-training: system {i + 1}/{n}")
+                parts.append(generate(family, split, systems=n, steps=steps, seed=seed, shard=(i, n), workers=1,
+                                      progress=False))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_dataset(merge(parts), path)
+        ds = load_dataset(path)
+        if ds.family != system:
+            raise MetaSymError(f"{name} {path} holds {ds.family} systems, not {system}")
+        out.append(ds)
+    return out[0], out[1]
 
 
 class LearnerNode(Node):
-    """Buffer states, adapt φ off the executor thread, publish accepted versions."""
+    """Buffer states, adapt φ off the executor thread, publish accepted versions; meta-train on request."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__("learner", **kwargs)
         self.system = declare(self, "system", "quadrotor", "System family: " + " | ".join(STREAMS),
                               read_only=True)
-        checkpoint = declare(self, "checkpoint", "", "Meta-trained model; empty = untrained (warning)",
-                             read_only=True)
+        checkpoint = declare(self, "checkpoint", "", "Meta-trained model; empty = untrained (warning) or "
+                             "meta-train first (train_at_start)", read_only=True)
         device = declare(self, "device", "auto", "auto | cpu | cuda[:N]", read_only=True)
+        train_at_start = declare(self, "train_at_start", False, "Meta-train (or reuse/resume a run of train_dir) "
+                                 "at start when checkpoint is empty or missing", read_only=True)
+        self.train_data = declare(self, "train_data", "", "Training dataset .npz (empty: generate the family's "
+                                  "default into train_dir/data)", read_only=True)
+        self.val_data = declare(self, "val_data", "", "Validation dataset .npz (empty: generate the family's "
+                                "default OOD set into train_dir/data)", read_only=True)
+        train_dir = declare(self, "train_dir", "", "Folder of the training runs (empty: runs/learner/<system>)",
+                            read_only=True)
+        self.train_steps = declare(self, "train_steps", 0, "Most outer steps of one training (0: the config's "
+                                   "whole schedule)", read_only=True)
         if self.system not in STREAMS:
             raise MetaSymError(f"parameter system must be one of {', '.join(STREAMS)}, got {self.system!r}")
-        model, cfg, warning = load_model(self.system, checkpoint, device)
-        if warning:
+        if self.train_steps < 0:
+            raise MetaSymError(f"parameter train_steps must be >= 0, got {self.train_steps}")
+        for name, value in (("train_data", self.train_data), ("val_data", self.val_data)):
+            if value and not os.path.isfile(value):
+                raise MetaSymError(f"parameter {name}: dataset not found: {value}")
+        self.train_dir = Path(os.path.abspath(train_dir or os.path.join("runs", "learner", self.system)))
+        train_first = train_at_start and not (checkpoint and os.path.isfile(checkpoint))
+        self._device = device
+        model, cfg, warning = load_model(self.system, "" if train_first else checkpoint, device)
+        if warning and not train_first:
             self.get_logger().warning(warning)
+        self._cfg = cfg
         training = cfg.get("training") or {}
         window = declare(self, "window", 200, "Most recent samples used per adaptation", read_only=True)
         inner_steps = declare(self, "inner_steps", int(training.get("inner_steps", 10)), "Adaptation SGD steps K")
         lr = declare(self, "lr", float(training.get("inner_lr", 0.1)), "Adaptation SGD rate")
         holdout = declare(self, "holdout", 0.25, "Tail fraction of the window that scores an adaptation")
+        horizon = declare(self, "horizon", int(training.get("rollout_horizon", 0)),
+                          "Adaptation loss: 0 = next step, n = n-step rollouts (training.rollout_horizon)")
         period_s = declare(self, "period_s", 5.0, "Adapt at least this often [s]; <= 0: only on error rise")
         error_rise = declare(self, "error_rise", 2.0, "Adapt early when the realised error rises by this factor")
         min_interval_s = declare(self, "min_interval_s", 0.5, "Never adapt more often than this [s]")
@@ -75,27 +183,39 @@ class LearnerNode(Node):
         params_dir = declare(self, "params_dir", "", "Folder of accepted parameter files (empty: temporary)",
                              read_only=True)
         self.max_age_s = declare(self, "max_age_s", 1.0, "States older than this [s] are stale and dropped")
-        threads = declare(self, "threads", 1, "torch CPU threads of the adaptation (0 = torch default)",
-                          read_only=True)
+        self.threads = declare(self, "threads", 1, "torch CPU threads of adaptation and training "
+                               "(0 = torch default)", read_only=True)
         if not (math.isfinite(self.max_age_s) and self.max_age_s > 0):
             raise MetaSymError(f"parameter max_age_s must be positive, got {self.max_age_s!r}")
-        if threads > 0:
-            torch.set_num_threads(threads)
+        if self.threads > 0:
+            torch.set_num_threads(self.threads)
         self._tmp = None if params_dir else tempfile.TemporaryDirectory(prefix="metasym_learner_")
-        self.learner = OnlineLearner(model, self.system, params_dir or self._tmp.name, window=window,
-                                     inner_steps=inner_steps, lr=lr, holdout=holdout, period_s=period_s,
-                                     error_rise=error_rise, min_interval_s=min_interval_s, min_gain=min_gain)
+        self._params_root = Path(params_dir or self._tmp.name)
+        self._learner_kwargs = {"window": window, "inner_steps": inner_steps, "lr": lr, "holdout": holdout,
+                                "horizon": horizon,
+                                "period_s": period_s, "error_rise": error_rise, "min_interval_s": min_interval_s,
+                                "min_gain": min_gain}
+        self.learner = OnlineLearner(model, self.system, self._params_root, **self._learner_kwargs)
+        self.model_path, self.model_tag = ("" if train_first else checkpoint), ""
         self.outcomes: list[AdaptationOutcome] = []
+        self.trainings: list[dict] = []  # summaries of the finished trainings
         self._lock = threading.Lock()
         self._busy = threading.Event()
         self._force = False
         self._worker: threading.Thread | None = None
+        self._paused = train_first  # no adaptation of the untrained model the start-up training replaces
+        self._train_stop = threading.Event()
+        self._train_thread: threading.Thread | None = None
+        self._train_state = "idle"
+        self._last_val = math.nan  # newest validation loss of the running training (progress lines)
 
         self._pub = self.create_publisher(AdaptationStatus, ADAPTATION_TOPIC, ADAPTATION_QOS)
+        self._model_pub = self.create_publisher(String, MODEL_TOPIC, MODEL_QOS)
         self._state_sub = self.create_subscription(SystemState, STATE_TOPIC, self._on_state, STATE_QOS)
         self._metrics_sub = self.create_subscription(PredictionMetrics, METRICS_TOPIC, self._on_metrics,
                                                      METRICS_QOS)
         self._srv = self.create_service(Trigger, "~/adapt_now", self._on_adapt_now)
+        self._train_srv = self.create_service(Trigger, "~/train", self._on_train)
         self._timer = self.create_timer(0.1, self._tick)
         # The first adaptation pays ~1 s of lazy initialisation (CPU the predictor needs too): pay it
         # now, before the window fills, not at the first (possibly post-change) adaptation.
@@ -104,6 +224,8 @@ class LearnerNode(Node):
         self._worker.start()
         self.get_logger().info(f"learning {self.system}: window {window}, K={inner_steps}, lr {lr}, "
                                f"period {period_s} s, error rise ×{error_rise}")
+        if train_first:
+            self._start_training(at_start=True)
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -115,27 +237,32 @@ class LearnerNode(Node):
         control = np.frombuffer(msg.control, dtype=np.float64)
         with self._lock:
             reason = self.learner.push(stamp_seconds(msg.header.stamp), state, control, msg.dt, now=self._now())
+            dropped = self.learner.buffer.dropped
         if reason is not None:
-            self.get_logger().warning(f"dropped state ({reason}); {self.learner.buffer.dropped} so far",
+            self.get_logger().warning(f"dropped state ({reason}); {dropped} so far",
                                       throttle_duration_sec=WARN_EVERY_S)
 
     def _on_metrics(self, msg: PredictionMetrics) -> None:
         if msg.system == self.system:
+            # the model's own error when the predictor measures it (adaptation can only fix that part)
+            error = msg.model_mse if math.isfinite(msg.model_mse) else msg.realised_mse
             with self._lock:
-                self.learner.observe_error(msg.realised_mse)
+                self.learner.observe_error(error)
 
     def _on_adapt_now(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         with self._lock:
-            full = self.learner.buffer.full
+            full = self.learner.buffer.full and not self._paused
             self._force = full
+            size, capacity = len(self.learner.buffer), self.learner.buffer.capacity
         response.success = full
         response.message = ("adaptation scheduled" if full else
-                            f"not enough samples yet ({len(self.learner.buffer)}/{self.learner.buffer.capacity})")
+                            "adaptation paused until the start-up training ends" if self._paused else
+                            f"not enough samples yet ({size}/{capacity})")
         return response
 
     def _tick(self) -> None:
         """Start an adaptation on the worker thread when one is due and none is running."""
-        if self._busy.is_set():
+        if self._busy.is_set() or self._paused:
             return
         now = self._now()
         with self._lock:
@@ -154,7 +281,7 @@ class LearnerNode(Node):
             adapt(model, torch.zeros(n, model.state_dim, dtype=p.dtype, device=p.device),
                   torch.zeros(n, model.control_dim, dtype=p.dtype, device=p.device),
                   torch.full((n,), 0.02, dtype=p.dtype, device=p.device), self.learner.inner_steps,
-                  self.learner.lr, self.learner.holdout)
+                  self.learner.lr, self.learner.holdout, self.learner.horizon)
         except (MetaSymError, RuntimeError) as exc:
             self.get_logger().warning(f"warm-up adaptation failed: {exc}")
         finally:
@@ -162,9 +289,10 @@ class LearnerNode(Node):
 
     def _adapt(self, now: float) -> None:
         try:
-            with self._lock:  # snapshot the buffer; the adaptation itself runs without the lock
-                arrays = self.learner.buffer.arrays()
-            outcome = self.learner.adapt_window(*arrays, now=now)
+            with self._lock:  # snapshot the buffer (and the model in use); the adaptation runs without the lock
+                learner = self.learner
+                arrays = learner.buffer.arrays()
+            outcome = learner.adapt_window(*arrays, now=now)
         except (MetaSymError, RuntimeError) as exc:
             self.get_logger().warning(f"adaptation failed: {exc}", throttle_duration_sec=WARN_EVERY_S)
             self._busy.clear()
@@ -187,7 +315,130 @@ class LearnerNode(Node):
         else:
             self.get_logger().warning(text)
 
+    # -- meta-training ---------------------------------------------------------------------------
+    @property
+    def training(self) -> bool:
+        """Whether a training (or the start-up reuse of one) is running."""
+        return self._train_thread is not None and self._train_thread.is_alive()
+
+    def _on_train(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        response.success, response.message = self._start_training(at_start=False)
+        return response
+
+    def _plan(self, at_start: bool) -> tuple[str, Path]:
+        """("reuse" | "resume" | "new", run folder): at start the newest run is reused or resumed."""
+        runs = run_folders(self.train_dir)
+        if runs:
+            newest = runs[-1]
+            if at_start and (newest / "final.pt").is_file():
+                return "reuse", newest
+            if at_start and (newest / "last.pt").is_file():
+                return "resume", newest
+            if not any(newest.iterdir()):
+                return "new", newest  # left empty (e.g. stopped while generating data)
+        number = int(_RUN.match(runs[-1].name).group(1)) + 1 if runs else 1
+        return "new", self.train_dir / f"run{number:03d}"
+
+    def _start_training(self, at_start: bool) -> tuple[bool, str]:
+        """Start (or refuse) a training on the training thread; (started, message)."""
+        with self._lock:
+            if self.training:
+                return False, f"a training is already running ({self._train_state})"
+            if self._train_stop.is_set():
+                return False, "shutting down"
+            kind, folder = self._plan(at_start)
+            folder.mkdir(parents=True, exist_ok=True)
+            self._train_state = f"{kind} {folder}"
+            self._train_thread = threading.Thread(target=self._train, args=(kind, folder),
+                                                  name="metasym-trainer", daemon=True)
+            self._train_thread.start()
+        verb = {"reuse": "using the model meta-trained in", "resume": "resuming meta-training in",
+                "new": "meta-training in"}[kind]
+        self.get_logger().info(f"{verb} {folder}")
+        return True, f"{verb} {folder}"
+
+    def _train(self, kind: str, folder: Path) -> None:
+        """Training thread: data, Trainer.run (stoppable), then the new model for learner and predictor."""
+        if self.threads > 0:
+            torch.set_num_threads(self.threads)  # per thread (OpenMP)
+        log = self.get_logger()
+        try:
+            if kind != "reuse":
+                datasets = prepare_datasets(self.system, self.train_data, self.val_data, self.train_dir / "data",
+                                            self._train_stop.is_set,
+                                            lambda text: log.info(text, throttle_duration_sec=PROGRESS_EVERY_S))
+                if datasets is None:
+                    self._log_late("meta-training stopped while generating data")
+                    return
+                trainer = Trainer(self._cfg, *datasets, folder, max_steps=self.train_steps or None, progress=False)
+                if kind == "resume":
+                    try:
+                        trainer.resume()
+                    except (MetaSymError, KeyError, ValueError) as exc:
+                        raise MetaSymError(f"cannot resume {folder / 'last.pt'} ({exc}); remove that run "
+                                           "folder or call ~/train for a new run") from None
+                self._last_val = math.nan
+                log.info(f"meta-training {self.system} in {folder}: {len(datasets[0])} training / "
+                         f"{len(datasets[1])} validation systems, steps {trainer.step}..{trainer.total}")
+                summary = trainer.run(should_stop=lambda: self._progress(trainer))
+                if summary.get("stopped"):
+                    self._log_late(f"meta-training stopped at step {summary['steps']}: saved "
+                                   f"{summary['checkpoint']} (train_at_start resumes it)")
+                    return
+                self.trainings.append(summary)
+                best = summary["best_val_loss"]
+                log.info(f"meta-training done after {summary['steps']} steps (best validation loss "
+                         f"{'of the decoder phase: none yet' if best is None else f'{best:.4g}'}): "
+                         f"{folder / 'final.pt'}")
+            self._use_model(folder / "final.pt")
+        except (MetaSymError, RuntimeError, OSError, KeyError, ValueError) as exc:
+            log.error(f"meta-training in {folder} failed: {exc}")
+        finally:
+            with self._lock:
+                self._train_state = "idle"
+
+    def _log_late(self, text: str) -> None:
+        """Log `text`; after shutdown (SIGINT) straight to stderr, as /rosout is gone by then."""
+        if self.context.ok():
+            self.get_logger().info(text)
+        else:
+            print(f"[INFO] [{self.get_name()}]: {text}", file=sys.stderr, flush=True)
+
+    def _progress(self, trainer: Trainer) -> bool:
+        """Called by Trainer.run before every outer step: a throttled progress line; true = stop."""
+        with self._lock:
+            self._train_state = f"step {trainer.step}/{trainer.total} in {trainer.out}"
+        if trainer.history:
+            row = trainer.history[-1]
+            if row["val_loss"] != "":
+                self._last_val = float(row["val_loss"])
+            val = f"{self._last_val:.4g}" if math.isfinite(self._last_val) else "not yet"
+            self.get_logger().info(f"meta-training step {row['step']}/{trainer.total} ({row['phase']}): loss "
+                                   f"{row['loss']:.4g}, validation {val}", throttle_duration_sec=PROGRESS_EVERY_S)
+        return self._train_stop.is_set()
+
+    def _use_model(self, checkpoint: Path) -> None:
+        """Swap a trained model in (versions restart, files in <params_dir>/<tag>) and announce it."""
+        path = os.path.abspath(checkpoint)
+        model, _, _ = load_model(self.system, path, self._device)  # refuses dims other than the config's
+        tag = model_tag(path)
+        learner = OnlineLearner(model, self.system, self._params_root / tag, **self._learner_kwargs)
+        with self._lock:
+            learner.buffer = self.learner.buffer  # the buffered window stays valid for the new model
+            self.learner, self.model_path, self.model_tag = learner, path, tag
+            self._paused = False
+        try:
+            self._model_pub.publish(String(data=path))
+        except Exception:  # noqa: BLE001 - shut down meanwhile: nothing to announce to
+            return
+        self.get_logger().info(f"using model {path} ({tag}); published on {MODEL_TOPIC}")
+
     def destroy_node(self) -> None:
+        self._train_stop.set()
+        if self._train_thread is not None and self._train_thread.is_alive():
+            self._train_thread.join(timeout=STOP_WAIT_S)
+            if self._train_thread.is_alive():
+                self.get_logger().warning(f"meta-training did not stop within {STOP_WAIT_S:g} s")
         if self._worker is not None and self._worker.is_alive():
             self._worker.join(timeout=10.0)
         super().destroy_node()

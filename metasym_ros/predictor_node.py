@@ -18,7 +18,16 @@ Topics (QoS in metasym_ros.qos):
   sub ``metasym/state`` (SystemState, best effort, keep last 10)
   sub ``metasym/adaptation`` (AdaptationStatus, reliable, transient local): an accepted
       status names a file of local parameters (metasym_core.online.local_params); it is
-      loaded, checked and swapped in between two rollouts, so no prediction is dropped
+      loaded, checked and swapped in between two rollouts, so no prediction is dropped.
+      Only files of the model in use count: those of a model the learner trained lie in a
+      folder named by its `model_tag`; the model from `checkpoint` takes the other files
+  sub ``metasym/model`` (std_msgs/String, reliable, transient local): the path of a checkpoint
+      the learner meta-trained. It is loaded and warmed up on a loader thread, then swapped in
+      between two rollouts (`model_path`, `model_swaps`); a checkpoint that does not load or
+      whose state/control dimensions or context differ from the running model's is refused
+      with a throttled warning (`models_refused`). The new model starts at parameter
+      version 0 (its φ₀): versions count per model, and parameter files of the previous
+      model are never applied to it
   pub ``metasym/prediction`` (Prediction, reliable, keep last 10): one per new state once
       the window is full; header.stamp = stamp of the newest state, times = k·dt. The
       callback only validates and appends; a worker thread rolls out from the newest state,
@@ -26,7 +35,9 @@ Topics (QoS in metasym_ros.qos):
       (states faster than rollouts, or a flood) gets no prediction and counts as skipped
   pub ``metasym/predicted_path`` (nav_msgs/Path, quadrotor only): predicted positions/attitudes
   pub ``metasym/metrics`` (PredictionMetrics): realised error of earlier predictions against
-      the states that arrived later, mean latency, dropped + skipped messages since last report
+      the states that arrived later, the model's own error (`model_mse`: every 10 states, one
+      batched rollout from the contexts H steps back under the controls that were applied),
+      mean latency, dropped + skipped messages since last report
 Service ``~/rollout_batch`` (RolloutBatch): context + K candidate control sequences → K
 trajectories, one batched `model.rollout` call.
 
@@ -38,7 +49,9 @@ and are counted as "lost"; states superseded before their rollout as "skipped".
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import threading
 import time
 from collections import Counter
@@ -48,11 +61,12 @@ import torch
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Path
 from rclpy.node import Node
+from std_msgs.msg import String
 
 from metasym_core.errors import MetaSymError
 from metasym_core.online.poses import quadrotor_poses
 from metasym_core.online.predictor import OnlinePredictor, load_model
-from metasym_core.online.realised import MetricsAccumulator, RealisedErrorTracker
+from metasym_core.online.realised import MetricsAccumulator, ModelErrorTracker, RealisedErrorTracker
 from metasym_core.online.streams import STREAMS
 from metasym_ros.common import declare, f64, run_node, seconds_stamp, stamp_seconds
 from metasym_ros.msg import AdaptationStatus, Prediction, PredictionMetrics, SystemState
@@ -61,6 +75,8 @@ from metasym_ros.qos import (
     ADAPTATION_TOPIC,
     METRICS_QOS,
     METRICS_TOPIC,
+    MODEL_QOS,
+    MODEL_TOPIC,
     PATH_QOS,
     PATH_TOPIC,
     PREDICTION_QOS,
@@ -71,6 +87,27 @@ from metasym_ros.qos import (
 from metasym_ros.srv import RolloutBatch
 
 WARN_EVERY_S = 2.0  # throttle of the drop warnings
+HINDCAST_EVERY = 10  # states per batched hindcast of the model error (PredictionMetrics.model_mse)
+MODEL_TAG_PREFIX = "model-"
+
+
+def model_tag(checkpoint: str | os.PathLike) -> str:
+    """Identity of a checkpoint announced on ``metasym/model``: a hash of its path and mtime.
+
+    The learner writes the local parameters of that model into ``<params_dir>/<tag>/``, so a
+    parameter file names the model it belongs to (see `params_tag`)."""
+    try:
+        mtime = os.stat(checkpoint).st_mtime_ns
+    except OSError:
+        mtime = 0
+    digest = hashlib.sha1(f"{os.fspath(checkpoint)}\0{mtime}".encode()).hexdigest()[:12]
+    return MODEL_TAG_PREFIX + digest
+
+
+def params_tag(params_path: str) -> str:
+    """The model tag of a local parameter file ("" = the model from the `checkpoint` parameter)."""
+    folder = os.path.basename(os.path.dirname(params_path))
+    return folder if folder.startswith(MODEL_TAG_PREFIX) else ""
 
 
 class PredictorNode(Node):
@@ -108,9 +145,16 @@ class PredictorNode(Node):
         model, cfg, warning = load_model(self.system, checkpoint, device)
         if warning:
             self.get_logger().warning(warning)
+        self._device = device
         self.predictor = OnlinePredictor(model, self.horizon)
+        self.model_path, self.model_tag, self.model_swaps, self.models_refused = checkpoint, "", 0, 0
+        self._latest_status: AdaptationStatus | None = None  # newest accepted status of any model
+        self._model_request: str | None = None  # newest announced checkpoint not yet loaded
+        self._loading = False
+        self._loader: threading.Thread | None = None
         self.window = self.predictor.make_window(self.max_age_s)
         self.tracker = RealisedErrorTracker()
+        self.hindcasts = ModelErrorTracker(self.predictor.context, self.horizon, every=HINDCAST_EVERY)
         self.metrics = MetricsAccumulator()
         self.dropped: Counter[str] = Counter()  # node-level drops (system mismatch, lost, skipped, errors)
         self.predictions = 0
@@ -135,6 +179,7 @@ class PredictorNode(Node):
         self._state_sub = self.create_subscription(SystemState, STATE_TOPIC, self._on_state, STATE_QOS)
         self._adapt_sub = self.create_subscription(AdaptationStatus, ADAPTATION_TOPIC, self._on_adaptation,
                                                    ADAPTATION_QOS)
+        self._model_sub = self.create_subscription(String, MODEL_TOPIC, self._on_model, MODEL_QOS)
         self._srv = self.create_service(RolloutBatch, "~/rollout_batch", self._on_rollout_batch)
         self._metrics_timer = self.create_timer(metrics_period, self._publish_metrics)
         self._worker.start()
@@ -176,6 +221,7 @@ class PredictorNode(Node):
         with self._lock:
             for evaluation in self.tracker.observe(msg.step, state):
                 self.metrics.add(evaluation)
+            self.hindcasts.observe(msg.step, state, control, msg.dt)
             if not self.window.full:
                 return
             if self._pending is not None:
@@ -215,6 +261,23 @@ class PredictorNode(Node):
                 if self._stop.is_set() or not self.context.ok():
                     return
                 raise
+            self._hindcast()
+
+    def _hindcast(self) -> None:
+        """Score the model on the latest finished horizons under the applied controls (batched, after
+        the prediction, so it never delays one)."""
+        with self._lock:
+            batch = self.hindcasts.due()
+            predictor = self.predictor
+        if batch is None:
+            return
+        try:
+            errors = predictor.hindcast(batch)
+        except (MetaSymError, RuntimeError) as exc:
+            self.get_logger().warning(f"model-error hindcast failed: {exc}", throttle_duration_sec=WARN_EVERY_S)
+            return
+        with self._lock:
+            self.metrics.model_mse.extend(float(e) for e in errors)
 
     def _publish_prediction(self, state_msg: SystemState, result) -> None:
         out = Prediction(system=self.system, horizon=self.horizon, state_dim=result.states.shape[1],
@@ -255,7 +318,7 @@ class PredictorNode(Node):
             report = self.metrics.report()
         total = self.dropped_total
         msg = PredictionMetrics(system=self.system, realised_mse=report["realised_mse"],
-                                realised_mse_step1=report["realised_mse_step1"],
+                                realised_mse_step1=report["realised_mse_step1"], model_mse=report["model_mse"],
                                 params_version=int(report["params_version"] or self.predictor.version),
                                 dropped_messages=total - self._reported_drops, latency_ms=report["latency_ms"])
         msg.header.stamp = self.get_clock().now().to_msg()
@@ -266,21 +329,81 @@ class PredictorNode(Node):
     def _on_adaptation(self, msg: AdaptationStatus) -> None:
         if msg.system != self.system or not msg.accepted:
             return
-        if msg.version <= self.predictor.version:
+        with self._lock:
+            self._latest_status = msg  # may belong to a model still loading: re-checked after a swap
+        self._apply_status(msg)
+
+    def _apply_status(self, msg: AdaptationStatus) -> None:
+        """Swap in the local parameters of `msg` if they belong to the model in use and are newer."""
+        with self._lock:
+            predictor, tag = self.predictor, self.model_tag
+        if params_tag(msg.params_path) != tag:
+            return  # parameters of another model (an older one, or one not loaded yet)
+        if msg.version <= predictor.version:
             return  # already in use (transient-local replay) or older
         try:
-            self.predictor.load_local(msg.params_path, msg.version)
+            predictor.load_local(msg.params_path, msg.version)
         except MetaSymError as exc:
             self.get_logger().warning(f"adaptation v{msg.version} not used: {exc}")
             return
         self.get_logger().info(f"using local parameters v{msg.version} "
                                f"(loss {msg.loss_before:.4g} -> {msg.loss_after:.4g})")
 
+    # -- new models ------------------------------------------------------------------------------
+    def _on_model(self, msg: String) -> None:
+        """A checkpoint announced by the learner: load it on the loader thread (never here)."""
+        path = msg.data
+        if not path or (path == self.model_path and model_tag(path) == self.model_tag):
+            return  # transient-local replay of the model in use
+        with self._lock:
+            self._model_request = path
+            start, self._loading = not self._loading, True
+        if start:
+            self._loader = threading.Thread(target=self._load_models, name="metasym-model-loader", daemon=True)
+            self._loader.start()
+
+    def _load_models(self) -> None:
+        """Loader thread: load, check and warm up the newest announced checkpoint, then swap it in."""
+        torch.set_num_threads(self.threads)
+        while not self._stop.is_set():
+            with self._lock:
+                path, self._model_request = self._model_request, None
+                if path is None:
+                    self._loading = False
+                    return
+            try:
+                self._swap_model(path)
+            except (MetaSymError, RuntimeError, OSError) as exc:
+                self.models_refused += 1
+                self.get_logger().warning(f"model {path} not used: {exc}", throttle_duration_sec=WARN_EVERY_S)
+        with self._lock:
+            self._loading = False
+
+    def _swap_model(self, path: str) -> None:
+        tag = model_tag(path)
+        model, _, _ = load_model(self.system, path, self._device)
+        old = self.predictor.model
+        if (model.state_dim, model.control_dim, model.context) != (old.state_dim, old.control_dim, old.context):
+            raise MetaSymError(f"state/control dims and context {model.state_dim}/{model.control_dim}/"
+                               f"{model.context} differ from the running model's {old.state_dim}/"
+                               f"{old.control_dim}/{old.context}")
+        predictor = OnlinePredictor(model, self.horizon)
+        predictor.warm_up()  # first-call cost here, not in the next prediction
+        with self._lock:
+            self.predictor, self.model_path, self.model_tag = predictor, path, tag
+            self.model_swaps += 1
+            status = self._latest_status
+        self.get_logger().info(f"using model {path} ({tag}, swap {self.model_swaps}); local parameters "
+                               "start again at v0")
+        if status is not None:
+            self._apply_status(status)  # its parameters arrived before the model itself
+
     # -- batched rollout service -----------------------------------------------------------------
     def _on_rollout_batch(self, request: RolloutBatch.Request,
                           response: RolloutBatch.Response) -> RolloutBatch.Response:
         t0 = time.perf_counter()
-        D, m = self.predictor.model.state_dim, self.predictor.model.control_dim
+        predictor = self.predictor  # one model for the whole call, even if a new one is swapped in
+        D, m = predictor.model.state_dim, predictor.model.control_dim
         L, K, H = request.context_len, request.candidates, request.horizon
         try:
             if (request.state_dim, request.control_dim) != (D, m):
@@ -296,7 +419,7 @@ class PredictorNode(Node):
             if K < 1 or H < 1 or L < 1:
                 raise MetaSymError("context_len, horizon and candidates must be >= 1")
             torch.set_num_threads(self.batch_threads if self.batch_threads > 0 else self._default_threads)
-            states, version = self.predictor.rollout_batch(
+            states, version = predictor.rollout_batch(
                 np.frombuffer(request.context_states, dtype=np.float64).reshape(L, D),
                 np.frombuffer(request.context_controls, dtype=np.float64).reshape(L, m),
                 np.frombuffer(request.context_dt, dtype=np.float64),
@@ -320,6 +443,8 @@ class PredictorNode(Node):
         self._wake.set()
         if self._worker.is_alive():
             self._worker.join(timeout=5.0)
+        if self._loader is not None and self._loader.is_alive():
+            self._loader.join(timeout=5.0)
         super().destroy_node()
 
 

@@ -10,6 +10,8 @@
 - ``metasym/adaptation`` (AdaptationStatus): reliable, keep last 1, transient local:
   a predictor that starts (or restarts) after the learner still gets the latest
   accepted parameters (the message names their file, see metasym_core.online.local_params).
+- ``metasym/model`` (std_msgs/String): reliable, keep last 1, transient local: the path of
+  the checkpoint the learner meta-trained last; a predictor that starts late still gets it.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ PATH_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=Reli
 METRICS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
 ADAPTATION_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+MODEL_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                       durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 STATE_TOPIC = "metasym/state"
 PREDICTION_TOPIC = "metasym/prediction"
 PATH_TOPIC = "metasym/predicted_path"
 METRICS_TOPIC = "metasym/metrics"
 ADAPTATION_TOPIC = "metasym/adaptation"
+MODEL_TOPIC = "metasym/model"

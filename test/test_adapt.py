@@ -31,7 +31,8 @@ def test_adapt_improves_holdout_and_leaves_module_alone():
 def test_adapt_accepts_batched_input_and_step_tensors():
     model, states, controls = perturbed_system(1)
     r1 = adapt(model, states, controls, 0.1, inner_steps=3, lr=0.05)
-    r2 = adapt(model, states[None], controls[None], torch.full((states.shape[0],), 0.1), inner_steps=3, lr=0.05)
+    h = torch.full((states.shape[0],), 0.1, dtype=torch.float64)
+    r2 = adapt(model, states[None], controls[None], h, inner_steps=3, lr=0.05)
     assert r1.loss_after == pytest.approx(r2.loss_after, rel=1e-9)
     assert r1.loss_before == pytest.approx(r2.loss_before, rel=1e-9)
 
@@ -80,3 +81,37 @@ def test_adapt_latency_quadrotor():
     median = sorted(times)[2]
     print(f"adapt K=10, 200 steps, quadrotor: {1000 * median:.1f} ms")
     assert median < 0.5  # loose bound on a shared machine; the target is 0.1 s
+
+
+def test_rollout_loss_scores_free_running_rollouts():
+    from metasym_core.meta.adapt import prepare
+    from metasym_core.meta.losses import increment_loss, rollout_loss
+
+    model, states, controls = perturbed_system(2)
+    batch = prepare(model, states[:40], controls[:40], 0.1)
+    c, n = model.context, 5
+    # horizon 1 is the next-step loss over the targets that have a full context
+    with torch.no_grad():
+        one = rollout_loss(model, batch, None, horizon=1, stride=1)
+        assert float(one) == pytest.approx(float(increment_loss(model, batch, None, start=c - 1)), rel=1e-12)
+    # horizon n: the error of MetaSym.rollout from each start, step k divided by k
+    starts = range(c - 1, 40 - n, 2)
+    expected = 0.0
+    for s in starts:
+        with torch.no_grad():
+            pred = model.rollout(states[None, s - c + 1:s + 1], controls[None, s - c + 1:s + 1], 0.1, n,
+                                 future_controls=controls[None, s + 1:s + 1 + n])[0]
+        k = torch.arange(1, n + 1, dtype=pred.dtype)[:, None]
+        expected += (((pred - states[s + 1:s + 1 + n]) / (model.delta_std * k)) ** 2).mean(1).mean()
+    with torch.no_grad():
+        got = rollout_loss(model, batch, None, horizon=n, stride=2)
+    assert float(got) == pytest.approx(float(expected) / len(starts), rel=1e-9)
+    with pytest.raises(MetaSymError, match="rollout_loss needs"):
+        rollout_loss(model, prepare(model, states[:12], controls[:12], 0.1), None, horizon=n)
+
+
+def test_adapt_on_rollouts_improves_held_out_rollouts():
+    model, states, controls = perturbed_system()
+    res = adapt(model, states, controls, 0.1, inner_steps=20, lr=0.5, horizon=5)
+    assert res.train_loss_after < 0.5 * res.train_loss_before
+    assert res.loss_after < 0.5 * res.loss_before

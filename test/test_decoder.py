@@ -54,8 +54,21 @@ def test_global_local_split_covers_everything_once():
     names = [n for n, _ in dec.named_parameters()]
     assert set(glob) | set(loc) == set(names)
     assert not set(glob) & set(loc)
-    assert sorted(loc) == sorted(f"blocks.{i}.meta_attn.{w}.weight" for i in range(3) for w in ("w_q", "w_v"))
-    assert all(n.endswith(("w_q.weight", "w_v.weight")) and "meta_attn" in n for n in loc)
+    assert sorted(loc) == sorted(f"blocks.{i}.meta_attn.{w}" for i in range(3)
+                                 for w in ("w_q.weight", "w_v.weight", "w_v.bias"))
+    assert all(n.endswith(("w_q.weight", "w_v.weight", "w_v.bias")) and "meta_attn" in n for n in loc)
+
+
+def test_local_value_bias_shifts_every_token_and_starts_at_zero():
+    assert torch.equal(ActiveDecoder(6, 2, 16).blocks[0].meta_attn.w_v.bias, torch.zeros(16))
+    dec = _decoder()
+    bias = dec.blocks[0].meta_attn.w_v.bias
+    x, u, h, e = _inputs()
+    base = dec(x, u, h, e)
+    local = {k: v.detach().clone() for k, v in dec.local_parameters().items()}
+    local["blocks.0.meta_attn.w_v.bias"] = torch.full_like(bias, 0.5)
+    shifted = dec(x, u, h, e, local=local)
+    assert (shifted - base).abs().amin(dim=-1).gt(0).all()  # a per-system offset reaches every prediction
 
 
 def test_local_params_override_without_mutation():

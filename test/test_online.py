@@ -247,3 +247,33 @@ def test_launcher_command_and_cli_need_no_rclpy(tmp_path):
             "assert a.overrides == [('horizon', 5)], a.overrides; "
             "assert 'rclpy' not in sys.modules and 'launch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_model_error_tracker_hands_out_past_contexts_with_the_applied_controls():
+    from metasym_core.online.realised import ModelErrorTracker
+
+    tracker = ModelErrorTracker(context=3, horizon=4, every=2)
+    batches = []
+    for step in list(range(12)) + list(range(20, 30)):  # a gap at 12..19 restarts the history
+        tracker.observe(step, np.full(2, step), np.full(1, 100 + step), 0.1)
+        batch = tracker.due()
+        if batch is not None:
+            batches.append(batch)
+    first = batches[0]
+    assert first.base_steps == [2, 3]
+    assert first.states[0, :, 0].tolist() == [0, 1, 2] and first.controls[0, :, 0].tolist() == [100, 101, 102]
+    assert first.future_controls[0, :, 0].tolist() == [103, 104, 105, 106]  # applied at predicted states 3..6
+    assert first.truth[0, :, 0].tolist() == [3, 4, 5, 6] and first.steps.shape == (2, 7)
+    assert [b.base_steps for b in batches] == [[2, 3], [4, 5], [6, 7], [22, 23], [24, 25]]
+    assert first.mse(first.truth).tolist() == [0.0, 0.0]
+    assert first.mse(first.truth + 2.0).tolist() == [4.0, 4.0]
+    # a caller that asks late gets the hindcasts whose context is still in the history, all complete
+    late = ModelErrorTracker(context=3, horizon=4, every=2)
+    for step in range(60):
+        late.observe(step, np.full(2, step), np.full(1, 0.0), 0.1)
+    batch = late.due()
+    # history: the last 3 + 4 + 4·2 = 15 samples (45..59): contexts from 45 on, bases 47..55
+    assert batch.base_steps == list(range(47, 56)) and batch.states.shape == (9, 3, 2)
+    assert late.due() is None
+    with pytest.raises(ValueError, match="horizon"):
+        ModelErrorTracker(3, 0)

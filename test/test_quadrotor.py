@@ -108,6 +108,25 @@ def test_step_reproduces_crocoddyl_rollout(family, flights):
         assert worst < 1e-9
 
 
+def test_flight_source_records_closed_loop_mpc_flights():
+    family = quad.Quadrotor(source="flight", noise_std=0.01)
+    assert family.options()["source"] == "flight"
+    params = family.sample_params("train", np.random.default_rng(3))
+    traj = family.simulate(params, 120, np.random.default_rng(4))
+    clean, us = traj.extras["clean_states"], traj.controls
+    assert traj.states.shape == (120, 12) and us.shape == (120, 4)
+    assert np.allclose(traj.times, np.arange(120) * family.dt)
+    assert 0.005 < np.std(traj.states - clean) < 0.015  # sensor noise on the observed states only
+    assert us.min() >= 0.0 and us.max() <= quad.MAX_THRUST
+    x = clean[0]
+    for k in range(len(us)):  # the plant is the dataset's Euler model: states follow from the thrusts
+        x = quad.step(x, us[k], family.dt, traj.params)
+        target = clean[k + 1] if k + 1 < len(clean) else traj.extras["final_state"]
+        assert np.abs(x - target).max() < 1e-9
+    again = family.simulate(params, 120, np.random.default_rng(4))
+    assert np.array_equal(again.states, traj.states)
+
+
 def test_state_conversion_round_trip(flights):
     clean = flights[0].extras["clean_states"]
     for x12 in clean[::37]:
@@ -209,6 +228,7 @@ def test_flight_simulator_can_resolve_every_few_steps():
     (lambda f: quad.Quadrotor(noise_std=-0.1), "noise_std"),
     (lambda f: quad.Quadrotor(dt=0.0), "dt"),
     (lambda f: quad.Quadrotor(box=((0, 1), (0, 1))), "box"),
+    (lambda f: quad.Quadrotor(source="lqr"), "source"),
     (lambda f: FlightSimulator(NOMINAL, dt=-0.01), "dt"),
     (lambda f: FlightSimulator(NOMINAL, horizon=1), "horizon"),
     (lambda f: FlightSimulator({**NOMINAL, "mass_scale": 2.5}), "mass_scale"),

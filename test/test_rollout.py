@@ -119,3 +119,168 @@ def test_constant_features_keep_unit_scale():
     model.set_normalization(x, torch.zeros(2, 30, 0, dtype=torch.float64), 0.01)
     assert model.state_std[3] == 1.0 and model.delta_std[3] == 1.0 and model.state_mean[3] == 7.0
     assert torch.isfinite(model(x, torch.zeros(2, 30, 0, dtype=torch.float64), 0.01)).all()
+
+
+# -- the NumPy fast path (metasym_core/models/fastpath.py) ------------------------------------------------------------
+
+def _spy(monkeypatch):
+    """Count NumPy-path rollouts that produced the result."""
+    from metasym_core.models import fastpath
+    calls = []
+    real = fastpath.rollout_numpy
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(fastpath, "rollout_numpy", spy)
+    return calls
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("T", [1, 3, 9, 10, 25])
+@pytest.mark.parametrize("B", [1, 3])
+def test_numpy_path_equals_reference(monkeypatch, layers, T, B):
+    """Any context length, 1-2 layers, per-step h, given future controls; B = 1 and a small batch."""
+    calls = _spy(monkeypatch)
+    model = random_model(layers=layers, context=10)
+    x, u = _data(B=B, T=T)
+    h = (torch.rand(1, T + 15, dtype=torch.float64) * 0.02 + 0.005).expand(B, T + 15)
+    fu = torch.randn(B, 15, 4, dtype=torch.float64)
+    with torch.no_grad():
+        fast = model.rollout(x, u, h, 15, future_controls=fu)
+        ref = model.rollout_reference(x, u, h, 15, future_controls=fu)
+    assert calls == [True]
+    assert fast.shape == (B, 15, 12) and fast.dtype == torch.float64
+    assert (fast - ref).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh", "elu"])
+def test_numpy_path_held_controls_local_params_and_activations(monkeypatch, activation):
+    calls = _spy(monkeypatch)
+    model = random_model(layers=2, context=6)
+    model.encoder.activation = activation
+    local = {k: v.detach() * 0.7 + 0.1 for k, v in model.decoder.local_parameters().items()}
+    x, u = _data(B=1, T=8)
+    with torch.no_grad():
+        fast = model.rollout(x, u, 0.02, 12, local_params=local)
+        ref = model.rollout_reference(x, u, 0.02, 12, local_params=local)
+        plain = model.rollout(x, u, 0.02, 12)
+    assert calls == [True, True]
+    assert (fast - ref).abs().max() < 1e-10
+    assert (fast - plain).abs().max() > 1e-6  # local_params honoured, not a cached fold of the module's own
+
+
+def test_numpy_path_float32(monkeypatch):
+    calls = _spy(monkeypatch)
+    model = random_model(dtype=torch.float32, scale=0.2)
+    x, u = _data(B=1, dtype=torch.float32)
+    h = torch.rand(1, 40) * 0.02 + 0.005
+    with torch.no_grad():
+        fast = model.rollout(x, u, h, 30)
+        ref = model.rollout_reference(x, u, h, 30)
+    assert calls == [True] and fast.dtype == torch.float32
+    assert (fast - ref).abs().max() < 1e-5 * max(1.0, float(ref.abs().max()))
+
+
+def test_numpy_path_refolds_after_changes(monkeypatch):
+    """In-place parameter updates, new local tensors and in-place local updates are all seen."""
+    calls = _spy(monkeypatch)
+    model = random_model()
+    x, u = _data(B=1)
+    local = {k: v.detach().clone() for k, v in model.decoder.local_parameters().items()}
+    with torch.no_grad():
+        before = model.rollout(x, u, 0.01, 10, local_params=local)
+        model.decoder.blocks[0].mlp[0].bias.add_(0.5)
+        after = model.rollout(x, u, 0.01, 10, local_params=local)
+        assert (after - before).abs().max() > 1e-6
+        assert (after - model.rollout_reference(x, u, 0.01, 10, local_params=local)).abs().max() < 1e-10
+        for v in local.values():
+            v.mul_(0.5)
+        changed = model.rollout(x, u, 0.01, 10, local_params=local)
+        assert (changed - model.rollout_reference(x, u, 0.01, 10, local_params=local)).abs().max() < 1e-10
+        fresh = {k: v * 2.0 for k, v in local.items()}
+        again = model.rollout(x, u, 0.01, 10, local_params=fresh)
+        assert (again - model.rollout_reference(x, u, 0.01, 10, local_params=fresh)).abs().max() < 1e-10
+        model.state_mean.add_(0.3)  # normalisation buffers count too
+        shifted = model.rollout(x, u, 0.01, 10)
+        assert (shifted - model.rollout_reference(x, u, 0.01, 10)).abs().max() < 1e-10
+    assert all(calls) and len(calls) == 5
+
+
+def test_gradients_flow_through_rollout_on_the_torch_path(monkeypatch):
+    calls = _spy(monkeypatch)
+    model = random_model()
+    x, u = _data(B=1)
+    local = {k: v.detach().clone().requires_grad_(True) for k, v in model.decoder.local_parameters().items()}
+    out = model.rollout(x, u, 0.01, 8, local_params=local)
+    out.pow(2).sum().backward()
+    assert calls == [] and all(v.grad is not None and v.grad.abs().sum() > 0 for v in local.values())
+    assert model.encoder.S.grad is not None and model.encoder.S.grad.abs().sum() > 0
+    with torch.no_grad():
+        assert (out - model.rollout_reference(x, u, 0.01, 8, local_params=local)).abs().max() < 1e-10
+
+
+def test_torch_path_when_numpy_does_not_apply(monkeypatch):
+    """Training mode, per-row step sizes and batches above the threshold use the torch path."""
+    from metasym_core.models import fastpath
+    calls = _spy(monkeypatch)
+    model = random_model()
+    x, u = _data(B=3)
+    h = torch.rand(3, 20, dtype=torch.float64) * 0.02 + 0.005  # rows differ
+    with torch.no_grad():
+        out = model.rollout(x, u, h, 10)
+        assert (out - model.rollout_reference(x, u, h, 10)).abs().max() < 1e-10
+        model.decoder.blocks[0].train()
+        model.rollout(x, u, 0.01, 5)
+        model.eval()
+        big = fastpath.MAX_BATCH + 1
+        xb, ub = _data(B=big)
+        model.rollout(xb, ub, 0.01, 3)
+    assert calls == []
+
+
+def test_numpy_path_falls_back_when_a_softmax_leaves_the_safe_range(monkeypatch):
+    """Logits of ~-800 underflow exp() without a max shift: the torch path must answer instead."""
+    calls = _spy(monkeypatch)
+    model = random_model()
+    with torch.no_grad():
+        model.decoder.blocks[0].meta_attn.rel_bias.fill_(-800.0)
+        x, u = _data(B=1)
+        out = model.rollout(x, u, 0.01, 10)
+        ref = model.rollout_reference(x, u, 0.01, 10)
+    assert calls == [False]
+    assert torch.isfinite(out).all() and (out - ref).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("activation", ["tanh", "elu"])
+def test_torch_streaming_path_any_activation_and_safe_softmax(activation):
+    """The torch path (NumPy off): encoder activations other than sigmoid, and the unshifted
+    no-grad softmax redoing the rollout with the max shift when a denominator underflows."""
+    from metasym_core.models import fastpath
+    model = random_model(layers=2, context=6)
+    model.encoder.activation = activation
+    x, u = _data(B=2, T=8)
+    with torch.no_grad(), fastpath.disabled():
+        out = model.rollout(x, u, 0.02, 12)
+        assert (out - model.rollout_reference(x, u, 0.02, 12)).abs().max() < 1e-10
+        model.decoder.blocks[1].self_attn.rel_bias.fill_(-800.0)
+        out = model.rollout(x, u, 0.02, 12)
+        assert torch.isfinite(out).all()
+        assert (out - model.rollout_reference(x, u, 0.02, 12)).abs().max() < 1e-10
+
+
+def test_numpy_cache_does_not_keep_models_alive():
+    import gc
+
+    from metasym_core.models import fastpath
+    model = random_model()
+    x, u = _data(B=1)
+    with torch.no_grad():
+        model.rollout(x, u, 0.01, 3)
+    assert model in fastpath._folds
+    before = len(fastpath._folds)
+    del model
+    gc.collect()
+    assert len(fastpath._folds) == before - 1

@@ -5,21 +5,17 @@ In-process nodes (one executor thread) for the topic/service checks, and the
 host, on a random domain in 100-200; every in-process test runs in its own namespace.
 """
 
-import contextlib
-import importlib
 import math
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-import uuid
 
-import _ros_env  # noqa: F401 - isolates DDS before any rclpy use
 import numpy as np
 import pytest
 import torch
+from _ros_env import ros_context, wait_for  # isolates DDS before any rclpy use
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(120)]
 
@@ -29,44 +25,10 @@ HORIZON = 8
 
 
 def _wait(done, what, deadline=DEADLINE_S):
-    end = time.monotonic() + deadline
-    while not done():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.02)
+    wait_for(done, what, deadline)
 
 
-@contextlib.contextmanager
-def _ros(**node_params):
-    """An rclpy context whose executor spins in a thread; yields (ns, make(cls_or_name, params), ctx)."""
-    rclpy = importlib.import_module("rclpy")
-    executors = importlib.import_module("rclpy.executors")
-    Parameter = importlib.import_module("rclpy.parameter").Parameter
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    executor = executors.SingleThreadedExecutor(context=context)
-    namespace = f"/t{uuid.uuid4().hex[:8]}"
-    nodes = []
-
-    def make(kind, params=None):
-        if isinstance(kind, str):
-            node = rclpy.create_node(kind, namespace=namespace, context=context)
-        else:
-            overrides = [Parameter(k, value=v) for k, v in (params or {}).items()]
-            node = kind(context=context, namespace=namespace, parameter_overrides=overrides)
-        executor.add_node(node)
-        nodes.append(node)
-        return node
-
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    try:
-        yield namespace, make, thread
-    finally:
-        executor.shutdown(timeout_sec=5)
-        if thread.is_alive():
-            thread.join(timeout=5)  # no callback may run once the context is gone
-        for node in nodes:
-            node.destroy_node()
-        context.try_shutdown()
+_ros = ros_context
 
 
 def _f64(values):

@@ -1,13 +1,17 @@
-"""Rollout speed: MetaSym's streaming rollout against a plain eager loop that
-re-runs the model on the last `c` steps for every predicted step (the textbook
-implementation), both measured in the same run on the same model.
+"""Rollout speed: `MetaSym.rollout` against a plain eager loop that re-runs the
+model on the last `c` steps for every predicted step (the textbook
+implementation), all measured in the same run on the same model.
 
+Rows: `metasym` is `MetaSym.rollout` as users call it (small CPU batches without
+autograd take the NumPy path, `models/fastpath.py`); `torch-streaming` forces the
+torch streaming path (`models/streaming.py`); `baseline` is the plain loop.
 B=1 is the latency of one predictor call; B=1024 the throughput of a sampling
 MPC scoring 1024 candidate control sequences at once.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -17,7 +21,7 @@ import torch
 from metasym_core.bench.report import DEFAULT_DOC, markdown_table, text_table, update_section
 from metasym_core.config import build_model, load_config
 from metasym_core.errors import MetaSymError
-from metasym_core.models import MetaSym
+from metasym_core.models import MetaSym, fastpath
 
 TARGETS = {"b1_p50_target_ms": 1.5, "b1024_target_steps_per_s": 1_000_000.0}
 
@@ -37,6 +41,12 @@ def naive_rollout(model: MetaSym, states: torch.Tensor, controls: torch.Tensor, 
         xs = torch.cat([xs, nxt], dim=1)
         us = torch.cat([us, future_controls[:, k:k + 1]], dim=1)
     return torch.cat(outs, dim=1)
+
+
+def _torch_rollout(model: MetaSym, *args) -> torch.Tensor:
+    """`model.rollout` on the torch streaming path (the NumPy path switched off)."""
+    with fastpath.disabled():
+        return model.rollout(*args)
 
 
 def _timings(fn: Callable[[], object], repeats: int, warmup: int = 3) -> np.ndarray:
@@ -59,30 +69,46 @@ def run_rollout_bench(config: str = "quadrotor", horizon: int = 30, repeats: int
     cfg = load_config(config)
     torch.manual_seed(seed)
     model = build_model(cfg).eval()
+    with torch.no_grad():  # an untrained head is zero (predicts "no change"): give every op real work
+        g = torch.Generator().manual_seed(seed)
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
     c, D, m = model.context, model.state_dim, model.control_dim
     threads = torch.get_num_threads()
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     figures: dict[str, float] = {}
     rows = []
+    paths: dict[int, str] = {}
     for B in (1, big_batch):
         g = torch.Generator().manual_seed(seed)
         x = torch.randn(B, c, D, generator=g)
         u = torch.randn(B, c, m, generator=g)
         fu = torch.randn(B, horizon, m, generator=g)
-        fast = model.rollout(x, u, 0.01, horizon, fu)
+        with torch.no_grad():
+            fast = model.rollout(x, u, 0.01, horizon, fu)
+            with fastpath.disabled():
+                stream = model.rollout(x, u, 0.01, horizon, fu)
+            checked = model._rollout_args(x, u, 0.01, horizon, fu, None)
+            paths[B] = "NumPy" if fastpath.try_rollout(model, *checked, horizon, None) is not None else "torch"
         ref = naive_rollout(model, x, u, 0.01, horizon, fu)
-        if not torch.allclose(fast, ref, atol=1e-4, rtol=1e-4):
-            raise MetaSymError("streaming rollout disagrees with the naive loop; refusing to time it")
-        # small batches are latency-bound: one intra-op thread avoids thread wake-ups per tiny op
-        torch.set_num_threads(1 if B == 1 else threads)
+        for name, out in (("rollout", fast), ("torch streaming rollout", stream)):
+            if not torch.allclose(out, ref, atol=1e-4, rtol=1e-4):
+                raise MetaSymError(f"{name} disagrees with the naive loop; refusing to time it")
         n = repeats if B == 1 else max(5, repeats // 20)
         with torch.inference_mode():
             args = (x, u, 0.01, horizon, fu)
-            variants = [("metasym", lambda a=args: model.rollout(*a)),
-                        ("baseline", lambda a=args: naive_rollout(model, *a))]
-            for name, fn in variants:
+            # (row, JSON key prefix, call, intra-op threads): small batches are latency-bound, where one
+            # thread avoids wake-ups per tiny op; the big batch also gets a 1-thread row, because two
+            # threads on a 2-core machine shared with other jobs can collapse (OpenMP spin-waits)
+            variants = [("metasym", "", lambda a=args: model.rollout(*a), 1 if B == 1 else threads),
+                        ("torch-streaming", "torch_", lambda a=args: _torch_rollout(model, *a), 1),
+                        ("baseline", "baseline_", lambda a=args: naive_rollout(model, *a), 1 if B == 1 else threads)]
+            if paths[B] == "torch":  # `metasym` already is the torch streaming path: time it with 1 thread
+                variants[1] = ("metasym-1thread", "onethread_", variants[0][2], 1)
+            for name, key, fn, nthreads in variants:
+                torch.set_num_threads(nthreads)
                 t = _timings(fn, n)
                 p50, p99 = np.percentile(t, 50) * 1e3, np.percentile(t, 99) * 1e3
-                key = "" if name == "metasym" else f"{name}_"
                 if B == 1:
                     figures[f"{key}b1_p50_ms"] = round(p50, 3)
                     figures[f"{key}b1_p99_ms"] = round(p99, 3)
@@ -94,10 +120,18 @@ def run_rollout_bench(config: str = "quadrotor", horizon: int = 30, repeats: int
         figures.update(TARGETS)
     header = ["rollout", "batch", "p50 ms", "p99 ms", "model-steps/s"]
     print(text_table(header, rows))
+    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     params = sum(p.numel() for p in model.parameters())
     body = (f"{cfg['system']} sizes (state {D}, control {m}, context {c}, {params} parameters), horizon "
-            f"{horizon}, float32 on CPU; B=1 with 1 intra-op thread, B={big_batch} with {threads}. "
-            f"`baseline` re-runs the model on the last {c} steps for every predicted step. "
+            f"{horizon}, float32 on CPU; B=1 with 1 intra-op thread, B={big_batch} with {threads} "
+            f"(`metasym-1thread`: with 1). "
+            f"`metasym` is `MetaSym.rollout` (batches ≤ {fastpath.MAX_BATCH} without autograd run the NumPy "
+            f"path, larger ones the torch streaming path), `torch-streaming` forces the torch path, "
+            f"`baseline` re-runs the model on the last {c} steps for every predicted step; here `metasym` ran "
+            f"on the {paths[1]} path at B=1 and the {paths[big_batch]} path at B={big_batch}. "
+            f"Weights: the config's initialisation plus N(0, 0.1²) noise (an untrained head is zero). "
+            f"Load average {load_before:.1f} at the start, {load_after:.1f} at the end (timings on a shared "
+            f"machine are only comparable within one run). "
             f"Targets: B=1 p50 ≤ {TARGETS['b1_p50_target_ms']} ms, B=1024 ≥ "
             f"{TARGETS['b1024_target_steps_per_s']:,.0f} model-steps/s.\n\n{markdown_table(header, rows)}")
     update_section("Rollout", body, command, doc=doc)

@@ -18,7 +18,7 @@ import torch
 from torch.func import grad
 
 from metasym_core.errors import MetaSymError
-from metasym_core.meta.losses import DecoderBatch, decoder_batch, increment_loss
+from metasym_core.meta.losses import DecoderBatch, decoder_batch, window_loss
 from metasym_core.models.metasym import MetaSym
 from metasym_core.validation import check_positive_int
 
@@ -74,7 +74,7 @@ def prepare(model: MetaSym, states: torch.Tensor, controls: torch.Tensor,
 
 
 def adapt(model: MetaSym, states: torch.Tensor, controls: torch.Tensor, steps: float | torch.Tensor,
-          inner_steps: int = 10, lr: float = DEFAULT_LR, holdout: float = 0.25) -> AdaptResult:
+          inner_steps: int = 10, lr: float = DEFAULT_LR, holdout: float = 0.25, horizon: int = 0) -> AdaptResult:
     """K-shot adaptation of φ on one observed window; the module is not changed.
 
     Args:
@@ -82,6 +82,8 @@ def adapt(model: MetaSym, states: torch.Tensor, controls: torch.Tensor, steps: f
         steps: step sizes (a float, `[T]`, `[1, T]` or `[1, T, 1]`).
         inner_steps: K SGD steps. lr: SGD rate (the config's `training.inner_lr`).
         holdout: fraction of the window (its tail) kept out of the inner loop for scoring.
+        horizon: 0 = next-step loss; n > 0 = `rollout_loss` over n steps (the config's
+            `training.rollout_horizon`, the loss the model was meta-trained to adapt with).
     """
     check_positive_int("inner_steps", inner_steps)
     if not lr > 0:
@@ -96,15 +98,18 @@ def adapt(model: MetaSym, states: torch.Tensor, controls: torch.Tensor, steps: f
             cut = split_point(T, holdout)
             fit = batch.slice(0, cut)
             phi0 = {k: v.detach() for k, v in model.decoder.local_parameters().items()}
-            step = grad(lambda phi: increment_loss(model, fit, phi))
-            before_fit = float(increment_loss(model, fit, phi0))
-            before = float(increment_loss(model, batch, phi0, start=cut - 1))
+            def loss(phi, part, start=0):
+                return window_loss(model, part, phi, start=start, horizon=horizon)
+
+            step = grad(lambda phi: loss(phi, fit))
+            before_fit = float(loss(phi0, fit))
+            before = float(loss(phi0, batch, cut - 1))
             phi = phi0
             for _ in range(inner_steps):
                 g = step(phi)
                 phi = {k: phi[k] - lr * g[k] for k in phi}
-            after_fit = float(increment_loss(model, fit, phi))
-            after = float(increment_loss(model, batch, phi, start=cut - 1))
+            after_fit = float(loss(phi, fit))
+            after = float(loss(phi, batch, cut - 1))
     finally:
         model.train(was_training)
     for name, value in (("loss before adaptation", before), ("loss after adaptation", after)):

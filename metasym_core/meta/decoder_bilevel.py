@@ -16,15 +16,18 @@ from __future__ import annotations
 import torch
 from torch.func import grad, vmap
 
-from metasym_core.meta.losses import DecoderBatch, increment_loss
+from metasym_core.meta.losses import DecoderBatch, window_loss
 from metasym_core.models.metasym import MetaSym
 
 
 def inner_adapt(model: MetaSym, theta: dict[str, torch.Tensor], phi0: dict[str, torch.Tensor],
                 support: DecoderBatch, inner_steps: int, inner_lr: float,
-                first_order: bool = False) -> dict[str, torch.Tensor]:
-    """K SGD steps of φ on `support` with θ fixed; differentiable unless `first_order`."""
-    step = grad(lambda phi: increment_loss(model, support, phi, theta))
+                first_order: bool = False, horizon: int = 0) -> dict[str, torch.Tensor]:
+    """K SGD steps of φ on `support` with θ fixed; differentiable unless `first_order`.
+
+    `horizon` > 0 adapts on `rollout_loss` over that many steps instead of the next-step loss.
+    """
+    step = grad(lambda phi: window_loss(model, support, phi, theta, horizon=horizon))
     phi = phi0
     for _ in range(inner_steps):
         g = step(phi)
@@ -34,11 +37,12 @@ def inner_adapt(model: MetaSym, theta: dict[str, torch.Tensor], phi0: dict[str, 
 
 def bilevel_loss(model: MetaSym, support: DecoderBatch, query: DecoderBatch, inner_steps: int,
                  inner_lr: float, query_start: int = 0, first_order: bool = False,
-                 learn_init: bool = True) -> torch.Tensor:
+                 learn_init: bool = True, horizon: int = 0) -> torch.Tensor:
     """Mean over systems (batch dim of both batches) of the adapted query loss.
 
     `query_start` skips the first query transitions (context frames borrowed from
-    before the query part). Backpropagate the result into θ (and φ₀ if `learn_init`).
+    before the query part); `horizon` > 0 scores both loops on `rollout_loss`.
+    Backpropagate the result into θ (and φ₀ if `learn_init`).
     """
     theta = model.decoder.global_parameters()
     phi0 = model.decoder.local_parameters()
@@ -48,8 +52,8 @@ def bilevel_loss(model: MetaSym, support: DecoderBatch, query: DecoderBatch, inn
     def one(theta, phi0, s: tuple, q: tuple) -> torch.Tensor:
         sb = DecoderBatch(*(t.unsqueeze(0) for t in s))
         qb = DecoderBatch(*(t.unsqueeze(0) for t in q))
-        phi = inner_adapt(model, theta, phi0, sb, inner_steps, inner_lr, first_order)
-        return increment_loss(model, qb, phi, theta, start=query_start)
+        phi = inner_adapt(model, theta, phi0, sb, inner_steps, inner_lr, first_order, horizon)
+        return window_loss(model, qb, phi, theta, query_start, horizon)
 
     s = (support.x, support.u, support.h, support.e, support.target)
     q = (query.x, query.u, query.h, query.e, query.target)
@@ -59,6 +63,7 @@ def bilevel_loss(model: MetaSym, support: DecoderBatch, query: DecoderBatch, inn
 
 @torch.no_grad()
 def adapted_query_loss(model: MetaSym, support: DecoderBatch, query: DecoderBatch, inner_steps: int,
-                       inner_lr: float, query_start: int = 0) -> float:
+                       inner_lr: float, query_start: int = 0, horizon: int = 0) -> float:
     """`bilevel_loss` without gradients (validation)."""
-    return float(bilevel_loss(model, support, query, inner_steps, inner_lr, query_start, first_order=True))
+    return float(bilevel_loss(model, support, query, inner_steps, inner_lr, query_start, first_order=True,
+                              horizon=horizon))

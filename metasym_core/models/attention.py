@@ -74,9 +74,13 @@ class CausalSelfAttention(nn.Module):
 class MetaAttention(nn.Module):
     """Meta-attention: tokens query the encoder latents `e` of the window.
 
-    `Q = W_Q z` and `V = W_V e` are local (per-system) parameters, `K = W_K e` is
-    global (METHOD §3). Local weights may be passed explicitly to run adapted
-    parameters without touching the module.
+    `Q = W_Q z` and `V = W_V e + b_V` are local (per-system) parameters, `K = W_K e`
+    is global (METHOD §3). The value bias `b_V` (chosen, zero at init) gives the
+    adaptation a direct per-system offset: with `V = W_V e` alone the attention
+    output is a linear map of a weighted mean of latents, which cannot shift a
+    prediction by a constant (e.g. the weight of a heavier quadrotor). Local
+    weights may be passed explicitly to run adapted parameters without touching
+    the module.
     """
 
     def __init__(self, d_model: int, latent_dim: int, heads: int, context: int, dropout: float) -> None:
@@ -84,14 +88,16 @@ class MetaAttention(nn.Module):
         self.heads, self.dropout = heads, dropout
         self.w_q = nn.Linear(d_model, d_model, bias=False)
         self.w_k = nn.Linear(latent_dim, d_model, bias=False)
-        self.w_v = nn.Linear(latent_dim, d_model, bias=False)
+        self.w_v = nn.Linear(latent_dim, d_model)
+        nn.init.zeros_(self.w_v.bias)
         self.out = nn.Linear(d_model, d_model)
         self.rel_bias = nn.Parameter(torch.zeros(heads, context))
 
-    def project_kv(self, e: torch.Tensor, w_v: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys (global `W_K`) and values (local `W_V`) of the latents, `[B, H, T, dh]`."""
+    def project_kv(self, e: torch.Tensor, w_v: torch.Tensor | None = None,
+                   b_v: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys (global `W_K`) and values (local `W_V`, `b_V`) of the latents, `[B, H, T, dh]`."""
         k = self.w_k(e)
-        v = F.linear(e, self.w_v.weight if w_v is None else w_v)
+        v = F.linear(e, self.w_v.weight if w_v is None else w_v, self.w_v.bias if b_v is None else b_v)
         return split_heads(k, self.heads), split_heads(v, self.heads)
 
     def query(self, z: torch.Tensor, w_q: torch.Tensor | None = None) -> torch.Tensor:

@@ -16,7 +16,7 @@ from torch import nn
 from metasym_core.errors import MetaSymError
 from metasym_core.models.attention import CausalSelfAttention, MetaAttention, window_bias
 
-LOCAL_SUFFIXES = ("meta_attn.w_q.weight", "meta_attn.w_v.weight")
+LOCAL_SUFFIXES = ("meta_attn.w_q.weight", "meta_attn.w_v.weight", "meta_attn.w_v.bias")
 
 
 class ControlNet(nn.Module):
@@ -46,8 +46,8 @@ class DecoderBlock(nn.Module):
     def _drop(self, x: torch.Tensor) -> torch.Tensor:
         return F.dropout(x, self.dropout, self.training) if self.dropout > 0 else x
 
-    def forward(self, z: torch.Tensor, e: torch.Tensor, w_q: torch.Tensor | None, w_v: torch.Tensor | None
-                ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    def forward(self, z: torch.Tensor, e: torch.Tensor, w_q: torch.Tensor | None, w_v: torch.Tensor | None,
+                b_v: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Advance tokens `z [B, T, d]` whose encoder latents are `e`.
 
         Returns the new tokens and this block's keys/values `(k, v, meta_k, meta_v)`,
@@ -55,7 +55,7 @@ class DecoderBlock(nn.Module):
         """
         pos = torch.arange(z.shape[1], device=z.device)
         q, k, v = self.self_attn.project_kv(self.ln1(z))
-        mk, mv = self.meta_attn.project_kv(e, w_v)
+        mk, mv = self.meta_attn.project_kv(e, w_v, b_v)
         z = z + self._drop(self.self_attn.combine(q, k, v, window_bias(self.self_attn.rel_bias, pos, pos)))
         mq = self.meta_attn.query(self.ln2(z), w_q)
         z = z + self._drop(self.meta_attn.combine(mq, mk, mv, window_bias(self.meta_attn.rel_bias, pos, pos)))
@@ -100,11 +100,11 @@ class ActiveDecoder(nn.Module):
     # -- parameter split -------------------------------------------------------------------------
     @staticmethod
     def is_local(name: str) -> bool:
-        """Local (per-system) parameters: the meta-attention `W_Q` and `W_V`."""
+        """Local (per-system) parameters: the meta-attention `W_Q` and `W_V` (with its bias `b_V`)."""
         return name.endswith(LOCAL_SUFFIXES)
 
     def local_parameters(self) -> dict[str, nn.Parameter]:
-        """φ: meta-attention `W_Q`, `W_V` of every block, by name (for `functional_call`)."""
+        """φ: meta-attention `W_Q`, `W_V`, `b_V` of every block, by name (for `functional_call`)."""
         return {n: p for n, p in self.named_parameters() if self.is_local(n)}
 
     def global_parameters(self) -> dict[str, nn.Parameter]:
@@ -112,9 +112,10 @@ class ActiveDecoder(nn.Module):
         return {n: p for n, p in self.named_parameters() if not self.is_local(n)}
 
     def _local(self, local: dict[str, torch.Tensor] | None, i: int) -> tuple:
+        """Block i's local `(W_Q, W_V, b_V)` from `local` (None entries: the module's own)."""
         if not local:
-            return None, None
-        return local.get(f"blocks.{i}.meta_attn.w_q.weight"), local.get(f"blocks.{i}.meta_attn.w_v.weight")
+            return None, None, None
+        return tuple(local.get(f"blocks.{i}.{suffix}") for suffix in LOCAL_SUFFIXES)
 
     # -- evaluation ------------------------------------------------------------------------------
     def forward_with_kv(self, x: torch.Tensor, u: torch.Tensor, h: torch.Tensor, e: torch.Tensor,

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from metasym_core.models.attention import merge_heads
+from metasym_core.models.encoder import ACTIVATIONS
 
 
 def initial_windows(kv: list[tuple[torch.Tensor, ...]], context: int) -> list[torch.Tensor]:
@@ -40,17 +41,35 @@ def initial_windows(kv: list[tuple[torch.Tensor, ...]], context: int) -> list[to
 
 
 def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
-                G: torch.Tensor) -> torch.Tensor:
+                G: torch.Tensor, denoms: list[torch.Tensor] | None = None) -> torch.Tensor:
     """One (pre-scaled) query per row: `q [B, d]`, rings `k, v [B, c, d]`, `bias [c, H]` → `[B, d]`.
 
     Per-head dot products are an elementwise product summed per head by the
     indicator matmul `G [d, H]`: for one query this beats batched 1×dh matmuls.
     The softmax over the c slots is spelled out (aten's is slow for tiny rows).
+    With `denoms` (no autograd) the row maximum is not subtracted; the softmax
+    denominators are appended instead, for `denominators_safe` to check once.
     """
     scores = (q.unsqueeze(1) * k) @ G + bias
-    scores = (scores - scores.amax(1, keepdim=True)).exp()
-    weights = scores / scores.sum(1, keepdim=True)
-    return ((weights @ G.T) * v).sum(1)
+    if denoms is None:
+        scores = (scores - scores.amax(1, keepdim=True)).exp()
+    else:
+        scores = scores.exp()
+    total = scores.sum(1, keepdim=True)
+    if denoms is not None:
+        denoms.append(total)
+    return ((scores / total @ G.T) * v).sum(1)
+
+
+def denominators_safe(denoms: list[torch.Tensor]) -> bool:
+    """Whether every unshifted softmax denominator lies 8 decades inside the dtype's normal
+    range (float32: [1.2e-30, 3.4e30]): no overflow, and the largest term far from denormals."""
+    if not denoms:
+        return True
+    info = torch.finfo(denoms[0].dtype)
+    lo, hi = info.tiny * 1e8, info.max * 1e-8
+    low, high = torch.aminmax(torch.cat([t.reshape(-1) for t in denoms]))
+    return bool(low > lo) and bool(high < hi)
 
 
 def _push(ring: torch.Tensor, slot: int, new: torch.Tensor) -> torch.Tensor:
@@ -65,14 +84,16 @@ class StreamingPlan:
     """A model's weights folded for stepping one rollout (see the module docstring)."""
 
     def __init__(self, model, local: dict[str, torch.Tensor] | None, future_u: torch.Tensor,
-                 future_h: torch.Tensor, first_position: int) -> None:
+                 future_h: torch.Tensor, first_position: int, shift: bool = True) -> None:
         enc, dec = model.encoder, model.decoder
+        # unshifted softmax (checked afterwards, see `denominators_safe`) only when no gradient is taken
+        self.denoms: list[torch.Tensor] | None = None if shift else []
         D, c, H, d = dec.state_dim, dec.context, dec.heads, dec.d_model
         self.context, self.half = c, D // 2
         # encoder: symmetric shears, biases and activation scales (dropconnect drawn once per rollout)
         A, a = enc._weights()
         self.enc_layers = [[A[layer, k] for k in range(enc.sublayers)] for layer in range(enc.layers)]
-        self.enc_bias, self.enc_a = enc.bias, a
+        self.enc_bias, self.enc_a, self.enc_act = enc.bias, a, ACTIVATIONS[enc.activation]
         # ControlNet with the normalisation folded in; the (u, h) part of every future token precomputed
         mean = torch.cat([model.state_mean, model.control_mean, model.step_mean])
         std = torch.cat([model.state_std, model.control_std, model.step_std])
@@ -84,16 +105,18 @@ class StreamingPlan:
         scale = 1.0 / math.sqrt(d // H)
         self.blocks = []
         for i, blk in enumerate(dec.blocks):
-            w_q, w_v = dec._local(local, i)
+            w_q, w_v, b_v = dec._local(local, i)
             w_q = blk.meta_attn.w_q.weight if w_q is None else w_q
             w_v = blk.meta_attn.w_v.weight if w_v is None else w_v
+            b_v = blk.meta_attn.w_v.bias if b_v is None else b_v
             qkv = blk.self_attn.qkv.weight
             w_kv = torch.cat([blk.meta_attn.w_k.weight, w_v]) / model.state_std
             self.blocks.append(dict(
                 ln1=(blk.ln1.weight, blk.ln1.bias), ln2=(blk.ln2.weight, blk.ln2.bias),
                 ln3=(blk.ln3.weight, blk.ln3.bias),
                 qkv=torch.cat([qkv[:d] * scale, qkv[d:]]), sa_out=(blk.self_attn.out.weight, blk.self_attn.out.bias),
-                meta_kv=(w_kv, -(w_kv @ model.state_mean)), meta_q=w_q * scale,
+                meta_kv=(w_kv, torch.cat([torch.zeros_like(b_v), b_v]) - w_kv @ model.state_mean),
+                meta_q=w_q * scale,
                 ma_out=(blk.meta_attn.out.weight, blk.meta_attn.out.bias),
                 mlp=(blk.mlp[0].weight, blk.mlp[0].bias, blk.mlp[2].weight, blk.mlp[2].bias),
                 sa_bias=self._bias_table(blk.self_attn.rel_bias, first_position, future_u.shape[1]),
@@ -129,9 +152,9 @@ class StreamingPlan:
             p = torch.addcmul(p, h, self.enc_bias[layer, 1])
             if layer < last:
                 if layer % 2 == 0:
-                    p = torch.addcmul(p, h * self.enc_a[layer], torch.sigmoid(q))
+                    p = torch.addcmul(p, h * self.enc_a[layer], self.enc_act(q))
                 else:
-                    q = torch.addcmul(q, h * self.enc_a[layer], torch.sigmoid(p))
+                    q = torch.addcmul(q, h * self.enc_a[layer], self.enc_act(p))
         return torch.cat([q, p], dim=-1)
 
     def step(self, x: torch.Tensor, h: torch.Tensor, k: int, position: int,
@@ -146,12 +169,12 @@ class StreamingPlan:
             q, kk, vv = F.linear(F.layer_norm(z, (d,), *blk["ln1"]), blk["qkv"]).split(d, dim=-1)
             sk = rings[4 * i] = _push(sk, slot, kk)
             sv = rings[4 * i + 1] = _push(sv, slot, vv)
-            z = z + F.linear(_attend_one(q, sk, sv, blk["sa_bias"][k], self.G), *blk["sa_out"])
+            z = z + F.linear(_attend_one(q, sk, sv, blk["sa_bias"][k], self.G, self.denoms), *blk["sa_out"])
             ek, ev = F.linear(e, *blk["meta_kv"]).split(d, dim=-1)
             mk = rings[4 * i + 2] = _push(mk, slot, ek)
             mv = rings[4 * i + 3] = _push(mv, slot, ev)
             mq = F.linear(F.layer_norm(z, (d,), *blk["ln2"]), blk["meta_q"])
-            z = z + F.linear(_attend_one(mq, mk, mv, blk["ma_bias"][k], self.G), *blk["ma_out"])
+            z = z + F.linear(_attend_one(mq, mk, mv, blk["ma_bias"][k], self.G, self.denoms), *blk["ma_out"])
             w1, b1, w2, b2 = blk["mlp"]
             z = z + F.linear(F.silu(F.linear(F.layer_norm(z, (d,), *blk["ln3"]), w1, b1)), w2, b2)
         w1, b1, w2, b2 = self.head

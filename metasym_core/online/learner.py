@@ -20,7 +20,7 @@ import torch
 
 from metasym_core.errors import MetaSymError
 from metasym_core.meta.adapt import adapt, prepare, split_point
-from metasym_core.meta.losses import increment_loss
+from metasym_core.meta.losses import window_loss
 from metasym_core.models.metasym import MetaSym
 from metasym_core.online.local_params import save_local_params
 from metasym_core.online.window import ContextWindow
@@ -47,7 +47,8 @@ class OnlineLearner:
         system: system name written into the parameter files.
         out_dir: where accepted parameters are written (`<system>_local_v<version>.pt`).
         window: samples used per adaptation (the most recent ones).
-        inner_steps, lr, holdout: `adapt` settings (the config's training values).
+        inner_steps, lr, holdout, horizon: `adapt` settings (the config's training values;
+            horizon = `training.rollout_horizon`).
         period_s: adapt at least this often (wall/sim seconds of the caller's clock); <= 0: never periodic.
         error_rise: adapt early when the realised error exceeds this factor times its running baseline.
         min_interval_s: never adapt more often than this.
@@ -56,7 +57,7 @@ class OnlineLearner:
 
     def __init__(self, model: MetaSym, system: str, out_dir: str | os.PathLike, window: int = 200,
                  inner_steps: int = 10, lr: float = 0.1, holdout: float = 0.25, period_s: float = 5.0,
-                 error_rise: float = 2.0, min_interval_s: float = 0.5, min_gain: float = 0.01):
+                 error_rise: float = 2.0, min_interval_s: float = 0.5, min_gain: float = 0.01, horizon: int = 0):
         if window < max(8, model.context + 2):
             raise MetaSymError(f"learner window must be >= {max(8, model.context + 2)} samples, got {window}")
         if error_rise <= 1.0:
@@ -66,6 +67,12 @@ class OnlineLearner:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.buffer = ContextWindow(model.state_dim, model.control_dim, window)
         self.inner_steps, self.lr, self.holdout = int(inner_steps), float(lr), float(holdout)
+        self.horizon = int(horizon)
+        tail = int(round(self.holdout * window))
+        if self.horizon < 0 or (self.horizon and (tail < self.horizon or window - tail < model.context + self.horizon)):
+            raise MetaSymError(f"learner horizon {horizon} does not fit the window: rollouts need its held-out "
+                               f"tail ({tail} samples) >= horizon and the rest ({window - tail}) >= context + "
+                               f"horizon ({model.context + self.horizon})")
         self.period_s, self.error_rise, self.min_interval_s = float(period_s), float(error_rise), float(min_interval_s)
         if not 0.0 <= min_gain < 1.0:
             raise MetaSymError(f"min_gain must be in [0, 1), got {min_gain}")
@@ -103,7 +110,7 @@ class OnlineLearner:
         with torch.no_grad():
             batch = prepare(self.model, states, controls, steps)
             cut = split_point(batch.x.shape[1], self.holdout)
-            return float(increment_loss(self.model, batch, local, start=cut - 1))
+            return float(window_loss(self.model, batch, local, start=cut - 1, horizon=self.horizon))
 
     def adapt_now(self, now: float) -> AdaptationOutcome:
         """Adapt on the buffered window; accept only an improvement over φ₀ and the active φ."""
@@ -116,7 +123,7 @@ class OnlineLearner:
         start = time.perf_counter()
         dtype = next(self.model.parameters()).dtype
         states, controls, steps = (torch.as_tensor(a, dtype=dtype) for a in (states, controls, steps))
-        result = adapt(self.model, states, controls, steps, self.inner_steps, self.lr, self.holdout)
+        result = adapt(self.model, states, controls, steps, self.inner_steps, self.lr, self.holdout, self.horizon)
         current = result.loss_before if self.active is None else self._holdout_loss(self.active, states,
                                                                                    controls, steps)
         best_before = min(result.loss_before, current)

@@ -20,6 +20,7 @@ from metasym_core.device import resolve_device
 from metasym_core.errors import MetaSymError
 from metasym_core.models.metasym import MetaSym
 from metasym_core.online.local_params import load_local_params
+from metasym_core.online.realised import Hindcast
 from metasym_core.online.window import ContextWindow
 
 
@@ -109,6 +110,15 @@ class OnlinePredictor:
         pred = out[0].double().cpu().numpy()
         times = steps[-1] * np.arange(1, self.horizon + 1)
         return PredictionResult(pred, times, version, 1e3 * (time.perf_counter() - t0))
+
+    @torch.inference_mode()
+    def hindcast(self, batch: Hindcast) -> np.ndarray:
+        """Per-row model error of `batch` (one batched rollout under the controls that were applied)."""
+        local = self.local
+        out = self.model.rollout(self._tensor(batch.states), self._tensor(batch.controls), self._tensor(batch.steps),
+                                 batch.truth.shape[1], future_controls=self._tensor(batch.future_controls),
+                                 local_params=local)
+        return batch.mse(out.double().cpu().numpy())
 
     @torch.inference_mode()
     def rollout_batch(self, context_states: np.ndarray, context_controls: np.ndarray, context_dt: np.ndarray,

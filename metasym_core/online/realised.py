@@ -100,6 +100,7 @@ class MetricsAccumulator:
 
     mse: list[float] = field(default_factory=list)
     mse_step1: list[float] = field(default_factory=list)
+    model_mse: list[float] = field(default_factory=list)  # hindcasts (`ModelErrorTracker`)
     latency_ms: list[float] = field(default_factory=list)
     version: int = 0
 
@@ -114,9 +115,76 @@ class MetricsAccumulator:
         out = {
             "realised_mse": float(np.mean(self.mse)) if self.mse else float("nan"),
             "realised_mse_step1": float(np.mean(self.mse_step1)) if self.mse_step1 else float("nan"),
+            "model_mse": float(np.mean(self.model_mse)) if self.model_mse else float("nan"),
             "latency_ms": float(np.mean(self.latency_ms)) if self.latency_ms else float("nan"),
             "params_version": self.version,
             "evaluations": len(self.mse),
         }
-        self.mse, self.mse_step1, self.latency_ms = [], [], []
+        self.mse, self.mse_step1, self.model_mse, self.latency_ms = [], [], [], []
         return out
+
+
+@dataclass
+class Hindcast:
+    """Inputs of a batch of hindcasts: rollouts from past contexts under the controls then applied."""
+
+    base_steps: list[int]
+    states: np.ndarray  # [n, c, D] context ending at each base step
+    controls: np.ndarray  # [n, c, m]
+    steps: np.ndarray  # [n, c + H] step sizes of the context and the horizon
+    future_controls: np.ndarray  # [n, H, m] applied at the predicted states
+    truth: np.ndarray  # [n, H, D] the states that arrived
+
+    def mse(self, predicted: np.ndarray) -> np.ndarray:
+        """Per-hindcast mean squared error of `predicted [n, H, D]` against the truth."""
+        return ((np.asarray(predicted, dtype=np.float64) - self.truth) ** 2).mean(axis=(1, 2))
+
+
+class ModelErrorTracker:
+    """The model's own error: rollouts from past contexts under the controls that were applied.
+
+    The realised error of a published prediction mixes two things: the model's
+    error and the guess of the future controls (held constant: a controller
+    manoeuvring changes them every step). Once the H states after a sample have
+    arrived, their controls are known, so re-running the rollout from that
+    sample's context with them measures the dynamics model alone — the error that
+    adaptation can reduce. Samples are collected and scored `every` at a time
+    (one batched rollout), always with the parameters in force at scoring time.
+    Only contiguous runs of step counters are used (a gap restarts the history).
+    """
+
+    def __init__(self, context: int, horizon: int, every: int = 10):
+        if min(context, horizon, every) < 1:
+            raise ValueError(f"context, horizon and every must be >= 1, got {context}, {horizon}, {every}")
+        self.context, self.horizon, self.every = int(context), int(horizon), int(every)
+        # room for hindcasts that wait a while for `due` (the caller may be busy); older ones are dropped
+        self._rows: deque = deque(maxlen=self.context + self.horizon + 4 * self.every)
+        self._ready: list[int] = []  # base steps whose horizon has arrived, not yet scored
+
+    def observe(self, step: int, state: np.ndarray, control: np.ndarray, dt: float) -> None:
+        """Record one sample (in step order; a gap or a step back restarts the history)."""
+        step = int(step)
+        if self._rows and step != self._rows[-1][0] + 1:
+            self._rows.clear()
+            self._ready.clear()
+        self._rows.append((step, np.array(state, np.float64), np.array(control, np.float64), float(dt)))
+        if len(self._rows) >= self.context + self.horizon:
+            self._ready.append(step - self.horizon)
+
+    def due(self) -> Hindcast | None:
+        """The pending hindcasts once `every` are ready (then they are handed out once), else None."""
+        if len(self._ready) < self.every:
+            return None
+        rows = list(self._rows)
+        first = rows[0][0]
+        c, H = self.context, self.horizon
+        bases = [b for b in self._ready if b - c + 1 >= first]  # contexts still in the history
+        self._ready = []
+        if not bases:
+            return None
+        windows = [rows[b - first - c + 1: b - first + H + 1] for b in bases]
+        states = np.array([[r[1] for r in w] for w in windows])
+        controls = np.array([[r[2] for r in w] for w in windows])
+        steps = np.array([[r[3] for r in w] for w in windows])
+        return Hindcast([w[c - 1][0] for w in windows], states[:, :c], controls[:, :c], steps,
+                        controls[:, c:], states[:, c:])

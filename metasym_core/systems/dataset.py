@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from metasym_core.errors import MetaSymError
-from metasym_core.io import atomic_path
+from metasym_core.io import atomic_path, progress_interval
 from metasym_core.systems.base import SPLITS, SystemFamily, Trajectory
 
 FORMAT = "metasym-systems"
@@ -133,7 +133,7 @@ def generate(family: SystemFamily | str, split: str, systems: int | None = None,
     workers = _positive_int("workers", (os.cpu_count() or 1) if workers is None else workers)
     workers = min(workers, len(indices))
     label = f"{family.name}/{split}"
-    bar = tqdm(total=len(indices), desc=label, unit="system", disable=not progress)
+    bar = tqdm(total=len(indices), desc=label, unit="system", disable=not progress, mininterval=progress_interval())
     results: dict[int, Trajectory] = {}
     try:
         if workers == 1:

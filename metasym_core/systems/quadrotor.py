@@ -81,6 +81,9 @@ MAX_ITER = 200  # BoxFDDP iterations per flight (typically 10-40 are used)
 # last few controls of any horizon jerk the body to rest (rates up to ~1 rad/s
 # flipped in 3 steps); those nodes are optimised but not stored.
 TAIL_NODES = 10
+# Where flights come from: "ocp" = optimal point-to-point flights (the paper's
+# data), "flight" = closed-loop MPC waypoint flights as flown by the ROS simulator.
+SOURCES = ("ocp", "flight")
 
 STATE_NAMES = ["log_rho_x", "log_rho_y", "log_rho_z", "log_theta_x", "log_theta_y", "log_theta_z",
                "v_x", "v_y", "v_z", "w_x", "w_y", "w_z"]
@@ -360,7 +363,12 @@ def random_pose(rng: np.random.Generator, box: np.ndarray, tilt: float) -> np.nd
 
 
 class Quadrotor(SystemFamily):
-    """Point-to-point optimal flights of randomised hector quadrotors (module doc)."""
+    """Flights of randomised hector quadrotors (module doc).
+
+    `source="ocp"` (default, the paper's data): optimal point-to-point flights;
+    `source="flight"`: closed-loop MPC waypoint flights (`_simulate_flight`), the
+    data of the ROS flight demo's model.
+    """
 
     name = "quadrotor"
     state_dim = 12
@@ -376,7 +384,10 @@ class Quadrotor(SystemFamily):
     default_steps = 200
 
     def __init__(self, noise_std: float = 0.01, dt: float = 0.02,
-                 box: Sequence[Sequence[float]] = DEFAULT_BOX):
+                 box: Sequence[Sequence[float]] = DEFAULT_BOX, source: str = "ocp"):
+        if source not in SOURCES:
+            raise MetaSymError(f"quadrotor source must be one of {', '.join(SOURCES)}, got {source!r}")
+        self.source = source
         noise_std = float(noise_std)
         if not (math.isfinite(noise_std) and noise_std >= 0):
             raise MetaSymError(f"quadrotor noise_std must be >= 0 and finite, got {noise_std!r}")
@@ -388,7 +399,7 @@ class Quadrotor(SystemFamily):
         self.box = box_array(box)
 
     def options(self) -> dict:
-        return {"noise_std": self.noise_std, "dt": self.dt, "box": self.box.tolist()}
+        return {"noise_std": self.noise_std, "dt": self.dt, "box": self.box.tolist(), "source": self.source}
 
     def param_ranges(self, split: str) -> dict[str, tuple[float, float]]:
         lo_hi = TRAIN_RANGE if self.check_split(split) == "train" else OOD_RANGE
@@ -408,13 +419,21 @@ class Quadrotor(SystemFamily):
         """
         params = self.check_params(params)
         steps = self.check_steps(steps)
+        if self.source == "flight":
+            return self._simulate_flight(params, steps, rng)
         start = random_pose(rng, self.box, MAX_TILT)
         twist0 = np.concatenate([rng.normal(0.0, START_SPEED_STD, 3), rng.normal(0.0, START_RATE_STD, 3)])
         goal = np.concatenate([random_pose(rng, self.box, 0.0), np.zeros(6)])
         x0 = np.concatenate([start, twist0])
         xs, us, info = solve_point_to_point(params, x0, goal, steps + TAIL_NODES, self.dt, self.box)
-        us = us[:steps]
         clean = np.array([to_stored(x) for x in xs])
+        return self._trajectory(params, clean[:steps + 1], us[:steps], to_stored(goal),
+                                np.array([info["converged"], info["iterations"], info["cost"]]), rng)
+
+    def _trajectory(self, params: dict[str, float], clean: np.ndarray, controls: np.ndarray, goal: np.ndarray,
+                    solver: np.ndarray, rng: np.random.Generator) -> Trajectory:
+        """Observed (noisy) states of `clean [T+1, 12]` under `controls [T, 4]`, with the diagnostics."""
+        steps = len(controls)
         states = clean[:steps].copy()
         if self.noise_std > 0:
             states += rng.normal(0.0, self.noise_std, states.shape)
@@ -423,13 +442,33 @@ class Quadrotor(SystemFamily):
             params=params,
             times=np.arange(steps, dtype=np.float64) * self.dt,
             states=states,
-            controls=us,
+            controls=controls,
             extras={
                 "clean_states": clean[:steps],
                 "final_state": clean[steps],
-                "goal_state": to_stored(goal),
+                "goal_state": goal,
                 "physical_params": np.array([phys[k] for k in ("mass", "ixx", "iyy", "izz", "arm",
                                                                "torque_coeff")]),
-                "solver": np.array([info["converged"], info["iterations"], info["cost"]]),
+                "solver": solver,
             },
         )
+
+    def _simulate_flight(self, params: dict[str, float], steps: int, rng: np.random.Generator) -> Trajectory:
+        """Closed-loop MPC waypoint flight (`quadrotor_flight.FlightSimulator`), `steps` samples at `dt`.
+
+        The flights the ROS simulator node flies: the model then learns the
+        manoeuvres it will be asked to predict (aggressive re-planning, rotor
+        saturation), which the smooth optimal point-to-point flights never show.
+        Extras as in `simulate`, except goal_state (the last waypoint) and solver
+        ([waypoints reached, 0, 0]).
+        """
+        from metasym_core.systems.quadrotor_flight import FlightSimulator
+
+        sim = FlightSimulator(params, dt=self.dt, seed=int(rng.integers(2**31)), box=self.box)
+        clean = np.empty((steps + 1, 12))
+        controls = np.empty((steps, 4))
+        for k in range(steps):
+            _, clean[k], controls[k] = sim.advance()
+        clean[steps] = sim.state
+        return self._trajectory(params, clean, controls, to_stored(sim.waypoint),
+                                np.array([float(sim.waypoints_reached), 0.0, 0.0]), rng)

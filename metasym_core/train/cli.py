@@ -91,7 +91,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     lr = args.lr if args.lr is not None else float(training.get("inner_lr", 0.1))
     if inner < 1 or not lr > 0:
         raise MetaSymError(f"--inner-steps must be >= 1 and --lr > 0, got {inner}, {lr}")
-    result = evaluate(model, load_dataset(args.data), args.shots, args.horizon, inner, lr)
+    result = evaluate(model, load_dataset(args.data), args.shots, args.horizon, inner, lr,
+                      adapt_horizon=int(training.get("rollout_horizon", 0)))
     text = json.dumps(result)
     if args.out:
         atomic_write_text(args.out, text + "\n")

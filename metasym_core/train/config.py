@@ -29,6 +29,7 @@ class TrainingConfig:
     learn_init: bool = True  # meta-learn φ₀ with θ (MAML-style)
     meta: bool = True  # False: the pooled, non-meta baseline (plain next-step training)
     grad_clip: float = 1.0  # max gradient norm of each outer step
+    rollout_horizon: int = 0  # 0: next-step adaptation loss (paper); n: n-step rollout loss (meta.losses)
 
     @classmethod
     def from_config(cls, cfg: dict) -> TrainingConfig:

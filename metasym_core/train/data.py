@@ -23,10 +23,10 @@ def padded_steps(times: np.ndarray) -> np.ndarray:
     return np.concatenate([dt, dt[:, -1:]], axis=1)
 
 
-@torch.no_grad()
 class TrainData:
     """Tensors of one dataset in the model's dtype plus the window geometry."""
 
+    @torch.no_grad()
     def __init__(self, ds: SystemDataset, model: MetaSym, support_fraction: float, window: int, name: str):
         if ds.state_dim != model.state_dim or ds.control_dim != model.control_dim:
             raise MetaSymError(f"{name} dataset ({ds.family}) has state_dim {ds.state_dim}, control_dim "

@@ -29,8 +29,11 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 
 def evaluate(model: MetaSym, ds: SystemDataset, shots: int, horizon: int | None = None, inner_steps: int = 10,
-             inner_lr: float = 0.1, holdout: float = 0.25) -> dict:
-    """Rollout MSE per system before/after K-shot adaptation, with mean and std over systems."""
+             inner_lr: float = 0.1, holdout: float = 0.25, adapt_horizon: int = 0) -> dict:
+    """Rollout MSE per system before/after K-shot adaptation, with mean and std over systems.
+
+    `adapt_horizon`: the adaptation loss (0 = next step, n = n-step rollouts; `training.rollout_horizon`).
+    """
     if ds.state_dim != model.state_dim or ds.control_dim != model.control_dim:
         raise MetaSymError(f"dataset has state_dim {ds.state_dim}, control_dim {ds.control_dim}; the model "
                            f"expects {model.state_dim}, {model.control_dim}")
@@ -48,7 +51,8 @@ def evaluate(model: MetaSym, ds: SystemDataset, shots: int, horizon: int | None 
     c = model.context
     rows = []
     for i in range(len(ds)):
-        res = adapt(model, states[i, :shots], controls[i, :shots], h[i, :shots], inner_steps, inner_lr, holdout)
+        res = adapt(model, states[i, :shots], controls[i, :shots], h[i, :shots], inner_steps, inner_lr, holdout,
+                    adapt_horizon)
         ctx = slice(shots - c, shots)
         args = (states[i:i + 1, ctx], controls[i:i + 1, ctx], h[i:i + 1, shots - c:shots + horizon], horizon,
                 controls[i:i + 1, shots:shots + horizon])
@@ -61,7 +65,8 @@ def evaluate(model: MetaSym, ds: SystemDataset, shots: int, horizon: int | None 
                      "mse_guarded": guarded, "adaptation_accepted": res.improved,
                      "holdout_loss_before": res.loss_before, "holdout_loss_after": res.loss_after,
                      "adapt_ms": 1000 * res.seconds})
-    out = {"systems": rows, "shots": shots, "horizon": horizon, "inner_steps": inner_steps, "inner_lr": inner_lr}
+    out = {"systems": rows, "shots": shots, "horizon": horizon, "inner_steps": inner_steps, "inner_lr": inner_lr,
+           "adapt_horizon": adapt_horizon}
     for key in ("mse_before", "mse_after", "mse_guarded"):
         out[key] = _stats([r[key] for r in rows])
     out["ratio_after_before"] = out["mse_after"]["mean"] / out["mse_before"]["mean"] \

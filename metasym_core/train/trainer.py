@@ -17,6 +17,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ from tqdm import tqdm
 from metasym_core.checkpoint import load_checkpoint, save_checkpoint
 from metasym_core.config import build_model
 from metasym_core.errors import MetaSymError
-from metasym_core.io import atomic_write_text
+from metasym_core.io import atomic_write_text, progress_interval
 from metasym_core.meta.decoder_bilevel import adapted_query_loss, bilevel_loss
 from metasym_core.meta.encoder_maml import direct_loss, maml_loss
 from metasym_core.models.metasym import MetaSym
@@ -145,10 +146,10 @@ class Trainer:
         query = data.decoder_window(model, systems, q0, lead)
         if tc.meta:
             loss = bilevel_loss(model, support, query, tc.inner_steps, tc.inner_lr, lead, tc.first_order,
-                                tc.learn_init)
+                                tc.learn_init, tc.rollout_horizon)
         else:
-            loss = 0.5 * (bilevel_loss(model, support, support, 0, tc.inner_lr)
-                          + bilevel_loss(model, query, query, 0, tc.inner_lr, lead))
+            loss = 0.5 * (bilevel_loss(model, support, support, 0, tc.inner_lr, horizon=tc.rollout_horizon)
+                          + bilevel_loss(model, query, query, 0, tc.inner_lr, lead, horizon=tc.rollout_horizon))
         return self._apply(loss * (len(systems) / tc.batch_systems), self.dec_opt, model.decoder.parameters())
 
     def _share(self, systems: torch.Tensor, s0: torch.Tensor, q0: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -183,18 +184,27 @@ class Trainer:
             lead = model.context - 1
             return adapted_query_loss(model, data.decoder_window(model, systems, s0),
                                       data.decoder_window(model, systems, q0, lead),
-                                      self.tc.inner_steps, self.tc.inner_lr, lead)
+                                      self.tc.inner_steps, self.tc.inner_lr, lead, self.tc.rollout_horizon)
         finally:
             model.train(was)
 
     # -- the loop ---------------------------------------------------------------------------------
-    def run(self) -> dict:
-        """Train until `max_steps`, the end of both phases or early stopping; returns the summary."""
+    def run(self, should_stop: Callable[[], bool] | None = None) -> dict:
+        """Train until `max_steps`, the end of both phases or early stopping; returns the summary.
+
+        `should_stop` (optional) is called before every outer step; when it returns true, `run`
+        saves `last.pt` (resumable) and returns `{"steps", "stopped": True, "checkpoint"}` at once,
+        without `final.pt` (a cooperative Ctrl-C for callers on another thread, e.g. a ROS node).
+        """
         bar = tqdm(total=self.total, initial=self.step, desc=str(self.cfg.get("system", "train")),
-                   unit="step", disable=not self.progress or self.rank != 0)
+                   unit="step", disable=not self.progress or self.rank != 0, mininterval=progress_interval())
         val = math.nan
+        stop = False
         try:
             while self.step < self.total and not self.stopped_early:
+                if should_stop is not None and should_stop():
+                    stop = True
+                    break
                 phase = self._phase()
                 if phase == "decoder" and self.step == self.tc.encoder_steps:
                     self.train_data._tokens = None  # encoder frozen from here: encode once
@@ -219,7 +229,9 @@ class Trainer:
                 print(f"interrupted at step {self.step}: saved {path}; continue with --resume", file=sys.stderr)
             raise
         bar.close()
-        self.save()
+        path = self.save()
+        if stop:
+            return {"steps": self.step, "stopped": True, "checkpoint": str(path)}
         return self._finish()
 
     def _encoder_val(self) -> float:
