@@ -492,7 +492,8 @@ def run_table1_bench(systems: list[str], quick: bool = False, out_json: str | Pa
     out_json.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_json, json.dumps(_json_ready(payload), indent=1, default=str))
     if doc is not None:
-        default = "Table 1 — D.1 conservative spring mesh" if conservative else "Table 1"
+        default = ("Table 1 — D.1 conservative spring mesh" if conservative
+                   else f"Table 1 — {systems[0]}" if len(systems) == 1 else "Table 1")
         update_section(section or default,
                        _doc_body(rows, header, [label(s) for s in systems if label(s) not in failed], quick, figures,
                                  per_system, plots, failed),
