@@ -49,6 +49,11 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RuntimeError:
+        if rclpy.ok():
+            raise
+        # SIGINT shut the context down while the executor was taking a message (a race inside
+        # rclpy: "Unable to convert call argument"); the node is stopping anyway: a clean exit
     except (MetaSymError, ParameterException) as exc:  # bad parameter / config / checkpoint: one line
         print(f"metasym_ros: error: {exc}", file=sys.stderr)
         code = 1
