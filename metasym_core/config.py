@@ -63,3 +63,22 @@ def build_model(cfg: dict) -> MetaSym:
     except TypeError as exc:
         raise MetaSymError(f"config {cfg.get('_path', '?')}: bad model option: {exc}") from None
     return MetaSym(enc, dec)
+
+
+def data_options(cfg: dict) -> tuple[dict, int | None]:
+    """The `data:` section: (family options, stored steps) of the datasets that `metasym demo` and the
+    learner node generate for meta-training; ({}, None) = the family's defaults."""
+    where = cfg.get("_path", "config")
+    section = cfg.get("data") or {}
+    if not isinstance(section, dict):
+        raise MetaSymError(f"{where}: data must be a mapping")
+    unknown = sorted(set(section) - {"family", "steps"})
+    if unknown:
+        raise MetaSymError(f"{where}: unknown data keys {unknown}; valid: ['family', 'steps']")
+    family = section.get("family") or {}
+    if not isinstance(family, dict):
+        raise MetaSymError(f"{where}: data.family must be a mapping of family options")
+    steps = section.get("steps")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise MetaSymError(f"{where}: data.steps = {steps!r} must be a positive integer")
+    return dict(family), steps

@@ -24,7 +24,7 @@ import torch
 
 from metasym_core.bench.report import text_table
 from metasym_core.checkpoint import load_checkpoint
-from metasym_core.config import load_config
+from metasym_core.config import data_options, load_config
 from metasym_core.errors import MetaSymError
 from metasym_core.io import atomic_path, atomic_write_text
 from metasym_core.systems import make_family
@@ -32,25 +32,32 @@ from metasym_core.systems.dataset import generate, load_dataset, save_dataset
 
 # (split, systems, seed): validation and test are disjoint OOD draws
 _SPLITS = {"train": ("train", 30, 0), "val": ("ood", 4, 1), "ood": ("ood", 10, 2)}
-# Closed-loop MPC flights (what the predictor sees in the ROS flight), 15 s each (chosen).
-FAMILY_OPTIONS = {"source": "flight"}
-STEPS = 750
+
+
+def _data() -> tuple[dict, int]:
+    """Family options and stored steps of the demo's datasets (`data:` in config/quadrotor.yaml)."""
+    options, steps = data_options(load_config("quadrotor"))
+    return options, steps or make_family("quadrotor", **options).default_steps
 
 
 def _dataset(out: Path, name: str, log) -> Path:
-    path = out / "data" / f"quadrotor_{FAMILY_OPTIONS['source']}_{name}.npz"
+    options, steps = _data()
+    tag = "".join(f"_{v}" for v in options.values())
+    path = out / "data" / f"quadrotor{tag}_{steps}_{name}.npz"
     if not path.is_file():
         split, systems, seed = _SPLITS[name]
-        log(f"[demo] simulating {systems} {split} quadrotors ({STEPS} steps of MPC flight each) -> {path}")
+        log(f"[demo] simulating {systems} {split} quadrotors ({steps} steps each, {options or 'defaults'}) "
+            f"-> {path}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_dataset(generate(make_family("quadrotor", **FAMILY_OPTIONS), split, systems, STEPS, seed=seed), path)
+        save_dataset(generate(make_family("quadrotor", **options), split, systems, steps, seed=seed), path)
     return path
 
 
 def _recipe(max_steps: int, seed: int) -> dict:
     """Everything the demo model depends on (compared with the cached model's `recipe.json`)."""
     cfg = load_config("quadrotor")
-    return {"family_options": FAMILY_OPTIONS, "steps": STEPS, "splits": _SPLITS, "max_steps": max_steps,
+    options, steps = _data()
+    return {"family_options": options, "steps": steps, "splits": _SPLITS, "max_steps": max_steps,
             "seed": seed, "model": cfg.get("model"), "training": cfg.get("training"),
             "command": f"metasym demo --max-steps {max_steps} --seed {seed}"}
 
@@ -134,8 +141,9 @@ def run_demo(out: str | Path = "runs/demo", max_steps: int = 1800, shots: int = 
     """Run (or resume) the whole demo in `out`; returns the evaluation summary."""
     from metasym_core.train.evaluate import evaluate
 
-    if shots < 1 or horizon < 1 or shots + horizon > STEPS:
-        raise MetaSymError(f"shots + horizon must be <= {STEPS} (the stored steps), both >= 1; "
+    steps = _data()[1]
+    if shots < 1 or horizon < 1 or shots + horizon > steps:
+        raise MetaSymError(f"shots + horizon must be <= {steps} (the stored steps), both >= 1; "
                            f"got {shots} + {horizon}")
     if max_steps < 1:
         raise MetaSymError(f"--max-steps must be >= 1, got {max_steps}")

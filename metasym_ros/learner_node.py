@@ -17,8 +17,9 @@ Parameters (declared up front, validated; see `ros: learner:` in config/<system>
   train_at_start  when `checkpoint` is empty or names a missing file: use the newest finished
                 run of `train_dir`, else resume its interrupted newest run, else meta-train a new
                 one (default false: the untrained model, as before)
-  train_data, val_data  dataset .npz files (empty: the family's default train / ood datasets,
-                generated once into `<train_dir>/data/` and reused)
+  train_data, val_data  dataset .npz files (empty: train / ood datasets as the config's `data:`
+                section says, else the family defaults, generated once into `<train_dir>/data/`
+                and reused)
   train_dir     run folders `<train_dir>/run001`, `run002`, ... (default runs/learner/<system>)
   train_steps   most outer steps of one training (0: the config's whole schedule); training
                 runs on the CPU, like `metasym train`
@@ -65,6 +66,7 @@ from rclpy.node import Node
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from metasym_core.config import data_options
 from metasym_core.errors import MetaSymError
 from metasym_core.meta.adapt import adapt
 from metasym_core.online.learner import AdaptationOutcome, OnlineLearner
@@ -104,20 +106,24 @@ def run_folders(train_dir: str | os.PathLike) -> list[Path]:
 def prepare_datasets(system: str, train_data: str, val_data: str, data_dir: str | os.PathLike,
                      should_stop: Callable[[], bool] = lambda: False,
                      log: Callable[[str], None] = lambda _text: None, systems: int | None = None,
-                     steps: int | None = None) -> tuple[SystemDataset, SystemDataset] | None:
+                     steps: int | None = None, family_options: dict | None = None
+                     ) -> tuple[SystemDataset, SystemDataset] | None:
     """(train, val) datasets: the given files, or the family's default train (seed 0) / ood (seed 1)
     datasets generated into `data_dir` (reused when present; `systems`/`steps` override the
-    family's sizes). Generation runs system by system in this thread (no process pool: the
-    caller is a ROS process) and returns None as soon as `should_stop()` is true."""
+    family's sizes, `family_options` its options: the config's `data:` section). Generation runs
+    system by system in this thread (no process pool: the caller is a ROS process) and returns
+    None as soon as `should_stop()` is true."""
     out = []
+    options = dict(family_options or {})
+    tag = "".join(f"_{v}" for v in options.values())
     for name, given, split, seed in (("train_data", train_data, "train", 0), ("val_data", val_data, "ood", 1)):
-        path = Path(given) if given else Path(data_dir) / f"{system}_{split}.npz"
+        path = Path(given) if given else Path(data_dir) / f"{system}{tag}_{split}.npz"
         if not path.is_file():
             if given:
                 raise MetaSymError(f"parameter {name}: dataset not found: {path}")
             from metasym_core.systems import make_family
 
-            family = make_family(system)
+            family = make_family(system, **options)
             n = family.default_systems[split] if systems is None else systems
             parts = []
             for i in range(n):  # one shard per system: stoppable in between, the same bytes as one run
@@ -364,9 +370,11 @@ class LearnerNode(Node):
         log = self.get_logger()
         try:
             if kind != "reuse":
+                options, steps = data_options(self._cfg)
                 datasets = prepare_datasets(self.system, self.train_data, self.val_data, self.train_dir / "data",
                                             self._train_stop.is_set,
-                                            lambda text: log.info(text, throttle_duration_sec=PROGRESS_EVERY_S))
+                                            lambda text: log.info(text, throttle_duration_sec=PROGRESS_EVERY_S),
+                                            steps=steps, family_options=options)
                 if datasets is None:
                     self._log_late("meta-training stopped while generating data")
                     return

@@ -58,3 +58,14 @@ def test_shape_and_version_mismatch(tmp_path, model64):
     torch.save(payload, tmp_path / "v.pt")
     with pytest.raises(MetaSymError, match="format version 99"):
         load_checkpoint(tmp_path / "v.pt")
+
+
+def test_data_section_of_the_configs():
+    from metasym_core.config import data_options, load_config
+
+    assert data_options(load_config("quadrotor")) == ({"source": "flight"}, 750)
+    assert data_options(load_config("spring_mesh")) == ({}, None)  # no section: the family defaults
+    for section, needle in (({"steps": 0}, "data.steps"), ({"family": "flight"}, "data.family"),
+                            ({"seed": 1}, "unknown data keys"), ("flight", "must be a mapping")):
+        with pytest.raises(MetaSymError, match=needle):
+            data_options({"data": section, "_path": "x.yaml"})

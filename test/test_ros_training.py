@@ -105,6 +105,10 @@ def test_prepare_datasets_generates_once_and_stops(tmp_path):
     stamp = os.stat(tmp_path / "data" / "quadrotor_train.npz").st_mtime_ns
     prepare_datasets("quadrotor", "", "", tmp_path / "data", systems=3, steps=40)  # present: reused as is
     assert os.stat(tmp_path / "data" / "quadrotor_train.npz").st_mtime_ns == stamp
+    # the config's data section: family options (here the MPC flights) and their own files
+    train, _ = prepare_datasets("quadrotor", "", "", tmp_path / "data", systems=1, steps=20,
+                                family_options={"source": "flight"})
+    assert (tmp_path / "data" / "quadrotor_flight_train.npz").is_file() and train.steps == 20
 
 
 @pytest.mark.ros
