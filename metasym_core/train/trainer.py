@@ -219,7 +219,7 @@ class Trainer:
                     self._track(phase, val)
                 self.history.append(row)
                 bar.update()
-                bar.set_postfix(phase=phase, loss=f"{loss:.4g}", val=f"{val:.4g}")
+                bar.set_postfix(phase=phase, loss=f"{loss:.4g}", val=f"{val:.4g}", refresh=False)
                 if self.step % self.tc.checkpoint_interval == 0:
                     self.save()
         except KeyboardInterrupt:
