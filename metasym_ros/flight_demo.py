@@ -177,11 +177,12 @@ class FlightRecorder:
         import torch
 
         from metasym_core.online.local_params import load_local_params
-        from metasym_core.online.predictor import load_model
+        from metasym_core.online.predictor import OnlinePredictor, load_model
+        from metasym_core.online.realised import Hindcast
 
-        model = load_model(SYSTEM, checkpoint, "cpu")[0]
-        dtype, c, H = next(model.parameters()).dtype, model.context, self.horizon
-        expected = {k: v.detach() for k, v in model.decoder.local_parameters().items()}
+        predictor = OnlinePredictor(load_model(SYSTEM, checkpoint, "cpu")[0], self.horizon)
+        c, H = predictor.context, self.horizon
+        expected = {k: v.detach() for k, v in predictor.model.decoder.local_parameters().items()}
         paths = {a["version"]: a["params_path"] for a in self.adaptations if a["accepted"]}
         by_version: dict[int, list[int]] = {}
         for base, version, _ in self.evaluations:
@@ -195,14 +196,12 @@ class FlightRecorder:
                     local = load_local_params(paths[version], expected, torch.device("cpu"))[0]
                 except (KeyError, MetaSymError):
                     continue  # announced before this recorder listened, or its file is gone
+            predictor.set_local(local, version)
             rows = [[self.states[s] for s in range(b - c + 1, b + H + 1)] for b in bases]
-            x = torch.tensor(np.array([[r[1] for r in w] for w in rows]), dtype=dtype)
-            u = torch.tensor(np.array([[r[4] for r in w] for w in rows]), dtype=dtype)
-            h = torch.tensor(np.array([[r[3] for r in w] for w in rows]), dtype=dtype)
-            with torch.inference_mode():
-                pred = model.rollout(x[:, :c], u[:, :c], h, H, future_controls=u[:, c:], local_params=local)
-            mse = ((pred.double().numpy() - x[:, c:].double().numpy()) ** 2).mean(axis=(1, 2))
-            out += [(b, version, float(m)) for b, m in zip(bases, mse, strict=True)]
+            x, u = (np.array([[r[i] for r in w] for w in rows]) for i in (1, 4))
+            steps = np.array([[r[3] for r in w] for w in rows])
+            batch = Hindcast(bases, x[:, :c], u[:, :c], steps, u[:, c:], x[:, c:])
+            out += [(b, version, float(m)) for b, m in zip(bases, predictor.hindcast(batch), strict=True)]
         self.model_evaluations = sorted(out)
 
 
