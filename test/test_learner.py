@@ -59,3 +59,16 @@ def test_triggers(tmp_path):
     assert learner.should_adapt(11.0)
     assert not learner.should_adapt(10.2)  # but never more often than min_interval_s
     assert learner.should_adapt(15.0)
+
+
+def test_rollout_horizon_adapts_on_rollouts_and_must_fit_the_window(tmp_path):
+    import pytest
+
+    from metasym_core.errors import MetaSymError
+
+    model, learner = _filled(tmp_path / "ok", horizon=5)
+    learner.lr = 0.5
+    out = learner.adapt_now(now=10.0)
+    assert out.accepted and out.loss_after < out.loss_before
+    with pytest.raises(MetaSymError, match="does not fit the window"):
+        OnlineLearner(model, "test", tmp_path, window=60, horizon=20)  # held-out tail of 15 < 20
