@@ -1,4 +1,5 @@
-"""Smoke test of `metasym bench table1 --quick --ablate-meta` (quadrotor): outputs exist and are well formed."""
+"""Smoke test of `metasym bench table1 --quick --ablate-meta --ablate-attention` (quadrotor): outputs exist
+and are well formed."""
 
 import json
 import math
@@ -13,14 +14,18 @@ from metasym_core.errors import MetaSymError
 def test_table1_quick_quadrotor(tmp_path, capsys):
     out, doc = tmp_path / "t1", tmp_path / "benchmarks.md"
     assert main(["bench", "table1", "--system", "quadrotor", "--quick", "--out", str(out), "--doc", str(doc),
-                 "--json", "--ablate-meta"]) == 0
+                 "--json", "--ablate-meta", "--ablate-attention"]) == 0
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    models = ("metasym", "metasym_unadapted", "metasym_nometa", "hold_last", "transformer", "dhnn", "mlp")
+    models = ("metasym", "metasym_unadapted", "metasym_nometa", "metasym_nometa_unadapted",
+              "metasym_no_meta_attention", "hold_last", "transformer", "dhnn", "mlp")
     for model in models:
         for what in ("ood_mse", "ood_mse_std", "params", "rollout_b1_h30_ms"):
             value = figures[f"quadrotor_{model}_{what}"]
             assert math.isfinite(value) and value >= 0, (model, what, value)
     assert "quadrotor_quantum_lstm_ood_mse" not in figures  # not applicable
+    # D.3: no meta-attention, so fewer parameters (the decoder's only: the encoder latents are not read)
+    assert 0 < figures["quadrotor_metasym_no_meta_attention_params"] < figures["quadrotor_metasym_params"]
+    assert figures["quadrotor_metasym_over_metasym_no_meta_attention"] > 0
     assert figures["quadrotor_metasym_over_transformer"] > 0
     assert figures["quadrotor_metasym_rollout_over_simulator"] > 0
     assert figures["quadrotor_metasym_encoder_symplectic_error"] < 1e-10
@@ -37,6 +42,9 @@ def test_table1_quick_quadrotor(tmp_path, capsys):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     text = doc.read_text()
     assert "## Table 1" in text and "| quadrotor | MetaSym (adapted) |" in text and "25.9 (9.0)" in text
+    assert "| quadrotor | MetaSym w/o meta-attention (D.3 a: pooled, not adapted) |" in text
+    assert "| quadrotor | MetaSym w/o meta-attention block (D.3 b: encoder unused) |" in text
+    assert "--ablate-attention" in text and "ablation D.3" in text
 
 
 def test_table1_unknown_system(tmp_path):

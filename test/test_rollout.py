@@ -1,5 +1,6 @@
 """MetaSym rollout: shapes, batching, determinism, dtypes, the cached fast path
-against the plain path, and bad input."""
+against the plain path, and bad input. Tests parametrized over `meta` also cover the
+decoder without meta-attention (ablation D.3) on every rollout path."""
 
 import pytest
 import torch
@@ -7,13 +8,22 @@ from _models import random_model
 
 from metasym_core import MetaSymError
 
+META = pytest.mark.parametrize("meta", [True, False], ids=["meta-attention", "no-meta-attention"])
+
+
+def _model(meta: bool = True, **kwargs):
+    """`random_model`, or the same without meta-attention (ablation D.3)."""
+    return random_model(meta_attention=meta, **kwargs)
+
 
 def _data(B=4, T=10, D=12, m=4, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(B, T, D, generator=g).to(dtype), torch.randn(B, T, m, generator=g).to(dtype))
 
 
-def test_shapes_and_fast_path_equals_plain_path(model64):
+@META
+def test_shapes_and_fast_path_equals_plain_path(meta):
+    model64 = _model(meta)
     x, u = _data()
     fu = torch.randn(4, 30, 4, dtype=torch.float64)
     h = torch.rand(4, 40, dtype=torch.float64) * 0.02 + 0.005
@@ -23,8 +33,9 @@ def test_shapes_and_fast_path_equals_plain_path(model64):
     assert (fast - plain).abs().max() < 1e-10
 
 
-def test_two_layer_cached_rollout_matches_plain():
-    model = random_model(layers=2, context=5)
+@META
+def test_two_layer_cached_rollout_matches_plain(meta):
+    model = _model(meta, layers=2, context=5)
     x, u = _data(T=12)
     assert (model.rollout(x, u, 0.01, 8) - model.rollout_reference(x, u, 0.01, 8)).abs().max() < 1e-10
 
@@ -91,10 +102,11 @@ def test_bad_input_is_a_value_error_naming_it(model64, bad, match):
     assert issubclass(MetaSymError, ValueError)
 
 
+@META
 @pytest.mark.parametrize("T", [1, 3, 9, 10, 25])
-def test_fast_path_any_context_length(T):
+def test_fast_path_any_context_length(T, meta):
     """Contexts shorter than, equal to and longer than the window (empty ring slots are masked)."""
-    model = random_model(layers=2, context=10)
+    model = _model(meta, layers=2, context=10)
     x, u = _data(T=T)
     h = torch.rand(4, T + 15, dtype=torch.float64) * 0.02 + 0.005
     fast = model.rollout(x, u, h, 15)
@@ -138,13 +150,14 @@ def _spy(monkeypatch):
     return calls
 
 
+@META
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("T", [1, 3, 9, 10, 25])
 @pytest.mark.parametrize("B", [1, 3])
-def test_numpy_path_equals_reference(monkeypatch, layers, T, B):
+def test_numpy_path_equals_reference(monkeypatch, layers, T, B, meta):
     """Any context length, 1-2 layers, per-step h, given future controls; B = 1 and a small batch."""
     calls = _spy(monkeypatch)
-    model = random_model(layers=layers, context=10)
+    model = _model(meta, layers=layers, context=10)
     x, u = _data(B=B, T=T)
     h = (torch.rand(1, T + 15, dtype=torch.float64) * 0.02 + 0.005).expand(B, T + 15)
     fu = torch.randn(B, 15, 4, dtype=torch.float64)
@@ -172,9 +185,10 @@ def test_numpy_path_held_controls_local_params_and_activations(monkeypatch, acti
     assert (fast - plain).abs().max() > 1e-6  # local_params honoured, not a cached fold of the module's own
 
 
-def test_numpy_path_float32(monkeypatch):
+@META
+def test_numpy_path_float32(monkeypatch, meta):
     calls = _spy(monkeypatch)
-    model = random_model(dtype=torch.float32, scale=0.2)
+    model = _model(meta, dtype=torch.float32, scale=0.2)
     x, u = _data(B=1, dtype=torch.float32)
     h = torch.rand(1, 40) * 0.02 + 0.005
     with torch.no_grad():
@@ -222,6 +236,19 @@ def test_gradients_flow_through_rollout_on_the_torch_path(monkeypatch):
         assert (out - model.rollout_reference(x, u, 0.01, 8, local_params=local)).abs().max() < 1e-10
 
 
+def test_gradients_flow_through_the_variant_on_the_torch_path(monkeypatch):
+    """Without meta-attention (D.3): autograd rollouts take the torch path, reach θ, equal the plain path."""
+    calls = _spy(monkeypatch)
+    model = random_model(meta_attention=False, layers=2, context=6)
+    x, u = _data(B=2, T=8)
+    out = model.rollout(x, u, 0.01, 8)
+    out.pow(2).sum().backward()
+    assert calls == [] and model.decoder.blocks[1].self_attn.qkv.weight.grad.abs().sum() > 0
+    assert model.encoder.S.grad is None or not model.encoder.S.grad.any()  # the latents are never read
+    with torch.no_grad():
+        assert (out - model.rollout_reference(x, u, 0.01, 8)).abs().max() < 1e-10
+
+
 def test_torch_path_when_numpy_does_not_apply(monkeypatch):
     """Training mode, per-row step sizes and batches above the threshold use the torch path."""
     from metasym_core.models import fastpath
@@ -241,12 +268,14 @@ def test_torch_path_when_numpy_does_not_apply(monkeypatch):
     assert calls == []
 
 
-def test_numpy_path_falls_back_when_a_softmax_leaves_the_safe_range(monkeypatch):
+@META
+def test_numpy_path_falls_back_when_a_softmax_leaves_the_safe_range(monkeypatch, meta):
     """Logits of ~-800 underflow exp() without a max shift: the torch path must answer instead."""
     calls = _spy(monkeypatch)
-    model = random_model()
+    model = _model(meta)
     with torch.no_grad():
-        model.decoder.blocks[0].meta_attn.rel_bias.fill_(-800.0)
+        block = model.decoder.blocks[0]
+        (block.meta_attn if meta else block.self_attn).rel_bias.fill_(-800.0)
         x, u = _data(B=1)
         out = model.rollout(x, u, 0.01, 10)
         ref = model.rollout_reference(x, u, 0.01, 10)
@@ -254,12 +283,13 @@ def test_numpy_path_falls_back_when_a_softmax_leaves_the_safe_range(monkeypatch)
     assert torch.isfinite(out).all() and (out - ref).abs().max() < 1e-10
 
 
+@META
 @pytest.mark.parametrize("activation", ["tanh", "elu"])
-def test_torch_streaming_path_any_activation_and_safe_softmax(activation):
+def test_torch_streaming_path_any_activation_and_safe_softmax(activation, meta):
     """The torch path (NumPy off): encoder activations other than sigmoid, and the unshifted
     no-grad softmax redoing the rollout with the max shift when a denominator underflows."""
     from metasym_core.models import fastpath
-    model = random_model(layers=2, context=6)
+    model = _model(meta, layers=2, context=6)
     model.encoder.activation = activation
     x, u = _data(B=2, T=8)
     with torch.no_grad(), fastpath.disabled():

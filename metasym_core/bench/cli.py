@@ -50,7 +50,8 @@ def _table1(args: argparse.Namespace) -> int:
 
     systems = list(SYSTEM_NAMES) if args.system == "all" else [args.system]
     figures = run_table1_bench(systems, quick=args.quick, out_json=args.out_json, doc=args.doc, out_dir=args.out,
-                               conservative=args.conservative, ablate_meta=args.ablate_meta)
+                               conservative=args.conservative, ablate_meta=args.ablate_meta,
+                               ablate_attention=args.ablate_attention)
     if args.json:
         print_json(figures)
     return 0
@@ -91,7 +92,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out-json", default=None, help="JSON file of the results (default <out>/table1.json)")
     p.add_argument("--conservative", action="store_true",
                    help="ablation D.1: the undamped spring mesh (with --system spring_mesh)")
-    p.add_argument("--ablate-meta", action="store_true", help="add MetaSym trained without meta-learning")
+    p.add_argument("--ablate-meta", action="store_true",
+                   help="add MetaSym trained without meta-learning, adapted and not (ablation D.3 a)")
+    p.add_argument("--ablate-attention", action="store_true",
+                   help="ablation D.3 b: add MetaSym without the meta-attention block (meta-trained the same way)")
     common(p)
     p.set_defaults(func=_table1)
 

@@ -10,8 +10,13 @@ true future controls and steps; MetaSym scored after K-shot adaptation (on the
 (std over OOD systems) trajectory MSE in data units beside the paper's figures
 (METHOD §7), parameter counts, B=1 rollout latency (horizon 30) and, for
 MetaSym, its rollout time over the physics simulator's for the same horizon.
-`--quick` shrinks everything (3x3 spring mesh, few systems, short training):
-a smoke test of the pipeline, not a reproduction. Full mode runs a 5x5 mesh (see `FULL`).
+Ablation D.3 (paper Table 5, "without meta-attention") has two readings, both
+reported: `--ablate-meta` trains the same model without meta-learning (pooled) and
+scores it adapted and not adapted (D.3 a: the cross-attention kept, nothing
+meta-learned or adapted); `--ablate-attention` removes the meta-attention block
+and meta-trains the rest the same way (D.3 b: the encoder latents are unused). `--quick` shrinks everything (3x3 spring
+mesh, few systems, short training): a smoke test of the pipeline, not a
+reproduction. Full mode runs a 5x5 mesh (see `FULL`).
 """
 
 from __future__ import annotations
@@ -281,11 +286,16 @@ def _simulator_ms(system: str, sizes: Sizes, ds: SystemDataset, horizon: int) ->
 
 # -- one system ------------------------------------------------------------------------------------
 def run_system(system: str, sizes: Sizes, out: Path, quick: bool, seed: int = 0, ablate_meta: bool = False,
-               log=print) -> dict:
+               log=print, ablate_attention: bool = False) -> dict:
     """Train and evaluate every model of `system`; returns its results (figures, curves, samples).
 
     `ablate_meta` adds MetaSym trained without meta-learning (`training.meta: false`:
     pooled next-step training of the same model), scored after the same K-shot adaptation.
+    `ablate_attention` adds ablation D.3, MetaSym without meta-attention
+    (`model.decoder.meta_attention: false`), meta-trained with the same config and budget
+    (the Trainer skips the encoder phase, whose output it never reads; the inner loop is a
+    no-op); it has no φ, so its adapted score is its unadapted one. Its parameter count is
+    the decoder's (the encoder is not used).
     """
     data = _datasets(system, sizes, out / "data", quick, log)
     ood = data["ood"]
@@ -310,10 +320,24 @@ def run_system(system: str, sizes: Sizes, out: Path, quick: bool, seed: int = 0,
         pooled_cfg["training"]["meta"] = False
         log(f"[table1] {system}: training MetaSym without meta-learning (ablation)")
         pooled, ptc = _train_metasym(pooled_cfg, data, sizes, out / system / "metasym_nometa", seed)
-        errs, preds = rollout_errors(_metasym_predictors(pooled, ood, sizes.shots, ptc)[1], ood, sizes.shots,
-                                     sizes.horizon, c)
-        results["models"]["metasym_nometa"] = {"errors": errs, "preds": preds, "params": n_meta,
-                                               "latency_ms": meta_ms, "train_s": time.perf_counter() - t0}
+        pooled_before, pooled_after = _metasym_predictors(pooled, ood, sizes.shots, ptc)
+        train_s = time.perf_counter() - t0
+        for key, pred in (("metasym_nometa", pooled_after), ("metasym_nometa_unadapted", pooled_before)):
+            errs, preds = rollout_errors(pred, ood, sizes.shots, sizes.horizon, c)
+            results["models"][key] = {"errors": errs, "preds": preds, "params": n_meta, "latency_ms": meta_ms,
+                                      "train_s": train_s}
+    if ablate_attention:
+        t0 = time.perf_counter()
+        d3_cfg = copy.deepcopy(cfg)
+        d3_cfg["model"]["decoder"]["meta_attention"] = False
+        log(f"[table1] {system}: meta-training MetaSym without meta-attention (ablation D.3)")
+        d3 = _train_metasym(d3_cfg, data, sizes, out / system / "metasym_no_meta_attention", seed)[0]
+        errs, preds = rollout_errors(lambda i, x, u, hh, fut: d3.rollout(x, u, hh, fut.shape[1], fut), ood,
+                                     sizes.shots, sizes.horizon, c)
+        results["models"]["metasym_no_meta_attention"] = {
+            "errors": errs, "preds": preds, "params": sum(p.numel() for p in d3.decoder.parameters()),
+            "latency_ms": rollout_latency_ms(lambda: d3.rollout(*latency_args)),
+            "train_s": time.perf_counter() - t0}
     errs, preds = rollout_errors(lambda i, x, u, hh, fut: x[:, -1:].expand(1, fut.shape[1], x.shape[-1]), ood,
                                  sizes.shots, sizes.horizon, c)
     results["models"]["hold_last"] = {"errors": errs, "preds": preds, "params": 0, "latency_ms": 0.0,
@@ -383,6 +407,8 @@ def system_figures(system: str, res: dict) -> dict[str, float]:
 
 _LABELS = {"metasym": "MetaSym (adapted)", "metasym_unadapted": "MetaSym (not adapted)",
            "metasym_nometa": "MetaSym w/o meta-learning (adapted)",
+           "metasym_nometa_unadapted": "MetaSym w/o meta-attention (D.3 a: pooled, not adapted)",
+           "metasym_no_meta_attention": "MetaSym w/o meta-attention block (D.3 b: encoder unused)",
            "hold_last": "hold last state (reference)", "transformer": "Transformer", "dhnn": "DHNN", "mlp": "MLP",
            "quantum_lstm": "QuantumLSTM"}
 
@@ -436,13 +462,15 @@ def _json_ready(value):
 def run_table1_bench(systems: list[str], quick: bool = False, out_json: str | Path | None = None,
                      doc: str | Path | None = DEFAULT_DOC, out_dir: str | Path = "runs/table1", seed: int = 0,
                      sizes: dict[str, Sizes] | None = None, conservative: bool = False,
-                     ablate_meta: bool = False, section: str | None = None, log=print) -> dict[str, float]:
+                     ablate_meta: bool = False, section: str | None = None, log=print,
+                     ablate_attention: bool = False) -> dict[str, float]:
     """Run Table 1 for `systems`; write PNGs and JSON under `out_dir`, the doc section; return the figures.
 
     `sizes` overrides the per-system sizes (tests use it for an even smaller run).
     `conservative` runs ablation D.1 instead: the undamped spring mesh (figures
     `spring_mesh_conservative_*`, its own doc section). `ablate_meta` adds the
-    MetaSym-without-meta-learning row (`*_metasym_nometa_*`). `section` names the doc
+    MetaSym-without-meta-learning row (`*_metasym_nometa_*`), `ablate_attention` the D.3 row,
+    MetaSym without meta-attention (`*_metasym_no_meta_attention_*`). `section` names the doc
     section (default "Table 1", or the D.1 one).
     """
     for s in systems:
@@ -467,7 +495,7 @@ def run_table1_bench(systems: list[str], quick: bool = False, out_json: str | Pa
     try:
         for s in systems:
             try:
-                res = run_system(s, table[s], out, quick, seed, ablate_meta, log)
+                res = run_system(s, table[s], out, quick, seed, ablate_meta, log, ablate_attention)
             except MetaSymError as exc:  # e.g. training diverged: report it, go on with the other systems
                 log(f"[table1] {s}: FAILED: {exc}")
                 failed[label(s)] = str(exc)
@@ -499,6 +527,7 @@ def run_table1_bench(systems: list[str], quick: bool = False, out_json: str | Pa
                                  per_system, plots, failed),
                        _command(systems, quick) + (" --conservative" if conservative else "")
                        + (" --ablate-meta" if ablate_meta else "")
+                       + (" --ablate-attention" if ablate_attention else "")
                        + (f" with sizes overridden in Python ({', '.join(sizes)}; see {out_json})" if sizes else ""),
                        doc)
     return figures
@@ -527,6 +556,15 @@ def _doc_body(rows, header, systems, quick, figures, per_system, plots, failed) 
                    f"baselines ≤ {z['baseline_steps']} Adam steps (early stopping)"
                    + ("; the mesh's fixed top-row coordinates are dropped for every model" if s.startswith("spring")
                       else ""))
+    for s in systems:
+        key = f"{s}_metasym_no_meta_attention_ood_mse"
+        if key in figures:
+            sim.append(f"{s}: ablation D.3 b (paper Table 5, the block removed), MetaSym without the "
+                       "meta-attention block (blocks: self-attention → MLP; meta-trained with the same config and "
+                       "budget, encoder phase skipped): "
+                       f"{figures[key]:.4g} against MetaSym's {figures[f'{s}_metasym_ood_mse']:.4g} adapted and "
+                       f"{figures.get(f'{s}_metasym_unadapted_ood_mse', math.nan):.4g} unadapted; it has no φ to "
+                       "adapt, and its parameter count is the decoder's (the encoder latents are not read)")
     for s in systems:
         signal = {k[len(s) + 1:-len("_ood_mse_vs_mean_signal")]: v for k, v in figures.items()
                   if k.startswith(f"{s}_") and k.endswith("_ood_mse_vs_mean_signal")}

@@ -53,6 +53,13 @@ def _as_batch(name: str, x: torch.Tensor, dim: int) -> torch.Tensor:
     return x
 
 
+def check_adaptable(model: MetaSym, who: str = "adapt") -> None:
+    """Raise a one-line `MetaSymError` (prefixed `who`) if the model has no local parameters φ to adapt."""
+    if not model.decoder.local_parameters():
+        raise MetaSymError(f"{who}: nothing to adapt, the model has no local parameters (its decoder was built "
+                           "without meta-attention: model.decoder.meta_attention false, ablation D.3)")
+
+
 def split_point(T: int, holdout: float) -> int:
     """First frame of the held-out tail: both parts keep at least 2 frames (one transition)."""
     if not 0.0 < holdout < 1.0:
@@ -84,8 +91,11 @@ def adapt(model: MetaSym, states: torch.Tensor, controls: torch.Tensor, steps: f
         holdout: fraction of the window (its tail) kept out of the inner loop for scoring.
         horizon: 0 = next-step loss; n > 0 = `rollout_loss` over n steps (the config's
             `training.rollout_horizon`, the loss the model was meta-trained to adapt with).
+
+    Raises `MetaSymError` for a model without local parameters (no meta-attention, ablation D.3).
     """
     check_positive_int("inner_steps", inner_steps)
+    check_adaptable(model)
     if not lr > 0:
         raise MetaSymError(f"lr must be positive, got {lr}")
     start = time.perf_counter()

@@ -7,6 +7,8 @@ query loss is differentiated through the inner loop (second order by default;
 `first_order=True` drops the inner Hessian terms) and updates θ, and — our choice,
 MAML-style — φ₀ too (`learn_init=True`), so φ₀ becomes the init the inner loop
 adapts best from; with `learn_init=False` φ₀ stays at its initial value.
+A decoder without meta-attention (ablation D.3) has an empty φ: the inner loop
+is then a no-op and the outer loss is the plain query loss of θ.
 Systems run in parallel with `torch.func.vmap` over `torch.func.grad` inner loops.
 The encoder is frozen: its latents arrive precomputed in `DecoderBatch`es.
 """
@@ -26,7 +28,10 @@ def inner_adapt(model: MetaSym, theta: dict[str, torch.Tensor], phi0: dict[str, 
     """K SGD steps of φ on `support` with θ fixed; differentiable unless `first_order`.
 
     `horizon` > 0 adapts on `rollout_loss` over that many steps instead of the next-step loss.
+    An empty φ (a decoder without meta-attention, ablation D.3) has nothing to adapt: returned as is.
     """
+    if not phi0:
+        return phi0
     step = grad(lambda phi: window_loss(model, support, phi, theta, horizon=horizon))
     phi = phi0
     for _ in range(inner_steps):

@@ -31,15 +31,22 @@ class ControlNet(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-    """Pre-norm block: self-attention, meta-attention, MLP, each with a residual."""
+    """Pre-norm block: self-attention, meta-attention, MLP, each with a residual.
 
-    def __init__(self, d_model: int, latent_dim: int, heads: int, context: int, dropout: float) -> None:
+    With `meta_attention=False` (ablation D.3) the block has no `ln2` / `meta_attn`:
+    tokens go self-attention → MLP and never read the encoder latents.
+    """
+
+    def __init__(self, d_model: int, latent_dim: int, heads: int, context: int, dropout: float,
+                 meta_attention: bool = True) -> None:
         super().__init__()
         self.dropout = dropout
+        self.meta_attention = bool(meta_attention)
         self.ln1 = nn.LayerNorm(d_model)
         self.self_attn = CausalSelfAttention(d_model, heads, context, dropout)
-        self.ln2 = nn.LayerNorm(d_model)
-        self.meta_attn = MetaAttention(d_model, latent_dim, heads, context, dropout)
+        if self.meta_attention:
+            self.ln2 = nn.LayerNorm(d_model)
+            self.meta_attn = MetaAttention(d_model, latent_dim, heads, context, dropout)
         self.ln3 = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(nn.Linear(d_model, 2 * d_model), nn.SiLU(), nn.Linear(2 * d_model, d_model))
 
@@ -50,13 +57,16 @@ class DecoderBlock(nn.Module):
                 b_v: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Advance tokens `z [B, T, d]` whose encoder latents are `e`.
 
-        Returns the new tokens and this block's keys/values `(k, v, meta_k, meta_v)`,
-        each `[B, H, T, dh]`, which a rollout keeps as its sliding window.
+        Returns the new tokens and this block's keys/values `(k, v, meta_k, meta_v)`
+        (`(k, v)` without meta-attention), each `[B, H, T, dh]`, which a rollout keeps as
+        its sliding window.
         """
         pos = torch.arange(z.shape[1], device=z.device)
         q, k, v = self.self_attn.project_kv(self.ln1(z))
-        mk, mv = self.meta_attn.project_kv(e, w_v, b_v)
         z = z + self._drop(self.self_attn.combine(q, k, v, window_bias(self.self_attn.rel_bias, pos, pos)))
+        if not self.meta_attention:
+            return z + self._drop(self.mlp(self.ln3(z))), (k, v)
+        mk, mv = self.meta_attn.project_kv(e, w_v, b_v)
         mq = self.meta_attn.query(self.ln2(z), w_q)
         z = z + self._drop(self.meta_attn.combine(mq, mk, mv, window_bias(self.meta_attn.rel_bias, pos, pos)))
         return z + self._drop(self.mlp(self.ln3(z))), (k, v, mk, mv)
@@ -71,10 +81,12 @@ class ActiveDecoder(nn.Module):
         d_model: token width; divisible by `heads`.
         heads: attention heads. layers: decoder blocks. context: window length `c`.
         dropout: dropout on attention weights and residual branches in training.
+        meta_attention: False builds ablation D.3 (paper Table 5): blocks without
+            meta-attention, so no local parameters φ and the encoder latents are not read.
     """
 
     def __init__(self, state_dim: int, control_dim: int, d_model: int, heads: int = 4, layers: int = 1,
-                 context: int = 10, dropout: float = 0.0) -> None:
+                 context: int = 10, dropout: float = 0.0, meta_attention: bool = True) -> None:
         super().__init__()
         if state_dim <= 0 or control_dim < 0 or d_model <= 0 or layers < 1 or context < 1:
             raise MetaSymError("ActiveDecoder needs state_dim > 0, control_dim >= 0, d_model > 0, "
@@ -84,8 +96,11 @@ class ActiveDecoder(nn.Module):
             raise MetaSymError(f"d_model ({d_model}) must be divisible by heads ({heads})")
         self.state_dim, self.control_dim, self.d_model = state_dim, control_dim, d_model
         self.heads, self.layers, self.context, self.dropout = heads, layers, context, dropout
+        if not isinstance(meta_attention, bool):
+            raise MetaSymError(f"meta_attention must be true or false, got {meta_attention!r}")
+        self.meta_attention = meta_attention
         self.control_net = ControlNet(state_dim, control_dim, d_model)
-        self.blocks = nn.ModuleList(DecoderBlock(d_model, state_dim, heads, context, dropout)
+        self.blocks = nn.ModuleList(DecoderBlock(d_model, state_dim, heads, context, dropout, meta_attention)
                                     for _ in range(layers))
         self.ln_f = nn.LayerNorm(d_model)
         self.head = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, state_dim))
@@ -93,9 +108,10 @@ class ActiveDecoder(nn.Module):
         nn.init.zeros_(self.head[-1].bias)
 
     def config(self) -> dict:
-        """Constructor arguments, for checkpoints."""
+        """Constructor arguments, for checkpoints (older ones lack `meta_attention`: the default True)."""
         return {"state_dim": self.state_dim, "control_dim": self.control_dim, "d_model": self.d_model,
-                "heads": self.heads, "layers": self.layers, "context": self.context, "dropout": self.dropout}
+                "heads": self.heads, "layers": self.layers, "context": self.context, "dropout": self.dropout,
+                "meta_attention": self.meta_attention}
 
     # -- parameter split -------------------------------------------------------------------------
     @staticmethod
@@ -104,7 +120,8 @@ class ActiveDecoder(nn.Module):
         return name.endswith(LOCAL_SUFFIXES)
 
     def local_parameters(self) -> dict[str, nn.Parameter]:
-        """φ: meta-attention `W_Q`, `W_V`, `b_V` of every block, by name (for `functional_call`)."""
+        """φ: meta-attention `W_Q`, `W_V`, `b_V` of every block, by name (for `functional_call`);
+        empty without meta-attention."""
         return {n: p for n, p in self.named_parameters() if self.is_local(n)}
 
     def global_parameters(self) -> dict[str, nn.Parameter]:

@@ -21,6 +21,8 @@ What is folded:
   (`[H, d]` per token, bias spread over the heads: the softmax weights of each head
   sum to one), so attention is two matmuls, an exp and one division;
 - MLP output biases into the matmul (a constant hidden unit); sigmoid is scipy's `expit`.
+- without meta-attention (ablation D.3) the latents are not read: the first matmul is the
+  ControlNet alone, one table for every h, and each block keeps two rings, not four.
 
 The softmax is taken without subtracting the row maximum; instead every softmax
 denominator is recorded and the result is only used when all lie in
@@ -123,7 +125,10 @@ class Fold:
         D, m, d, H, c = dec.state_dim, dec.control_dim, dec.d_model, dec.heads, dec.context
         n, dh = D // 2, d // H
         self.D, self.m, self.d, self.H, self.c, self.n, self.L = D, m, d, H, c, n, dec.layers
-        self.kv_width = d + H * d
+        # without meta-attention (ablation D.3) the latents are never read: no encoder columns, 2 rings a block
+        self.meta = dec.meta_attention
+        self.rings_per_block = 4 if self.meta else 2
+        self.kv_width = d + H * d if self.meta else 0
         # ControlNet with the normalisation folded in
         mean = _np(torch.cat([model.state_mean, model.control_mean, model.step_mean]))
         std = _np(torch.cat([model.state_std, model.control_std, model.step_std]))
@@ -146,24 +151,30 @@ class Fold:
         x_mean, x_std = _np(model.state_mean), _np(model.state_std)
         E, eb, self.blocks = [], [], []
         for i, blk in enumerate(dec.blocks):
-            w_q, w_v, b_v = dec._local(local, i)
-            w_q = _np(blk.meta_attn.w_q.weight if w_q is None else w_q)
-            w_v = _np(blk.meta_attn.w_v.weight if w_v is None else w_v)
-            b_v = _np(blk.meta_attn.w_v.bias if b_v is None else b_v)
             qkv = _np(blk.self_attn.qkv.weight)
             sa_Ev, sa_vb = self._value_map(blk.self_attn.out, head_of)
-            ma_Ev, ma_vb = self._value_map(blk.meta_attn.out, head_of)
             sa_P = np.concatenate([qkv[:d].T * scale @ self.Eq, qkv[d:2 * d].T, qkv[2 * d:].T @ sa_Ev], axis=1)
             sa_b = np.concatenate([np.zeros(d * H + d), sa_vb])
-            # meta keys/values of the encoder latent e, normalised: columns [K (d) | values·out (H d)]
-            kv = np.concatenate([_np(blk.meta_attn.w_k.weight).T, w_v.T @ ma_Ev], axis=1)
-            E.append(kv / x_std[:, None])
-            eb.append(np.concatenate([np.zeros(d), ma_vb + b_v @ ma_Ev]) - (x_mean / x_std) @ kv)
-            self.blocks.append(dict(
-                sa=self._ln_proj(blk.ln1, sa_P, sa_b), ma=self._ln_proj(blk.ln2, w_q.T * scale @ self.Eq, 0.0),
-                mlp=self._mlp(blk.ln3, blk.mlp[0], blk.mlp[2], 1.0),
-                sa_rel=_np(blk.self_attn.rel_bias), ma_rel=_np(blk.meta_attn.rel_bias), kv_off=i * self.kv_width))
-        self.enc_E, self.enc_eb = np.concatenate(E, axis=1), np.concatenate(eb)
+            folded = dict(sa=self._ln_proj(blk.ln1, sa_P, sa_b), ma=None,
+                          mlp=self._mlp(blk.ln3, blk.mlp[0], blk.mlp[2], 1.0),
+                          sa_rel=_np(blk.self_attn.rel_bias), ma_rel=None, kv_off=i * self.kv_width)
+            if self.meta:
+                w_q, w_v, b_v = dec._local(local, i)
+                w_q = _np(blk.meta_attn.w_q.weight if w_q is None else w_q)
+                w_v = _np(blk.meta_attn.w_v.weight if w_v is None else w_v)
+                b_v = _np(blk.meta_attn.w_v.bias if b_v is None else b_v)
+                ma_Ev, ma_vb = self._value_map(blk.meta_attn.out, head_of)
+                # meta keys/values of the encoder latent e, normalised: columns [K (d) | values·out (H d)]
+                kv = np.concatenate([_np(blk.meta_attn.w_k.weight).T, w_v.T @ ma_Ev], axis=1)
+                E.append(kv / x_std[:, None])
+                eb.append(np.concatenate([np.zeros(d), ma_vb + b_v @ ma_Ev]) - (x_mean / x_std) @ kv)
+                folded.update(ma=self._ln_proj(blk.ln2, w_q.T * scale @ self.Eq, 0.0),
+                              ma_rel=_np(blk.meta_attn.rel_bias))
+            self.blocks.append(folded)
+        self.enc_E = np.concatenate(E, axis=1) if E else np.zeros((D, 0))
+        self.enc_eb = np.concatenate(eb) if eb else np.zeros(0)
+        # no meta-attention: one table for every step size, the ControlNet's state part alone
+        self.plain = None if self.meta else _EncoderTable(self.tok_x, np.zeros(0), [])
         lin1, lin2 = dec.head[0], dec.head[2]
         dstd = _np(model.delta_std)
         self.head = self._mlp(dec.ln_f, lin1, lin2, dstd)
@@ -173,12 +184,14 @@ class Fold:
     def prefill_bias(self, i: int, nt: int) -> tuple[np.ndarray, np.ndarray]:
         """Block i's self- and meta-attention bias over `nt` context tokens (cached)."""
         return self._cached(("prefill", i, nt), lambda: tuple(
-            _bias_prefill(self.blocks[i][name], nt) for name in ("sa_rel", "ma_rel")))
+            None if self.blocks[i][name] is None else _bias_prefill(self.blocks[i][name], nt)
+            for name in ("sa_rel", "ma_rel")))
 
     def step_bias(self, i: int, first: int, steps: int) -> tuple[list, list]:
         """Block i's per-step biases over the ring, as lists of `[c, H]` (cached)."""
         return self._cached(("steps", i, first, steps), lambda: tuple(
-            list(_bias_steps(self.blocks[i][name], self.c, first, steps)) for name in ("sa_rel", "ma_rel")))
+            None if self.blocks[i][name] is None else list(_bias_steps(self.blocks[i][name], self.c, first, steps))
+            for name in ("sa_rel", "ma_rel")))
 
     def _cached(self, key: tuple, build) -> tuple:
         hit = self.biases.get(key)
@@ -226,6 +239,8 @@ class Fold:
         `W = [tok_x | pre_0 | pre_1 | ... | kv]` (x's coefficients), the constants `b`
         and for each term the contributions `R_j` of `t_j` to the later columns.
         """
+        if self.plain is not None:
+            return [self.plain] * len(steps)
         keys = [float(h) for h in steps]
         found = {h: self.tables.get(h) for h in set(keys)}  # local: safe if another thread clears the cache
         missing = sorted(h for h, table in found.items() if table is None)
@@ -464,12 +479,15 @@ def _prefill(fold: Fold, xs: np.ndarray, bias: np.ndarray, tables: list[_Encoder
         V = p[:, dHd:].reshape(B, nt, H * d)
         sa_bias, ma_bias = fold.prefill_bias(i, nt)
         z = z + _attend_all(p[:, :dH].reshape(B, nt, d, H), K, V, sa_bias, denoms)
-        o = blk["kv_off"]
-        mK = rest[:, o:o + d].reshape(B, nt, d)
-        mV = rest[:, o + d:o + fold.kv_width].reshape(B, nt, H * d)
-        z = z + _attend_all(_ln(z, *blk["ma"], d).reshape(B, nt, d, H), mK, mV, ma_bias, denoms)
+        kept = [(K, d), (V, H * d)]
+        if fold.meta:
+            o = blk["kv_off"]
+            mK = rest[:, o:o + d].reshape(B, nt, d)
+            mV = rest[:, o + d:o + fold.kv_width].reshape(B, nt, H * d)
+            z = z + _attend_all(_ln(z, *blk["ma"], d).reshape(B, nt, d, H), mK, mV, ma_bias, denoms)
+            kept += [(mK, d), (mV, H * d)]
         z = z + _mlp(z, blk["mlp"], d)
-        for src, width in ((K, d), (V, H * d), (mK, d), (mV, H * d)):
+        for src, width in kept:
             ring = np.zeros((B, c, width))
             ring[:, slots] = src[:, keep]
             rings.append(ring)
@@ -499,13 +517,15 @@ def _steps_single(fold: Fold, x: np.ndarray, bias: np.ndarray, tables: list[_Enc
     dH, dHd = d * H, d * H + d
     rings = [r[0] for r in rings]
     flat = [r.reshape(c * H, d) if i % 2 else r for i, r in enumerate(rings)]  # value rings as [c H, d]
-    guard = np.empty((steps, len(fold.blocks), 2, H))
+    nr = fold.rings_per_block
+    guard = np.empty((steps, len(fold.blocks), nr // 2, H))  # one softmax (two with meta-attention) per block
     denoms.append(guard)
     blocks = []
     for i, blk in enumerate(fold.blocks):
         sa_bias, ma_bias = fold.step_bias(i, T, steps)
-        blocks.append((*blk["sa"], *blk["ma"], *blk["mlp"], sa_bias, ma_bias, *rings[4 * i:4 * i + 4],
-                       flat[4 * i + 1], flat[4 * i + 3], blk["kv_off"]))
+        meta = (*rings[nr * i + 2:nr * i + 4], flat[nr * i + 3]) if fold.meta else (None, None, None)
+        blocks.append((*blk["sa"], *(blk["ma"] or (None,) * 3), *blk["mlp"], sa_bias, ma_bias,
+                       *rings[nr * i:nr * i + 2], meta[0], meta[1], flat[nr * i + 1], meta[2], blk["kv_off"]))
     hd_M, hd_b, hd_eps, hW2 = fold.head
     sq = math.sqrt
     for k in range(steps):
@@ -526,13 +546,14 @@ def _steps_single(fold: Fold, x: np.ndarray, bias: np.ndarray, tables: list[_Enc
             sV[slot] = p[dHd:]
             e = exp(dot(sK, p[:dH].reshape(d, H)) + sa_bias[k])
             z = z + dot((e / dot(ones, e, out=g[0])).ravel(), sVf)
-            mK[slot] = rest[o:o + d]
-            mV[slot] = rest[o + d:o + kw]
-            y = dot(z, ma_M)
-            zs = y[:d]
-            q = y[d:] * (1.0 / sq(float(dot(zs, zs)) + ma_eps)) + ma_b
-            e = exp(dot(mK, q.reshape(d, H)) + ma_bias[k])
-            z = z + dot((e / dot(ones, e, out=g[1])).ravel(), mVf)
+            if mK is not None:
+                mK[slot] = rest[o:o + d]
+                mV[slot] = rest[o + d:o + kw]
+                y = dot(z, ma_M)
+                zs = y[:d]
+                q = y[d:] * (1.0 / sq(float(dot(zs, zs)) + ma_eps)) + ma_b
+                e = exp(dot(mK, q.reshape(d, H)) + ma_bias[k])
+                z = z + dot((e / dot(ones, e, out=g[1])).ravel(), mVf)
             y = dot(z, ml_M)
             zs = y[:d]
             a = y[d:] * (1.0 / sq(float(dot(zs, zs)) + ml_eps)) + ml_b
@@ -552,7 +573,8 @@ def _steps_batch(fold: Fold, x: np.ndarray, bias: np.ndarray, tables: list[_Enco
     steps = len(tables)
     ones = np.ones(c)
     dH, dHd = d * H, d * H + d
-    guard = np.empty((steps, len(fold.blocks), 2, B, H))
+    nr = fold.rings_per_block
+    guard = np.empty((steps, len(fold.blocks), nr // 2, B, H))
     denoms.append(guard)
     biases = [fold.step_bias(i, T, steps) for i in range(len(fold.blocks))]
     flat = [r.reshape(B, c * H, d) if i % 2 else r for i, r in enumerate(rings)]
@@ -569,16 +591,18 @@ def _steps_batch(fold: Fold, x: np.ndarray, bias: np.ndarray, tables: list[_Enco
         rest = _encode_rest(X, tb.R, d, n, f)
         z = X[:, :d]
         for i, blk in enumerate(fold.blocks):
-            sK, sV, mK, mV = rings[4 * i:4 * i + 4]
+            sK, sV = rings[nr * i:nr * i + 2]
             sa_bias, ma_bias = biases[i]
             p = _ln(z, *blk["sa"], d)
             sK[:, slot] = p[:, dH:dHd]
             sV[:, slot] = p[:, dHd:]
-            z = z + attend(sK, flat[4 * i + 1], p[:, :dH], sa_bias[k], guard[k, i, 0])
-            o = blk["kv_off"]
-            mK[:, slot] = rest[:, o:o + d]
-            mV[:, slot] = rest[:, o + d:o + kw]
-            z = z + attend(mK, flat[4 * i + 3], _ln(z, *blk["ma"], d), ma_bias[k], guard[k, i, 1])
+            z = z + attend(sK, flat[nr * i + 1], p[:, :dH], sa_bias[k], guard[k, i, 0])
+            if fold.meta:
+                mK, mV = rings[nr * i + 2:nr * i + 4]
+                o = blk["kv_off"]
+                mK[:, slot] = rest[:, o:o + d]
+                mV[:, slot] = rest[:, o + d:o + kw]
+                z = z + attend(mK, flat[nr * i + 3], _ln(z, *blk["ma"], d), ma_bias[k], guard[k, i, 1])
             z = z + _mlp(z, blk["mlp"], d)
         x = x + _mlp(z, fold.head, d)
         out[:, k + 1] = x

@@ -26,7 +26,8 @@ from metasym_core.models.encoder import ACTIVATIONS
 
 def initial_windows(kv: list[tuple[torch.Tensor, ...]], context: int) -> list[torch.Tensor]:
     """Ring buffers `[B, c, d_model]` with the last `c-1` keys/values of every block
-    (token t in slot `t % c`), flat in the order self-k, self-v, meta-k, meta-v per block."""
+    (token t in slot `t % c`), flat in the order self-k, self-v, meta-k, meta-v per block
+    (self-k, self-v only without meta-attention)."""
     n = kv[0][0].shape[2]
     first = max(0, n - context + 1)
     slots = torch.arange(first, n, device=kv[0][0].device) % context
@@ -104,23 +105,27 @@ class StreamingPlan:
         self.G = torch.repeat_interleave(torch.eye(H, dtype=w.dtype, device=w.device), d // H, dim=0)
         scale = 1.0 / math.sqrt(d // H)
         self.blocks = []
+        # without meta-attention (ablation D.3) the decoder never reads the latents: no encoder pass per step
+        self.meta = dec.meta_attention
         for i, blk in enumerate(dec.blocks):
-            w_q, w_v, b_v = dec._local(local, i)
-            w_q = blk.meta_attn.w_q.weight if w_q is None else w_q
-            w_v = blk.meta_attn.w_v.weight if w_v is None else w_v
-            b_v = blk.meta_attn.w_v.bias if b_v is None else b_v
             qkv = blk.self_attn.qkv.weight
-            w_kv = torch.cat([blk.meta_attn.w_k.weight, w_v]) / model.state_std
-            self.blocks.append(dict(
-                ln1=(blk.ln1.weight, blk.ln1.bias), ln2=(blk.ln2.weight, blk.ln2.bias),
-                ln3=(blk.ln3.weight, blk.ln3.bias),
+            folded = dict(
+                ln1=(blk.ln1.weight, blk.ln1.bias), ln3=(blk.ln3.weight, blk.ln3.bias),
                 qkv=torch.cat([qkv[:d] * scale, qkv[d:]]), sa_out=(blk.self_attn.out.weight, blk.self_attn.out.bias),
-                meta_kv=(w_kv, torch.cat([torch.zeros_like(b_v), b_v]) - w_kv @ model.state_mean),
-                meta_q=w_q * scale,
-                ma_out=(blk.meta_attn.out.weight, blk.meta_attn.out.bias),
                 mlp=(blk.mlp[0].weight, blk.mlp[0].bias, blk.mlp[2].weight, blk.mlp[2].bias),
-                sa_bias=self._bias_table(blk.self_attn.rel_bias, first_position, future_u.shape[1]),
-                ma_bias=self._bias_table(blk.meta_attn.rel_bias, first_position, future_u.shape[1])))
+                sa_bias=self._bias_table(blk.self_attn.rel_bias, first_position, future_u.shape[1]))
+            if self.meta:
+                w_q, w_v, b_v = dec._local(local, i)
+                w_q = blk.meta_attn.w_q.weight if w_q is None else w_q
+                w_v = blk.meta_attn.w_v.weight if w_v is None else w_v
+                b_v = blk.meta_attn.w_v.bias if b_v is None else b_v
+                w_kv = torch.cat([blk.meta_attn.w_k.weight, w_v]) / model.state_std
+                folded.update(
+                    ln2=(blk.ln2.weight, blk.ln2.bias),
+                    meta_kv=(w_kv, torch.cat([torch.zeros_like(b_v), b_v]) - w_kv @ model.state_mean),
+                    meta_q=w_q * scale, ma_out=(blk.meta_attn.out.weight, blk.meta_attn.out.bias),
+                    ma_bias=self._bias_table(blk.meta_attn.rel_bias, first_position, future_u.shape[1]))
+            self.blocks.append(folded)
         self.ln_f = (dec.ln_f.weight, dec.ln_f.bias)
         lin1, lin2 = dec.head[0], dec.head[2]
         self.head = (lin1.weight, lin1.bias, lin2.weight * model.delta_std[:, None], lin2.bias * model.delta_std)
@@ -161,20 +166,22 @@ class StreamingPlan:
              rings: list[torch.Tensor]) -> torch.Tensor:
         """Predict the state after `x [B, D]` (step k of the plan, absolute `position`)."""
         slot = position % self.context
-        e = self.encode(x, h)
+        e = self.encode(x, h) if self.meta else None
         z = torch.addmm(self.tok_uh[:, k], x, self.tok_x)
         d = z.shape[-1]
+        n = 4 if self.meta else 2  # rings per block: self k, v (and meta k, v)
         for i, blk in enumerate(self.blocks):
-            sk, sv, mk, mv = rings[4 * i:4 * i + 4]
+            r = n * i
             q, kk, vv = F.linear(F.layer_norm(z, (d,), *blk["ln1"]), blk["qkv"]).split(d, dim=-1)
-            sk = rings[4 * i] = _push(sk, slot, kk)
-            sv = rings[4 * i + 1] = _push(sv, slot, vv)
+            sk = rings[r] = _push(rings[r], slot, kk)
+            sv = rings[r + 1] = _push(rings[r + 1], slot, vv)
             z = z + F.linear(_attend_one(q, sk, sv, blk["sa_bias"][k], self.G, self.denoms), *blk["sa_out"])
-            ek, ev = F.linear(e, *blk["meta_kv"]).split(d, dim=-1)
-            mk = rings[4 * i + 2] = _push(mk, slot, ek)
-            mv = rings[4 * i + 3] = _push(mv, slot, ev)
-            mq = F.linear(F.layer_norm(z, (d,), *blk["ln2"]), blk["meta_q"])
-            z = z + F.linear(_attend_one(mq, mk, mv, blk["ma_bias"][k], self.G, self.denoms), *blk["ma_out"])
+            if self.meta:
+                ek, ev = F.linear(e, *blk["meta_kv"]).split(d, dim=-1)
+                mk = rings[r + 2] = _push(rings[r + 2], slot, ek)
+                mv = rings[r + 3] = _push(rings[r + 3], slot, ev)
+                mq = F.linear(F.layer_norm(z, (d,), *blk["ln2"]), blk["meta_q"])
+                z = z + F.linear(_attend_one(mq, mk, mv, blk["ma_bias"][k], self.G, self.denoms), *blk["ma_out"])
             w1, b1, w2, b2 = blk["mlp"]
             z = z + F.linear(F.silu(F.linear(F.layer_norm(z, (d,), *blk["ln3"]), w1, b1)), w2, b2)
         w1, b1, w2, b2 = self.head

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from metasym_core.errors import MetaSymError
-from metasym_core.meta.adapt import adapt, prepare, split_point
+from metasym_core.meta.adapt import adapt, check_adaptable, prepare, split_point
 from metasym_core.meta.losses import window_loss
 from metasym_core.models.metasym import MetaSym
 from metasym_core.online.local_params import save_local_params
@@ -58,6 +58,7 @@ class OnlineLearner:
     def __init__(self, model: MetaSym, system: str, out_dir: str | os.PathLike, window: int = 200,
                  inner_steps: int = 10, lr: float = 0.1, holdout: float = 0.25, period_s: float = 5.0,
                  error_rise: float = 2.0, min_interval_s: float = 0.5, min_gain: float = 0.01, horizon: int = 0):
+        check_adaptable(model, "online learner")  # no meta-attention (ablation D.3): no φ to learn online
         if window < max(8, model.context + 2):
             raise MetaSymError(f"learner window must be >= {max(8, model.context + 2)} samples, got {window}")
         if error_rise <= 1.0:

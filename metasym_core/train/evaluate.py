@@ -6,7 +6,9 @@ rolls out `horizon` steps from the last `context` observed frames with the true
 future controls and step sizes, once with φ₀ and once with the adapted φ. The
 MSE is in the data's units (mean over steps and state dimensions), as in the
 paper's Table 1. `mse_guarded` uses the adapted φ only where adaptation lowered
-the held-out loss (what the online learner does).
+the held-out loss (what the online learner does). A model without local
+parameters (no meta-attention, ablation D.3) cannot adapt: it is scored
+unadapted, its "after" figures equal "before" and `adapted` is false.
 """
 
 from __future__ import annotations
@@ -49,24 +51,28 @@ def evaluate(model: MetaSym, ds: SystemDataset, shots: int, horizon: int | None 
     controls = torch.from_numpy(ds.controls).to(dtype)
     h = torch.from_numpy(padded_steps(ds.times)).to(dtype)
     c = model.context
+    adaptable = bool(model.decoder.local_parameters())
     rows = []
     for i in range(len(ds)):
         res = adapt(model, states[i, :shots], controls[i, :shots], h[i, :shots], inner_steps, inner_lr, holdout,
-                    adapt_horizon)
+                    adapt_horizon) if adaptable else None
         ctx = slice(shots - c, shots)
         args = (states[i:i + 1, ctx], controls[i:i + 1, ctx], h[i:i + 1, shots - c:shots + horizon], horizon,
                 controls[i:i + 1, shots:shots + horizon])
         truth = states[i, shots:shots + horizon]
         with torch.no_grad():
             before = float((model.rollout(*args)[0] - truth).pow(2).mean())
-            after = float((model.rollout(*args, local_params=res.local_params)[0] - truth).pow(2).mean())
-        guarded = after if res.improved else before  # what a learner that refuses bad adaptations gets
+            after = before if res is None else float(
+                (model.rollout(*args, local_params=res.local_params)[0] - truth).pow(2).mean())
+        improved = res is not None and res.improved
+        guarded = after if improved else before  # what a learner that refuses bad adaptations gets
         rows.append({"system": int(ds.system_index[i]), "mse_before": before, "mse_after": after,
-                     "mse_guarded": guarded, "adaptation_accepted": res.improved,
-                     "holdout_loss_before": res.loss_before, "holdout_loss_after": res.loss_after,
-                     "adapt_ms": 1000 * res.seconds})
+                     "mse_guarded": guarded, "adaptation_accepted": improved,
+                     "holdout_loss_before": None if res is None else res.loss_before,
+                     "holdout_loss_after": None if res is None else res.loss_after,
+                     "adapt_ms": 0.0 if res is None else 1000 * res.seconds})
     out = {"systems": rows, "shots": shots, "horizon": horizon, "inner_steps": inner_steps, "inner_lr": inner_lr,
-           "adapt_horizon": adapt_horizon}
+           "adapt_horizon": adapt_horizon, "adapted": adaptable}
     for key in ("mse_before", "mse_after", "mse_guarded"):
         out[key] = _stats([r[key] for r in rows])
     out["ratio_after_before"] = out["mse_after"]["mean"] / out["mse_before"]["mean"] \

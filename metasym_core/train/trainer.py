@@ -7,6 +7,11 @@ checkpoint, so `resume` continues exactly where an uninterrupted run would be.
 Run folder: `last.pt` (every `checkpoint_interval` steps, at the end, and on
 Ctrl-C), `best.pt` (best validation loss of phase 2), `final.pt` (the best
 weights, written when training ends), `metrics.csv` and `metrics.json`.
+
+A decoder without meta-attention (`model.decoder.meta_attention: false`, ablation
+D.3) never reads the encoder latents and has no local parameters: phase 1 is
+skipped (`encoder_steps` 0, it would train nothing the model uses) and phase 2's
+inner loop is a no-op, so the outer loop trains θ on the query windows.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -55,6 +61,8 @@ class Trainer:
         self.seed, self.progress = int(seed), progress
         torch.manual_seed(self.seed)
         self.model: MetaSym = build_model(cfg)
+        if not self.model.decoder.meta_attention:  # ablation D.3: the encoder's output is never read
+            self.tc = replace(self.tc, encoder_steps=0)
         self.train_data = TrainData(train, self.model, self.tc.support_fraction, self.tc.window, "training")
         self.val_data = TrainData(val, self.model, self.tc.support_fraction, self.tc.window, "validation")
         self.total = self.tc.encoder_steps + self.tc.outer_steps
