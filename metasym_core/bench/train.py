@@ -1,6 +1,7 @@
 """Training speed: wall time of one outer step of each phase for each system's default
-config, and the latency of one online adaptation (K=10 on the last 200 steps,
-quadrotor config) against its 100 ms target.
+config (on the CPU, and on CUDA too when present, in the same run), and the latency
+of one online adaptation (K=10 on the last 200 steps, quadrotor config) against its
+100 ms target.
 
 Outer steps run the real `Trainer` step code on random-walk data of the config's
 shapes (the values do not change the cost). Adaptation is timed with one torch
@@ -46,7 +47,16 @@ def _median_s(fn, repeats: int, warmup: int = 1) -> float:
     return float(np.median(times))
 
 
-def outer_step_times(system: str, repeats: int = 3) -> dict[str, float]:
+def _synced(fn):
+    """`fn` followed by a CUDA synchronise when CUDA is in use (so its time is the GPU's too)."""
+    def run():
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    return run
+
+
+def outer_step_times(system: str, repeats: int = 3, device: str = "cpu") -> dict[str, float]:
     """Median seconds of one encoder-MAML and one decoder bi-level outer step (second and first order)."""
     cfg = load_config(system)
     train = cfg.get("training", {})
@@ -55,12 +65,12 @@ def outer_step_times(system: str, repeats: int = 3) -> dict[str, float]:
                            2 * (window + c) + 4)
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, ds, ds, tmp, progress=False)
-        out["encoder_step_s"] = _median_s(trainer._encoder_step, repeats)
+        trainer = Trainer(cfg, ds, ds, tmp, progress=False, device=device)
+        out["encoder_step_s"] = _median_s(_synced(trainer._encoder_step), repeats)
         trainer.step = trainer.tc.encoder_steps
-        out["decoder_step_s"] = _median_s(trainer._decoder_step, repeats)
+        out["decoder_step_s"] = _median_s(_synced(trainer._decoder_step), repeats)
         trainer.tc.first_order = True
-        out["decoder_step_first_order_s"] = _median_s(trainer._decoder_step, repeats)
+        out["decoder_step_first_order_s"] = _median_s(_synced(trainer._decoder_step), repeats)
     return out
 
 
@@ -85,17 +95,19 @@ def run_train_bench(systems: list[str] | None = None, repeats: int = 3, adapt_re
     systems = systems or ["quantum", "quadrotor", "spring_mesh"]
     figures: dict[str, float] = {}
     rows = []
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for name in systems:
-        t = outer_step_times(name, repeats)
-        rows.append([name, f"{1000 * t['encoder_step_s']:.1f}", f"{1000 * t['decoder_step_s']:.1f}",
-                     f"{1000 * t['decoder_step_first_order_s']:.1f}"])
-        for key, value in t.items():
-            figures[f"{name}_{key[:-2]}_ms"] = 1000 * value
+        for device in devices:
+            t = outer_step_times(name, repeats, device)
+            rows.append([name, device, f"{1000 * t['encoder_step_s']:.1f}", f"{1000 * t['decoder_step_s']:.1f}",
+                         f"{1000 * t['decoder_step_first_order_s']:.1f}"])
+            for key, value in t.items():
+                figures[f"{name}{'' if device == 'cpu' else '_' + device}_{key[:-2]}_ms"] = 1000 * value
     one = 1000 * adapt_latency(1, adapt_repeats)
     default = 1000 * adapt_latency(None, adapt_repeats)
     figures.update({"adapt_k10_t200_1thread_ms": one, "adapt_k10_t200_default_threads_ms": default,
                     "adapt_target_ms": ADAPT_TARGET_MS})
-    header = ["system", "encoder MAML step (ms)", "decoder bi-level step (ms)", "first-order step (ms)"]
+    header = ["system", "device", "encoder MAML step (ms)", "decoder bi-level step (ms)", "first-order step (ms)"]
     body = (markdown_table(header, rows)
             + f"\n\nOnline adaptation (quadrotor config, K=10 SGD steps on the last 200 steps): "
             f"{one:.1f} ms with 1 torch thread, {default:.1f} ms with {torch.get_num_threads()} threads "

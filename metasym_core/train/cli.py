@@ -32,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of weights, sampling and DropConnect (default 0)")
     p.add_argument("--max-steps", type=int, help="stop after this many outer steps in all")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N] (default auto)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 suits small models)")
     p.set_defaults(func=_train)
 
     p = subparsers.add_parser("evaluate", help="rollout MSE before/after K-shot adaptation",
@@ -47,6 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import torch
+
     from metasym_core.config import load_config
     from metasym_core.systems.dataset import load_dataset
     from metasym_core.train import distributed
@@ -65,9 +69,14 @@ def _train(args: argparse.Namespace) -> int:
         raise MetaSymError(f"nothing to resume: {last} does not exist")
     if not args.resume and last.is_file():
         raise MetaSymError(f"{out} already holds a run; pass --resume or choose another --out")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise MetaSymError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     parallel = distributed.init_from_env()  # under torchrun: one process per rank, systems sharded
     try:
-        trainer = Trainer(cfg, train, val, out, seed=args.seed, max_steps=args.max_steps, progress=not args.quiet)
+        trainer = Trainer(cfg, train, val, out, seed=args.seed, max_steps=args.max_steps, progress=not args.quiet,
+                          device=args.device)
         if args.resume:
             trainer.resume()
         summary = trainer.run()

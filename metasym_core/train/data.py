@@ -33,7 +33,8 @@ class TrainData:
                                f"{ds.control_dim}; the config expects {model.state_dim}, {model.control_dim}")
         if len(ds) == 0:
             raise MetaSymError(f"{name} dataset is empty")
-        dtype = next(model.parameters()).dtype
+        p = next(model.parameters())
+        dtype, self.device = p.dtype, p.device
         T = ds.steps
         self.boundary = int(round(support_fraction * T))
         self.context = model.context
@@ -41,9 +42,9 @@ class TrainData:
         if self.window < 2 or self.boundary < model.context:
             raise MetaSymError(f"{name} dataset has {T} frames per system: too few for support_fraction "
                                f"{support_fraction} and context {model.context}")
-        self.states = torch.from_numpy(ds.states).to(dtype)
-        self.controls = torch.from_numpy(ds.controls).to(dtype)
-        self.h = torch.from_numpy(padded_steps(ds.times)).to(dtype).unsqueeze(-1)
+        self.states = torch.from_numpy(ds.states).to(self.device, dtype)
+        self.controls = torch.from_numpy(ds.controls).to(self.device, dtype)
+        self.h = torch.from_numpy(padded_steps(ds.times)).to(self.device, dtype).unsqueeze(-1)
         self.n = len(ds)
         self.T = T
         self._tokens: DecoderBatch | None = None
@@ -65,8 +66,8 @@ class TrainData:
     # -- encoder transitions ------------------------------------------------------------------
     def transitions(self, systems: torch.Tensor, first: torch.Tensor) -> dict[str, torch.Tensor]:
         """x, h, next `[B, window, ·]` of transitions first..first+window-1."""
-        idx = first[:, None] + torch.arange(self.window)
-        rows = systems[:, None]
+        idx = (first[:, None] + torch.arange(self.window)).to(self.device)
+        rows = systems[:, None].to(self.device)
         return {"x": self.states[rows, idx], "h": self.h[rows, idx], "next": self.states[rows, idx + 1]}
 
     # -- decoder windows ----------------------------------------------------------------------
@@ -83,7 +84,7 @@ class TrainData:
                        lead: int = 0) -> DecoderBatch:
         """Frames first-lead .. first+window (targets: `lead` context transitions, then `window`)."""
         tok = self.tokens(model)
-        idx = (first - lead)[:, None] + torch.arange(self.window + lead + 1)
-        rows = systems[:, None]
+        idx = ((first - lead)[:, None] + torch.arange(self.window + lead + 1)).to(self.device)
+        rows = systems[:, None].to(self.device)
         return DecoderBatch(tok.x[rows, idx], tok.u[rows, idx], tok.h[rows, idx], tok.e[rows, idx],
                             tok.target[rows, idx[:, :-1]])

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from metasym_core.checkpoint import load_checkpoint, save_checkpoint
 from metasym_core.config import build_model
+from metasym_core.device import resolve_device
 from metasym_core.errors import MetaSymError
 from metasym_core.io import atomic_write_text, progress_interval
 from metasym_core.meta.decoder_bilevel import adapted_query_loss, bilevel_loss
@@ -52,15 +53,21 @@ class Trainer:
         train, val: datasets of the config's system. out_dir: run folder (created).
         seed: seeds the initial weights, the window sampler and DropConnect.
         max_steps: stop after this many outer steps in all (default: both phases in full).
+        device: `auto` (CUDA when present), `cpu` or `cuda[:N]`; the model and the datasets
+            live there. Checkpoints are device-free (they load on the CPU by default).
     """
 
     def __init__(self, cfg: dict, train: SystemDataset, val: SystemDataset, out_dir: str | Path,
-                 seed: int = 0, max_steps: int | None = None, progress: bool = True) -> None:
+                 seed: int = 0, max_steps: int | None = None, progress: bool = True,
+                 device: str | torch.device = "auto") -> None:
         self.cfg = {k: v for k, v in cfg.items() if k != "_path"}
         self.tc = TrainingConfig.from_config(cfg)
         self.seed, self.progress = int(seed), progress
+        self.device = resolve_device(str(device))
+        if self.device.type != "cpu" and distributed.world()[1] > 1:
+            raise MetaSymError("several training processes run on the CPU only (gloo); pass device cpu")
         torch.manual_seed(self.seed)
-        self.model: MetaSym = build_model(cfg)
+        self.model: MetaSym = build_model(cfg).to(self.device)
         if not self.model.decoder.meta_attention:  # ablation D.3: the encoder's output is never read
             self.tc = replace(self.tc, encoder_steps=0)
         self.train_data = TrainData(train, self.model, self.tc.support_fraction, self.tc.window, "training")

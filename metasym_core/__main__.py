@@ -1,0 +1,7 @@
+"""`python -m metasym_core ...` = the `metasym` command (for machines without the console script)."""
+
+import sys
+
+from metasym_core.cli import main
+
+sys.exit(main())

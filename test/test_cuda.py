@@ -1,0 +1,87 @@
+"""The same model on CUDA: rollouts, adaptation, the online predictor and training agree
+with the CPU. These run only where a GPU is present (`tools/device_check.sh` runs them on
+one); everything else in the suite is CPU-only by design."""
+
+import numpy as np
+import pytest
+import torch
+from _models import random_model
+
+from metasym_core.bench.train import synthetic_dataset
+from metasym_core.checkpoint import load_checkpoint
+from metasym_core.config import load_config
+from metasym_core.meta.adapt import adapt
+from metasym_core.online.predictor import OnlinePredictor
+from metasym_core.train.trainer import Trainer
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+CUDA = torch.device("cuda")
+
+
+def _inputs(B=5, C=10, H=8, D=12, m=4, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    states = torch.randn(B, C, D, generator=g, dtype=dtype).cumsum(1) * 0.1
+    controls = torch.rand(B, C, m, generator=g, dtype=dtype)
+    steps = 0.01 + 0.01 * torch.rand(B, C + H, generator=g, dtype=dtype)
+    future = torch.rand(B, H, m, generator=g, dtype=dtype)
+    return states, controls, steps, future
+
+
+@pytest.mark.parametrize("meta_attention", [True, False])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-4)])
+def test_cuda_rollout_equals_cpu_reference(dtype, tol, meta_attention):
+    cpu = random_model(meta_attention=meta_attention).to(dtype)
+    gpu = random_model(meta_attention=meta_attention).to(dtype).to(CUDA)
+    states, controls, steps, future = _inputs(dtype=dtype)
+    local = {k: v.detach() * 1.1 for k, v in cpu.decoder.local_parameters().items()} or None
+    for lp in (None, local):
+        ref = cpu.rollout_reference(states, controls, steps, 8, future, local_params=lp)
+        lp_gpu = {k: v.to(CUDA) for k, v in lp.items()} if lp else None
+        out = gpu.rollout(states.to(CUDA), controls.to(CUDA), steps.to(CUDA), 8, future.to(CUDA),
+                          local_params=lp_gpu)
+        assert out.device.type == "cuda" and out.dtype == dtype
+        torch.testing.assert_close(out.cpu(), ref, rtol=tol, atol=tol)
+
+
+def test_cuda_adapt_equals_cpu():
+    cpu = random_model(state_dim=4, control_dim=1, d_model=16, context=8, scale=0.2)
+    gpu = random_model(state_dim=4, control_dim=1, d_model=16, context=8, scale=0.2).to(CUDA)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(60, 4, generator=g, dtype=torch.float64).cumsum(0) * 0.05
+    u = torch.rand(60, 1, generator=g, dtype=torch.float64)
+    a = adapt(cpu, x, u, 0.02, inner_steps=5, lr=0.05)
+    b = adapt(gpu, x.to(CUDA), u.to(CUDA), 0.02, inner_steps=5, lr=0.05)
+    assert b.loss_after == pytest.approx(a.loss_after, rel=1e-8)
+    for k, v in a.local_params.items():
+        assert b.local_params[k].device.type == "cuda"
+        torch.testing.assert_close(b.local_params[k].cpu(), v, rtol=1e-8, atol=1e-10)
+
+
+def test_cuda_online_predictor_matches_cpu():
+    cpu = random_model(state_dim=4, control_dim=2, d_model=8, context=5)
+    gpu = random_model(state_dim=4, control_dim=2, d_model=8, context=5).to(CUDA)
+    rng = np.random.default_rng(0)
+    xs, us, hs = rng.normal(size=(5, 4)), rng.uniform(size=(5, 2)), np.full(5, 0.01)
+    a, b = OnlinePredictor(cpu, 6), OnlinePredictor(gpu, 6)
+    np.testing.assert_allclose(b.predict_arrays(xs, us, hs).states, a.predict_arrays(xs, us, hs).states,
+                               rtol=1e-10, atol=1e-12)
+    cand = rng.uniform(size=(64, 6, 2))
+    np.testing.assert_allclose(b.rollout_batch(xs, us, hs, cand, 0.01)[0], a.rollout_batch(xs, us, hs, cand, 0.01)[0],
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_cuda_training_runs_and_checkpoints_load_on_cpu(tmp_path):
+    cfg = load_config("oscillator")
+    cfg["training"] = {**cfg["training"], "encoder_steps": 3, "outer_steps": 6, "eval_interval": 3,
+                       "checkpoint_interval": 3, "batch_systems": 4, "window": 12}
+    ds = synthetic_dataset(cfg["state_dim"], cfg["control_dim"], 4, 80)
+    trainer = Trainer(cfg, ds, ds, tmp_path, seed=0, progress=False, device="cuda")
+    assert next(trainer.model.parameters()).device.type == "cuda"
+    assert trainer.train_data.states.device.type == "cuda"
+    summary = trainer.run()
+    assert summary["steps"] == 9 and np.isfinite(summary["best_val_loss"])
+    model, _ = load_checkpoint(tmp_path / "final.pt")
+    assert next(model.parameters()).device.type == "cpu"
+    again = Trainer(cfg, ds, ds, tmp_path, seed=0, progress=False, device="cuda")
+    again.resume()
+    assert again.step == 9
