@@ -16,6 +16,9 @@ from metasym_core.models.metasym import MetaSym
 
 FORMAT = "metasym-checkpoint"
 VERSION = 1
+#: buffers added after format version 1 was fixed: a checkpoint without them loads them as zeros
+#: (`encoder.shift`: a zero shift is the uncentred encoder those checkpoints were trained with)
+OPTIONAL_ZERO_BUFFERS = ("encoder.shift",)
 
 
 def save_checkpoint(path: str | os.PathLike, model: MetaSym, extra: dict | None = None) -> Path:
@@ -54,8 +57,11 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         model = MetaSym.from_config(payload["config"])
     except (KeyError, TypeError) as exc:
         raise MetaSymError(f"checkpoint {path} has a bad model config: {exc}") from None
-    state = payload["state_dict"]
+    state = dict(payload["state_dict"])
     own = model.state_dict()
+    for name in OPTIONAL_ZERO_BUFFERS:
+        if name in own and name not in state:
+            state[name] = torch.zeros_like(own[name])
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:

@@ -69,3 +69,21 @@ def test_data_section_of_the_configs():
                             ({"seed": 1}, "unknown data keys"), ("flight", "must be a mapping")):
         with pytest.raises(MetaSymError, match=needle):
             data_options({"data": section, "_path": "x.yaml"})
+
+
+def test_checkpoint_without_encoder_shift_loads_as_uncentred(tmp_path, model64):
+    """Checkpoints written before the encoder's centring buffer existed load with a zero shift,
+    i.e. the uncentred encoder they were trained with; a saved non-zero shift round-trips."""
+    with torch.no_grad():
+        model64.encoder.shift.copy_(torch.linspace(-2.0, 3.0, 12, dtype=torch.float64))
+    path = save_checkpoint(tmp_path / "m.pt", model64)
+    assert torch.equal(load_checkpoint(path)[0].encoder.shift, model64.encoder.shift)
+    payload = read_checkpoint(path)
+    del payload["state_dict"]["encoder.shift"]
+    torch.save(payload, tmp_path / "old.pt")
+    old = load_checkpoint(tmp_path / "old.pt")[0]
+    assert old.encoder.shift.dtype == torch.float64 and not old.encoder.shift.any()
+    x = torch.randn(3, 12, dtype=torch.float64)
+    with torch.no_grad():
+        model64.encoder.shift.zero_()
+        assert torch.equal(old.encoder(x, 0.1), model64.encoder(x, 0.1))

@@ -71,6 +71,56 @@ def test_encoder_maml_loss_decreases_and_stays_symplectic():
     assert torch.allclose(enc.inverse(enc(y, 0.05), 0.05), y, atol=1e-12)
 
 
+def test_encoder_maml_trains_on_a_10x10_spring_mesh(monkeypatch):
+    """Issue 7: at 10x10, positions ~9 grid units and increment stds down to 4e-5 (short runs, next to
+    the fixed row) made the encoder's support loss so stiff that MAML diverged on its first step.
+    Centred (`SymplecticEncoder.shift` = the state mean), with the error unit floored
+    (`encoder_maml.loss_scale`) and the config's rates, the inner loop lowers the loss and outer
+    steps on one batch lower it further; without either fix the first step blows up."""
+    from metasym_core.meta import encoder_maml
+    from metasym_core.train.config import TrainingConfig
+    cfg = load_config("spring_mesh")
+    tc = TrainingConfig.from_config(cfg)
+    cfg["model"]["decoder"]["d_model"] = 8  # the decoder plays no part here
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    ds = SystemDataset.from_arrays(generate(make_family("spring_mesh", grid=10), "train", systems=3, steps=60,
+                                            seed=0, workers=1, progress=False))
+    data = TrainData(ds, model, 0.5, 16, "training")
+    model.set_normalization(data.states, data.controls, data.h)
+    assert float(model.encoder.shift.abs().max()) > 8.0  # positions of a 10x10 mesh: up to 9 units
+    systems, s0, q0 = data.sample_offsets(3, torch.Generator().manual_seed(0))
+    support, query = data.transitions(systems, s0), data.transitions(systems, q0)
+
+    def loss(inner_steps: int = tc.encoder_inner_steps) -> torch.Tensor:
+        return maml_loss(model.encoder, support, query, model.delta_std, inner_steps, tc.encoder_inner_lr)
+
+    model.train()
+    with torch.no_grad():
+        shift = model.encoder.shift.clone()
+        model.encoder.shift.zero_()
+        uncentred = float(loss())
+        model.encoder.shift.copy_(shift)
+        monkeypatch.setattr(encoder_maml, "SCALE_FLOOR", 0.0)
+        unfloored = float(loss())
+        monkeypatch.undo()
+        unadapted = float(loss(0))
+    opt = torch.optim.Adam(model.encoder.parameters(), tc.encoder_lr)
+    losses = []
+    for _ in range(12):
+        value = loss()
+        opt.zero_grad()
+        value.backward()
+        torch.nn.utils.clip_grad_norm_(model.encoder.parameters(), tc.grad_clip)
+        opt.step()
+        losses.append(float(value.detach()))
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[0] < 0.8 * unadapted  # the 3 inner SGD steps descend
+    assert losses[-1] < 0.3 * losses[0]  # and the outer steps fit the batch
+    for bad in (uncentred, unfloored):  # inf / nan, or at least 100x the fixed loss
+        assert not bad < 100 * losses[0]
+
+
 def _toy_batches(model, systems=3, T=24, seed=0):
     g = torch.Generator().manual_seed(seed)
     D, m = model.state_dim, model.control_dim

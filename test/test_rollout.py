@@ -12,8 +12,13 @@ META = pytest.mark.parametrize("meta", [True, False], ids=["meta-attention", "no
 
 
 def _model(meta: bool = True, **kwargs):
-    """`random_model`, or the same without meta-attention (ablation D.3)."""
-    return random_model(meta_attention=meta, **kwargs)
+    """`random_model`, or the same without meta-attention (ablation D.3), with a non-zero encoder
+    centring shift (every rollout path must honour it)."""
+    model = random_model(meta_attention=meta, **kwargs)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(7)
+        model.encoder.shift.copy_(torch.randn(model.state_dim, generator=g, dtype=torch.float64))
+    return model
 
 
 def _data(B=4, T=10, D=12, m=4, dtype=torch.float64, seed=0):
@@ -172,7 +177,7 @@ def test_numpy_path_equals_reference(monkeypatch, layers, T, B, meta):
 @pytest.mark.parametrize("activation", ["sigmoid", "tanh", "elu"])
 def test_numpy_path_held_controls_local_params_and_activations(monkeypatch, activation):
     calls = _spy(monkeypatch)
-    model = random_model(layers=2, context=6)
+    model = _model(layers=2, context=6)
     model.encoder.activation = activation
     local = {k: v.detach() * 0.7 + 0.1 for k, v in model.decoder.local_parameters().items()}
     x, u = _data(B=1, T=8)
@@ -220,7 +225,11 @@ def test_numpy_path_refolds_after_changes(monkeypatch):
         model.state_mean.add_(0.3)  # normalisation buffers count too
         shifted = model.rollout(x, u, 0.01, 10)
         assert (shifted - model.rollout_reference(x, u, 0.01, 10)).abs().max() < 1e-10
-    assert all(calls) and len(calls) == 5
+        model.encoder.shift.add_(0.5)  # ... and the encoder's centring
+        centred = model.rollout(x, u, 0.01, 10)
+        assert (centred - shifted).abs().max() > 1e-6
+        assert (centred - model.rollout_reference(x, u, 0.01, 10)).abs().max() < 1e-10
+    assert all(calls) and len(calls) == 6
 
 
 def test_gradients_flow_through_rollout_on_the_torch_path(monkeypatch):

@@ -4,6 +4,13 @@ Every sublayer is a shear `p += h·f(q)` or `q += h·f(p)` with `f` the gradient
 a scalar (a symmetric linear map or an elementwise activation), so the whole map
 is exactly symplectic for any weights, and exactly invertible: undo the shears in
 reverse order, i.e. evaluate the reversed stack at `-h`.
+
+The stack runs in coordinates centred on a fixed `shift` c (a buffer, the training
+data's state mean; zeros until `MetaSym.set_normalization` sets it):
+`Φ(x) = Φ₀(x - c) + c`. A translation is symplectic, so this changes neither
+property, but the shears see O(1) inputs whatever the data's offset: uncentred
+10×10 spring-mesh positions (~9 grid units) made the curvature of the encoder
+loss ~1e3× larger and MAML diverged on its first step (docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ class SymplecticEncoder(nn.Module):
         self.S = nn.Parameter(torch.randn(layers, sublayers, d, d) * 0.01)
         self.bias = nn.Parameter(torch.zeros(layers, 2, d))
         self.a = nn.Parameter(torch.randn(max(layers - 1, 0), d) * 0.01)
+        self.register_buffer("shift", torch.zeros(dim))
 
     def config(self) -> dict:
         """Constructor arguments, for checkpoints."""
@@ -78,7 +86,7 @@ class SymplecticEncoder(nn.Module):
         h = self._check(x, h)
         A, a = self._weights()
         sig = ACTIVATIONS[self.activation]
-        q, p = x.chunk(2, dim=-1)
+        q, p = (x - self.shift).chunk(2, dim=-1)
         for layer in range(self.layers):
             for k in range(self.sublayers):
                 if k % 2 == 0:
@@ -92,14 +100,14 @@ class SymplecticEncoder(nn.Module):
                     p = p + h * a[layer] * sig(q)
                 else:
                     q = q + h * a[layer] * sig(p)
-        return torch.cat([q, p], dim=-1)
+        return torch.cat([q, p], dim=-1) + self.shift
 
     def inverse(self, y: torch.Tensor, h: float | torch.Tensor) -> torch.Tensor:
         """Exact inverse of `forward(·, h)`: the shears undone in reverse order."""
         h = self._check(y, h)
         A, a = self._weights()
         sig = ACTIVATIONS[self.activation]
-        q, p = y.chunk(2, dim=-1)
+        q, p = (y - self.shift).chunk(2, dim=-1)
         for layer in reversed(range(self.layers)):
             if layer < self.layers - 1:
                 if layer % 2 == 0:
@@ -113,4 +121,4 @@ class SymplecticEncoder(nn.Module):
                     p = p - h * (q @ A[layer, k])
                 else:
                     q = q - h * (p @ A[layer, k])
-        return torch.cat([q, p], dim=-1)
+        return torch.cat([q, p], dim=-1) + self.shift

@@ -140,7 +140,7 @@ class Fold:
         # encoder pieces (eval mode: no DropConnect)
         S = _np(enc.S)
         self.enc_A = S + np.swapaxes(S, -1, -2)
-        self.enc_bias, self.enc_a = _np(enc.bias), _np(enc.a)
+        self.enc_bias, self.enc_a, self.enc_shift = _np(enc.bias), _np(enc.a), _np(enc.shift)
         self.act = _ACT[enc.activation]
         # head indicator maps: queries to block-diagonal [d, H], values through the output projection
         head_of = np.arange(d) // dh
@@ -235,7 +235,8 @@ class Fold:
         """Tables for the step sizes `steps [N]` (cached per value).
 
         The encoder state is tracked as `y = x Mx + c + Σ_j t_j R_j` where
-        `t_j = f(γ pre_j)` is the j-th activation term. Each table holds
+        `t_j = f(γ pre_j)` is the j-th activation term (`c` starts at `-shift`, and
+        the output adds `shift` back: the encoder's centring). Each table holds
         `W = [tok_x | pre_0 | pre_1 | ... | kv]` (x's coefficients), the constants `b`
         and for each term the contributions `R_j` of `t_j` to the later columns.
         """
@@ -256,7 +257,7 @@ class Fold:
         h = hs[:, None, None]
         halves = (slice(0, n), slice(n, D))
         Mx = np.repeat(np.eye(D)[None], N, axis=0)
-        c = np.zeros((N, 1, D))
+        c = np.repeat(-self.enc_shift[None, None], N, axis=0)  # the stack starts from x - shift
         Rs: list[np.ndarray] = []
         pres = []  # per term: (x coefficients, constants, contributions of earlier terms)
         layers, sublayers = self.enc_A.shape[:2]
@@ -275,7 +276,7 @@ class Fold:
                 Rs.append(R)
         tok = np.broadcast_to(self.tok_x, (N, D, self.d))
         W = np.concatenate([tok] + [p[0] for p in pres] + [Mx @ self.enc_E], axis=2)
-        b = np.concatenate([p[1] for p in pres] + [c @ self.enc_E + self.enc_eb], axis=2)[:, 0]
+        b = np.concatenate([p[1] for p in pres] + [(c + self.enc_shift) @ self.enc_E + self.enc_eb], axis=2)[:, 0]
         R = [np.concatenate([pres[jj][2][j] for jj in range(j + 1, len(pres))] + [Rs[j] @ self.enc_E], axis=2)
              for j in range(len(Rs))]
         return [_EncoderTable(np.ascontiguousarray(W[i]), b[i].copy(), [np.ascontiguousarray(r[i]) for r in R])

@@ -52,8 +52,11 @@ class MetaSym(nn.Module):
         return cls(SymplecticEncoder(**config["encoder"]), ActiveDecoder(**config["decoder"]))
 
     def set_normalization(self, states: torch.Tensor, controls: torch.Tensor, steps: torch.Tensor) -> None:
-        """Fit the normalisation buffers to training data `[B, T, ·]` (steps `[B, T]` or `[B, T, 1]`)."""
+        """Fit the normalisation buffers to training data `[B, T, ·]` (steps `[B, T]` or `[B, T, 1]`),
+        and centre the encoder on the state mean (`SymplecticEncoder.shift`)."""
         fit_normalization(self, states, controls, steps, self.state_dim, self.control_dim)
+        with torch.no_grad():
+            self.encoder.shift.copy_(self.state_mean)
 
     # -- pieces ------------------------------------------------------------------------------------
     def _norm(self, name: str, x: torch.Tensor) -> torch.Tensor:

@@ -95,6 +95,7 @@ class StreamingPlan:
         A, a = enc._weights()
         self.enc_layers = [[A[layer, k] for k in range(enc.sublayers)] for layer in range(enc.layers)]
         self.enc_bias, self.enc_a, self.enc_act = enc.bias, a, ACTIVATIONS[enc.activation]
+        self.enc_shift = enc.shift
         # ControlNet with the normalisation folded in; the (u, h) part of every future token precomputed
         mean = torch.cat([model.state_mean, model.control_mean, model.step_mean])
         std = torch.cat([model.state_std, model.control_std, model.step_std])
@@ -144,7 +145,8 @@ class StreamingPlan:
         return bias.masked_fill(((t - dist) < prefix).unsqueeze(-1), float("-inf"))
 
     def encode(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """`SymplecticEncoder.forward` on `[B, D]` with per-row steps `h [B, 1]`."""
+        """`SymplecticEncoder.forward` on `[B, D]` with per-row steps `h [B, 1]` (centred on its shift)."""
+        x = x - self.enc_shift
         q, p = x[:, :self.half], x[:, self.half:]
         last = len(self.enc_layers) - 1
         for layer, shears in enumerate(self.enc_layers):
@@ -160,7 +162,7 @@ class StreamingPlan:
                     p = torch.addcmul(p, h * self.enc_a[layer], self.enc_act(q))
                 else:
                     q = torch.addcmul(q, h * self.enc_a[layer], self.enc_act(p))
-        return torch.cat([q, p], dim=-1)
+        return torch.cat([q, p], dim=-1) + self.enc_shift
 
     def step(self, x: torch.Tensor, h: torch.Tensor, k: int, position: int,
              rings: list[torch.Tensor]) -> torch.Tensor:
