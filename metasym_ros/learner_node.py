@@ -22,7 +22,7 @@ Parameters (declared up front, validated; see `ros: learner:` in config/<system>
                 and reused)
   train_dir     run folders `<train_dir>/run001`, `run002`, ... (default runs/learner/<system>)
   train_steps   most outer steps of one training (0: the config's whole schedule); training
-                runs on the CPU, like `metasym train`
+                runs on `device`, like `metasym train --device`
 
 Topics (QoS in metasym_ros.qos):
   sub ``metasym/state`` (SystemState): buffered (the same validation as the predictor)
@@ -378,7 +378,8 @@ class LearnerNode(Node):
                 if datasets is None:
                     self._log_late("meta-training stopped while generating data")
                     return
-                trainer = Trainer(self._cfg, *datasets, folder, max_steps=self.train_steps or None, progress=False)
+                trainer = Trainer(self._cfg, *datasets, folder, max_steps=self.train_steps or None, progress=False,
+                                  device=self._device)
                 if kind == "resume":
                     try:
                         trainer.resume()
