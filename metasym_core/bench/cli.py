@@ -18,7 +18,7 @@ def _rollout(args: argparse.Namespace) -> int:
     from metasym_core.bench.rollout import run_rollout_bench
 
     figures = run_rollout_bench(args.config, horizon=args.horizon, repeats=args.repeats, big_batch=args.batch,
-                                doc=args.doc)
+                                doc=args.doc, device=args.device)
     if args.json:
         print_json(figures)
     return 0
@@ -71,6 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--horizon", type=int, default=30)
     p.add_argument("--repeats", type=int, default=200, help="timed B=1 calls (B=1024 uses 1/20 of it)")
     p.add_argument("--batch", type=int, default=1024, help="the large batch size")
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA rows too when a GPU is present), cpu, or cuda[:N] (default auto)")
     common(p)
     p.set_defaults(func=_rollout)
 

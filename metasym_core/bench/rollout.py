@@ -4,13 +4,15 @@ implementation), all measured in the same run on the same model.
 
 Rows: `metasym` is `MetaSym.rollout` as users call it (small CPU batches without
 autograd take the NumPy path, `models/fastpath.py`); `torch-streaming` forces the
-torch streaming path (`models/streaming.py`); `baseline` is the plain loop.
+torch streaming path (`models/streaming.py`); `baseline` is the plain loop;
+`metasym-cuda` is `MetaSym.rollout` of the same model on the GPU (when one is used).
 B=1 is the latency of one predictor call; B=1024 the throughput of a sampling
 MPC scoring 1024 candidate control sequences at once.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections.abc import Callable
@@ -20,6 +22,7 @@ import torch
 
 from metasym_core.bench.report import DEFAULT_DOC, markdown_table, text_table, update_section
 from metasym_core.config import build_model, load_config
+from metasym_core.device import resolve_device
 from metasym_core.errors import MetaSymError
 from metasym_core.models import MetaSym, fastpath
 
@@ -60,12 +63,38 @@ def _timings(fn: Callable[[], object], repeats: int, warmup: int = 3) -> np.ndar
     return out
 
 
+def _cuda_rows(model: MetaSym, device: torch.device, cases: dict, horizon: int, repeats: int,
+               figures: dict[str, float], rows: list) -> None:
+    """`metasym-cuda` rows: the same model and inputs on `device`, checked against the CPU, synchronised timings."""
+    gpu = copy.deepcopy(model).to(device)
+    for B, (args, ref) in cases.items():
+        dev_args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
+        with torch.inference_mode():
+            out = gpu.rollout(*dev_args)
+            if not torch.allclose(out.cpu(), ref, atol=1e-4, rtol=1e-4):
+                raise MetaSymError(f"the {device} rollout disagrees with the naive loop; refusing to time it")
+
+            def call(a=dev_args):
+                gpu.rollout(*a)
+                torch.cuda.synchronize(device)
+
+            t = _timings(call, repeats if B == 1 else max(5, repeats // 20))
+        p50, p99 = np.percentile(t, 50) * 1e3, np.percentile(t, 99) * 1e3
+        if B == 1:
+            figures.update({"cuda_b1_p50_ms": round(p50, 3), "cuda_b1_p99_ms": round(p99, 3)})
+        else:
+            figures[f"cuda_b{B}_steps_per_s"] = round(B * horizon / np.median(t), 1)
+        rows.append(["metasym-cuda", B, f"{p50:.2f}", f"{p99:.2f}", f"{B * horizon / np.median(t):,.0f}"])
+
+
 def run_rollout_bench(config: str = "quadrotor", horizon: int = 30, repeats: int = 200, big_batch: int = 1024,
                       doc=DEFAULT_DOC, command: str = "metasym bench rollout",
-                      seed: int = 0) -> dict[str, float]:
-    """Measure B=1 latency and B=`big_batch` throughput for the config's model sizes."""
+                      seed: int = 0, device: str = "auto") -> dict[str, float]:
+    """Measure B=1 latency and B=`big_batch` throughput for the config's model sizes (on the CPU, and
+    also on CUDA when `device` resolves to it: `auto` with a GPU present, or `cuda[:N]`)."""
     if horizon < 1 or repeats < 1 or big_batch < 1:
         raise MetaSymError("horizon, repeats and batch must be positive")
+    gpu = resolve_device(device)
     cfg = load_config(config)
     torch.manual_seed(seed)
     model = build_model(cfg).eval()
@@ -79,6 +108,7 @@ def run_rollout_bench(config: str = "quadrotor", horizon: int = 30, repeats: int
     figures: dict[str, float] = {}
     rows = []
     paths: dict[int, str] = {}
+    cases: dict[int, tuple] = {}
     for B in (1, big_batch):
         g = torch.Generator().manual_seed(seed)
         x = torch.randn(B, c, D, generator=g)
@@ -91,6 +121,7 @@ def run_rollout_bench(config: str = "quadrotor", horizon: int = 30, repeats: int
             checked = model._rollout_args(x, u, 0.01, horizon, fu, None)
             paths[B] = "NumPy" if fastpath.try_rollout(model, *checked, horizon, None) is not None else "torch"
         ref = naive_rollout(model, x, u, 0.01, horizon, fu)
+        cases[B] = ((x, u, 0.01, horizon, fu), ref)
         for name, out in (("rollout", fast), ("torch streaming rollout", stream)):
             if not torch.allclose(out, ref, atol=1e-4, rtol=1e-4):
                 raise MetaSymError(f"{name} disagrees with the naive loop; refusing to time it")
@@ -116,6 +147,8 @@ def run_rollout_bench(config: str = "quadrotor", horizon: int = 30, repeats: int
                     figures[f"{key}b{B}_steps_per_s"] = round(B * horizon / np.median(t), 1)
                 rows.append([name, B, f"{p50:.2f}", f"{p99:.2f}", f"{B * horizon / np.median(t):,.0f}"])
         torch.set_num_threads(threads)
+    if gpu.type == "cuda":
+        _cuda_rows(model, gpu, cases, horizon, repeats, figures, rows)
     if big_batch == 1024:
         figures.update(TARGETS)
     header = ["rollout", "batch", "p50 ms", "p99 ms", "model-steps/s"]
@@ -123,7 +156,8 @@ def run_rollout_bench(config: str = "quadrotor", horizon: int = 30, repeats: int
     load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     params = sum(p.numel() for p in model.parameters())
     body = (f"{cfg['system']} sizes (state {D}, control {m}, context {c}, {params} parameters), horizon "
-            f"{horizon}, float32 on CPU; B=1 with 1 intra-op thread, B={big_batch} with {threads} "
+            f"{horizon}, float32 on CPU{' and ' + torch.cuda.get_device_name(gpu) if gpu.type == 'cuda' else ''}; "
+            f"B=1 with 1 intra-op thread, B={big_batch} with {threads} "
             f"(`metasym-1thread`: with 1). "
             f"`metasym` is `MetaSym.rollout` (batches ≤ {fastpath.MAX_BATCH} without autograd run the NumPy "
             f"path, larger ones the torch streaming path), `torch-streaming` forces the torch path, "

@@ -32,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of weights, sampling and DropConnect (default 0)")
     p.add_argument("--max-steps", type=int, help="stop after this many outer steps in all")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N] (default auto)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default: faster for the configs' small models), cuda[:N] or auto (CUDA when present)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 suits small models)")
     p.set_defaults(func=_train)
 

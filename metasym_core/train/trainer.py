@@ -53,13 +53,15 @@ class Trainer:
         train, val: datasets of the config's system. out_dir: run folder (created).
         seed: seeds the initial weights, the window sampler and DropConnect.
         max_steps: stop after this many outer steps in all (default: both phases in full).
-        device: `auto` (CUDA when present), `cpu` or `cuda[:N]`; the model and the datasets
-            live there. Checkpoints are device-free (they load on the CPU by default).
+        device: `cpu` (default), `cuda[:N]` or `auto` (CUDA when present); the model and the
+            datasets live there. The default is the CPU because the configs' models are small
+            enough that CUDA kernel launches dominate (an H200 took 1.2-1.5x longer per decoder
+            step than the CPU; docs/benchmarks.md, "GPU"). Checkpoints are device-free.
     """
 
     def __init__(self, cfg: dict, train: SystemDataset, val: SystemDataset, out_dir: str | Path,
                  seed: int = 0, max_steps: int | None = None, progress: bool = True,
-                 device: str | torch.device = "auto") -> None:
+                 device: str | torch.device = "cpu") -> None:
         self.cfg = {k: v for k, v in cfg.items() if k != "_path"}
         self.tc = TrainingConfig.from_config(cfg)
         self.seed, self.progress = int(seed), progress
