@@ -85,3 +85,31 @@ def test_cuda_training_runs_and_checkpoints_load_on_cpu(tmp_path):
     again = Trainer(cfg, ds, ds, tmp_path, seed=0, progress=False, device="cuda")
     again.resume()
     assert again.step == 9
+
+
+def test_cuda_rollouts_replay_a_captured_graph_that_tracks_inputs_weights_and_local_params():
+    from metasym_core.models import cudagraph
+
+    cudagraph.clear()
+    cpu = random_model()
+    gpu = random_model().to(CUDA)
+    local = {k: v.detach() * 0.9 for k, v in cpu.decoder.local_parameters().items()}
+    for seed in (0, 1):  # the second call replays the graph with new inputs
+        states, controls, steps, future = _inputs(seed=seed)
+        for lp in (None, local):
+            ref = cpu.rollout_reference(states, controls, steps, 8, future, local_params=lp)
+            lp_gpu = {k: v.to(CUDA) for k, v in lp.items()} if lp else None
+            with torch.inference_mode():
+                out = gpu.rollout(states.to(CUDA), controls.to(CUDA), steps.to(CUDA), 8, future.to(CUDA),
+                                  local_params=lp_gpu)
+            torch.testing.assert_close(out.cpu(), ref, rtol=1e-10, atol=1e-10)
+    assert len(cudagraph._graphs) == 2 and all(g is not None for g in cudagraph._graphs.values())
+    with torch.no_grad():  # an in-place weight update is seen by the replay
+        for a, b in zip(cpu.parameters(), gpu.parameters(), strict=True):
+            a.mul_(1.05)
+            b.mul_(1.05)
+    ref = cpu.rollout_reference(states, controls, steps, 8, future)
+    with torch.inference_mode():
+        out = gpu.rollout(states.to(CUDA), controls.to(CUDA), steps.to(CUDA), 8, future.to(CUDA))
+    torch.testing.assert_close(out.cpu(), ref, rtol=1e-10, atol=1e-10)
+    assert len(cudagraph._graphs) == 2  # same layout: no new capture

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from metasym_core.errors import MetaSymError
-from metasym_core.models import fastpath
+from metasym_core.models import cudagraph, fastpath
 from metasym_core.models.decoder import ActiveDecoder
 from metasym_core.models.encoder import SymplecticEncoder
 from metasym_core.models.normalization import fit_normalization, normalize, register_normalization
@@ -127,6 +127,10 @@ class MetaSym(nn.Module):
         fast = fastpath.try_rollout(self, states, controls, h, future, horizon, local_params)
         if fast is not None:
             return fast
+        # CUDA without autograd: replay a captured graph (kernel launches dominate these small models)
+        graphed = cudagraph.rollout(self, states, controls, h, future, horizon, local_params)
+        if graphed is not None:
+            return graphed
         return self._rollout_cached(states, controls, h, future, horizon, local_params)
 
     def _rollout_cached(self, states, controls, h, future, horizon, local_params, shift: bool | None = None
