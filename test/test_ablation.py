@@ -22,13 +22,7 @@ from metasym_core.train.data import TrainData
 from metasym_core.train.evaluate import evaluate
 from metasym_core.train.trainer import Trainer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: 1 thread (conftest)
 
 
 def _cfg(**training) -> dict:

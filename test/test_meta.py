@@ -15,13 +15,7 @@ from metasym_core.train.data import TrainData
 from metasym_core.train.evaluate import evaluate
 from metasym_core.train.trainer import Trainer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: one thread is faster for these small models
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: 1 thread (conftest)
 
 
 def _data(split: str, systems: int, seed: int) -> SystemDataset:

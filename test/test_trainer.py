@@ -19,12 +19,7 @@ TINY = {"encoder_steps": 4, "outer_steps": 5, "inner_steps": 2, "batch_systems":
         "checkpoint_interval": 3, "eval_interval": 2, "patience": 50}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: 1 thread (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -312,10 +312,14 @@ def run_system(system: str, sizes: Sizes, out: Path, quick: bool, seed: int = 0,
     latency_args = _latency_args(ood, c)
     meta_ms = rollout_latency_ms(lambda: model.rollout(*latency_args))
     train_s = time.perf_counter() - t0
-    for key, pred in (("metasym", after), ("metasym_unadapted", before)):
-        errs, preds = rollout_errors(pred, ood, sizes.shots, sizes.horizon, c)
-        results["models"][key] = {"errors": errs, "preds": preds, "params": n_meta, "latency_ms": meta_ms,
-                                  "train_s": train_s}
+
+    def score(predictors: dict, train_s: float) -> None:
+        for key, pred in predictors.items():
+            errs, preds = rollout_errors(pred, ood, sizes.shots, sizes.horizon, c)
+            results["models"][key] = {"errors": errs, "preds": preds, "params": n_meta, "latency_ms": meta_ms,
+                                      "train_s": train_s}
+
+    score({"metasym": after, "metasym_unadapted": before}, train_s)
     if ablate_meta:
         t0 = time.perf_counter()
         pooled_cfg = copy.deepcopy(cfg)
@@ -323,11 +327,7 @@ def run_system(system: str, sizes: Sizes, out: Path, quick: bool, seed: int = 0,
         log(f"[table1] {system}: training MetaSym without meta-learning (ablation)")
         pooled, ptc = _train_metasym(pooled_cfg, data, sizes, out / system / "metasym_nometa", seed)
         pooled_before, pooled_after = _metasym_predictors(pooled, ood, sizes.shots, ptc)
-        train_s = time.perf_counter() - t0
-        for key, pred in (("metasym_nometa", pooled_after), ("metasym_nometa_unadapted", pooled_before)):
-            errs, preds = rollout_errors(pred, ood, sizes.shots, sizes.horizon, c)
-            results["models"][key] = {"errors": errs, "preds": preds, "params": n_meta, "latency_ms": meta_ms,
-                                      "train_s": train_s}
+        score({"metasym_nometa": pooled_after, "metasym_nometa_unadapted": pooled_before}, time.perf_counter() - t0)
     if ablate_attention:
         t0 = time.perf_counter()
         d3_cfg = copy.deepcopy(cfg)
