@@ -70,3 +70,18 @@ def test_table1_reports_a_failed_system_and_goes_on(tmp_path, monkeypatch):
     failed = json.loads((tmp_path / "table1.json").read_text())["failed"]
     assert failed == {"quadrotor": "training loss is inf at step 0"}
     assert "quadrotor: **failed**" in doc.read_text()
+
+
+def test_table1_quick_conservative_spring_mesh_reports_energy(tmp_path, capsys):
+    """Ablation D.1: the undamped mesh, with the energy of every model's rollouts (figures and plot)."""
+    out, doc = tmp_path / "t1", tmp_path / "benchmarks.md"
+    assert main(["bench", "table1", "--system", "spring_mesh", "--quick", "--conservative", "--out", str(out),
+                 "--doc", str(doc), "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    energy = {k: v for k, v in figures.items() if k.endswith("_energy_rel_err_last_step")}
+    for model in ("metasym", "transformer", "dhnn", "mlp"):
+        assert math.isfinite(energy[f"spring_mesh_conservative_{model}_energy_rel_err_last_step"])
+    assert energy["spring_mesh_conservative_hold_last_energy_rel_err_last_step"] < 1e-3  # conserved truth
+    png = (out / "table1_spring_mesh_conservative.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "energy at the last rollout step" in doc.read_text()

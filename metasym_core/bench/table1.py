@@ -34,6 +34,7 @@ import torch
 
 from metasym_core.baselines import applicable_baselines, make_baseline, train_baseline
 from metasym_core.baselines.evaluate import rollout_errors, rollout_latency_ms, summary
+from metasym_core.bench.energy import energy_curves, energy_errors
 from metasym_core.bench.report import DEFAULT_DOC, markdown_table, text_table, update_section
 from metasym_core.checkpoint import load_checkpoint
 from metasym_core.config import load_config
@@ -95,7 +96,8 @@ PAPER_SPRING_MESH = Sizes({"train": 25, "val": 4, "ood": 10}, 2000, 500, 200, 90
 
 
 # -- data ------------------------------------------------------------------------------------------
-def _datasets(system: str, sizes: Sizes, folder: Path, quick: bool, log) -> dict[str, SystemDataset]:
+def _datasets(system: str, sizes: Sizes, folder: Path, quick: bool, log) -> tuple[dict[str, SystemDataset], ...]:
+    """(train / val / ood datasets without constant coordinates, the same with every coordinate)."""
     family = make_family(system, **sizes.family)
     folder.mkdir(parents=True, exist_ok=True)
     tag = "_".join(f"{k}{v}" for k, v in sorted(sizes.family.items()))
@@ -107,7 +109,7 @@ def _datasets(system: str, sizes: Sizes, folder: Path, quick: bool, log) -> dict
             save_dataset(generate(family, split, sizes.systems[name], sizes.steps, seed=seed,
                                   workers=1 if quick else None, progress=False), path)
         out[name] = load_dataset(path)
-    return drop_constant_coordinates(out)
+    return drop_constant_coordinates(out), out
 
 
 def drop_constant_coordinates(data: dict[str, SystemDataset]) -> dict[str, SystemDataset]:
@@ -299,7 +301,7 @@ def run_system(system: str, sizes: Sizes, out: Path, quick: bool, seed: int = 0,
     no-op); it has no φ, so its adapted score is its unadapted one. Its parameter count is
     the decoder's (the encoder is not used).
     """
-    data = _datasets(system, sizes, out / "data", quick, log)
+    data, full = _datasets(system, sizes, out / "data", quick, log)
     ood = data["ood"]
     cfg = system_config(system, sizes, ood)
     t0 = time.perf_counter()
@@ -358,6 +360,10 @@ def run_system(system: str, sizes: Sizes, out: Path, quick: bool, seed: int = 0,
                                    "latency_ms": rollout_latency_ms(lambda bl=bl: bl.rollout(*latency_args)),
                                    "train_s": time.perf_counter() - t0, "sizes": opts,
                                    "train_steps": len(history)}
+    if system == "spring_mesh":  # energy vs time (ablation D.1 on the undamped mesh)
+        results["energy"] = energy_curves(make_family(system, **sizes.family), full["ood"],
+                                          {k: r["preds"] for k, r in results["models"].items()}, sizes.shots,
+                                          sizes.horizon)
     results["symplectic_error"] = symplectic_error(model.encoder, ood)
     results["decoder_eps"] = decoder_bound(model, ood)
     signal = quantum_mean_signal(ood) if system == "quantum" else None
@@ -393,6 +399,9 @@ def system_figures(system: str, res: dict) -> dict[str, float]:
         fig[f"{system}_{key}_train_s"] = r["train_s"]
         if "signal_mse" in r:
             fig[f"{system}_{key}_ood_mse_vs_mean_signal"] = r["signal_mse"]["mean"]
+    if "energy" in res:
+        for key, value in energy_errors(res["energy"]).items():
+            fig[f"{system}_{key}_energy_rel_err_last_step"] = value
     meta = fig[f"{system}_metasym_ood_mse"]
     for key in res["models"]:
         if key != "metasym":
@@ -435,18 +444,28 @@ def _plot(path: Path, system: str, res: dict, sizes: Sizes) -> None:
     truth = res["truth"][0]
     D = truth.shape[-1]
     dims = [0, D // 2] if D > 1 else [0]
-    fig, axes = plt.subplots(1, len(dims) + 1, figsize=(5 * (len(dims) + 1), 4))
+    energy = res.get("energy")
+    panels = len(dims) + 1 + (energy is not None)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4))
     t = np.arange(sizes.horizon)
-    for ax, d in zip(axes[:-1], dims, strict=True):
+    for ax, d in zip(axes[:len(dims)], dims, strict=True):
         ax.plot(t, truth[:, d], "k-", lw=2, label="ground truth")
         for n, (key, r) in enumerate(res["models"].items()):
             ax.plot(t, r["preds"][0, :, d], f"C{n}--", label=_LABELS.get(key, key))
         ax.set(title=f"{system}: OOD system 0, state dim {d}", xlabel="rollout step")
     axes[0].legend(fontsize=7)
+    err_ax = axes[len(dims)]
     for n, (key, r) in enumerate(res["models"].items()):
-        axes[-1].semilogy(t + 1, r["errors"].mean(0), f"C{n}-", label=_LABELS.get(key, key))
-    axes[-1].set(title="MSE vs horizon (mean over OOD systems)", xlabel="rollout step", ylabel="MSE (data units)")
-    axes[-1].legend(fontsize=7)
+        err_ax.semilogy(t + 1, r["errors"].mean(0), f"C{n}-", label=_LABELS.get(key, key))
+    err_ax.set(title="MSE vs horizon (mean over OOD systems)", xlabel="rollout step", ylabel="MSE (data units)")
+    err_ax.legend(fontsize=7)
+    if energy is not None:
+        e0 = energy["truth"][0, 0]
+        axes[-1].plot(t, energy["truth"][0] / e0, "k-", lw=2, label="ground truth")
+        for n, key in enumerate(res["models"]):
+            axes[-1].plot(t, energy[key][0] / e0, f"C{n}--", label=_LABELS.get(key, key))
+        axes[-1].set(title=f"{system}: energy vs time, OOD system 0", xlabel="rollout step",
+                     ylabel="energy / true energy at step 0")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
@@ -567,6 +586,12 @@ def _doc_body(rows, header, systems, quick, figures, per_system, plots, failed) 
                        f"{figures[key]:.4g} against MetaSym's {figures[f'{s}_metasym_ood_mse']:.4g} adapted and "
                        f"{figures.get(f'{s}_metasym_unadapted_ood_mse', math.nan):.4g} unadapted; it has no φ to "
                        "adapt, and its parameter count is the decoder's (the encoder latents are not read)")
+    for s in systems:
+        energy = {k[len(s) + 1:-len("_energy_rel_err_last_step")]: v for k, v in figures.items()
+                  if k.startswith(f"{s}_") and k.endswith("_energy_rel_err_last_step")}
+        if energy:
+            sim.append(f"{s}: energy at the last rollout step, |E − E_true| / E_true(0) (mean over OOD systems; "
+                       "plot: energy vs time): " + ", ".join(f"{_LABELS.get(k, k)} {v:.3g}" for k, v in energy.items()))
     for s in systems:
         signal = {k[len(s) + 1:-len("_ood_mse_vs_mean_signal")]: v for k, v in figures.items()
                   if k.startswith(f"{s}_") and k.endswith("_ood_mse_vs_mean_signal")}
