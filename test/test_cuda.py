@@ -113,3 +113,34 @@ def test_cuda_rollouts_replay_a_captured_graph_that_tracks_inputs_weights_and_lo
         out = gpu.rollout(states.to(CUDA), controls.to(CUDA), steps.to(CUDA), 8, future.to(CUDA))
     torch.testing.assert_close(out.cpu(), ref, rtol=1e-10, atol=1e-10)
     assert len(cudagraph._graphs) == 2  # same layout: no new capture
+
+
+def test_cuda_graph_rollouts_from_several_threads_agree():
+    import threading
+
+    from metasym_core.models import cudagraph
+
+    cudagraph.clear()
+    cpu = random_model()
+    gpu = random_model().to(CUDA)
+    cases = [_inputs(B=B, seed=seed) for B, seed in ((5, 0), (7, 1), (5, 2), (7, 3))]
+    refs = [cpu.rollout_reference(s, c, h, 8, f) for s, c, h, f in cases]
+    outs, errors = {}, []
+
+    def work(i):
+        try:
+            s, c, h, f = (t.to(CUDA) for t in cases[i % 4])
+            with torch.inference_mode():
+                for _ in range(5):
+                    outs[i] = gpu.rollout(s, c, h, 8, f).cpu()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i, out in outs.items():
+        torch.testing.assert_close(out, refs[i % 4], rtol=1e-10, atol=1e-10)

@@ -14,11 +14,14 @@ those buffers, replay, and clone the output. The captured rollout is
 host sync). Weights are read from the module's own storages on every replay, so
 in-place updates (optimiser steps, `load_state_dict`) are seen; a module moved or
 re-created gets a new layout. A capture that fails disables graphs for that layout and
-the rollout runs eagerly.
+the rollout runs eagerly. Thread-safe (the predictor node rolls out from its prediction
+thread and its service callbacks): captures are serialised and thread-local (another
+thread's kernels do not break them), and each graph's buffers are used under its lock.
 """
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections import OrderedDict
 
@@ -31,6 +34,7 @@ class _Graphed:
     """One captured rollout and its static inputs / output."""
 
     def __init__(self, model, states, controls, h, future, horizon, local) -> None:
+        self.lock = threading.Lock()
         self.inputs = [t.clone() for t in (states, controls, h, future)]
         self.local = {k: v.detach().clone() for k, v in local.items()} if local else None
         self.horizon = horizon
@@ -41,20 +45,22 @@ class _Graphed:
                 model._rollout_cached(*self.inputs, horizon, self.local, shift=True)
         torch.cuda.current_stream(states.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.out = model._rollout_cached(*self.inputs, horizon, self.local, shift=True)
 
     def __call__(self, states, controls, h, future, local) -> torch.Tensor:
-        for dst, src in zip(self.inputs, (states, controls, h, future), strict=True):
-            dst.copy_(src)
-        if self.local is not None:
-            for name, value in local.items():
-                self.local[name].copy_(value)
-        self.graph.replay()
-        return self.out.clone()
+        with self.lock:
+            for dst, src in zip(self.inputs, (states, controls, h, future), strict=True):
+                dst.copy_(src)
+            if self.local is not None:
+                for name, value in local.items():
+                    self.local[name].copy_(value)
+            self.graph.replay()
+            return self.out.clone()
 
 
 _graphs: OrderedDict[tuple, _Graphed | None] = OrderedDict()
+_lock = threading.Lock()  # guards `_graphs` and serialises captures
 
 
 def layout_key(model, states, controls, h, future, horizon, local) -> tuple:
@@ -71,20 +77,22 @@ def rollout(model, states, controls, h, future, horizon, local) -> torch.Tensor 
     if states.device.type != "cuda" or torch.is_grad_enabled() or model.training:
         return None
     key = layout_key(model, states, controls, h, future, horizon, local)
-    if key not in _graphs:
-        try:
-            _graphs[key] = _Graphed(model, states, controls, h, future, horizon, local)
-        except RuntimeError as exc:  # e.g. an op that cannot be captured: stay eager for this layout
-            warnings.warn(f"CUDA graph capture of the rollout failed, running it eagerly: {exc}", stacklevel=3)
-            _graphs[key] = None
-        while len(_graphs) > MAX_GRAPHS:
-            _graphs.popitem(last=False)
-    else:
-        _graphs.move_to_end(key)
-    graphed = _graphs[key]
+    with _lock:
+        if key not in _graphs:
+            try:
+                _graphs[key] = _Graphed(model, states, controls, h, future, horizon, local)
+            except RuntimeError as exc:  # e.g. an op that cannot be captured: stay eager for this layout
+                warnings.warn(f"CUDA graph capture of the rollout failed, running it eagerly: {exc}", stacklevel=3)
+                _graphs[key] = None
+            while len(_graphs) > MAX_GRAPHS:
+                _graphs.popitem(last=False)
+        else:
+            _graphs.move_to_end(key)
+        graphed = _graphs[key]
     return None if graphed is None else graphed(states, controls, h, future, local)
 
 
 def clear() -> None:
     """Drop every captured graph (frees their buffers)."""
-    _graphs.clear()
+    with _lock:
+        _graphs.clear()
