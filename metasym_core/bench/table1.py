@@ -464,8 +464,10 @@ def _plot(path: Path, system: str, res: dict, sizes: Sizes) -> None:
         axes[-1].plot(t, energy["truth"][0] / e0, "k-", lw=2, label="ground truth")
         for n, key in enumerate(res["models"]):
             axes[-1].plot(t, energy[key][0] / e0, f"C{n}--", label=_LABELS.get(key, key))
-        axes[-1].set(title=f"{system}: energy vs time, OOD system 0", xlabel="rollout step",
+        axes[-1].set(title="energy vs time, OOD system 0", xlabel="rollout step",
                      ylabel="energy / true energy at step 0")
+    for ax in axes:
+        ax.title.set_fontsize(9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
