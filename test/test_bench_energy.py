@@ -26,7 +26,8 @@ def test_energy_of_the_truth_matches_the_simulator_and_is_conserved(mesh):
     hold = np.repeat(reduced.states[:, shots - 1:shots], horizon, axis=1)
     slow = truth.copy()
     slow[..., reduced.state_dim // 2:] *= 0.5  # momenta halved: a quarter of the kinetic energy
-    curves = energy_curves(family, full, {"copy": truth, "hold": hold, "slow": slow}, shots, horizon)
+    curves = energy_curves(family, full, moving_mask(full), {"copy": truth, "hold": hold, "slow": slow}, shots,
+                           horizon)
     np.testing.assert_allclose(curves["truth"], full.extras["energy"][:, shots:shots + horizon], rtol=1e-12)
     np.testing.assert_allclose(curves["copy"], curves["truth"], rtol=1e-12)
     drift = np.abs(curves["truth"] / curves["truth"][:, :1] - 1).max()
@@ -39,4 +40,4 @@ def test_energy_of_the_truth_matches_the_simulator_and_is_conserved(mesh):
 def test_energy_refuses_predictions_of_the_wrong_size(mesh):
     family, full, reduced = mesh
     with pytest.raises(MetaSymError, match="predictions have shape"):
-        energy_curves(family, full, {"bad": np.zeros((2, 10, reduced.state_dim + 2))}, 20, 10)
+        energy_curves(family, full, moving_mask(full), {"bad": np.zeros((2, 10, reduced.state_dim + 2))}, 20, 10)

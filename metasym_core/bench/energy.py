@@ -16,25 +16,25 @@ from metasym_core.errors import MetaSymError
 from metasym_core.systems.dataset import SystemDataset
 
 
-def moving_mask(full: SystemDataset) -> np.ndarray:
-    """Columns of `full`'s states kept by `drop_constant_coordinates` ((q, p) pairs that move)."""
-    states = full.states.reshape(-1, full.states.shape[-1])
+def moving_mask(ds: SystemDataset) -> np.ndarray:
+    """State columns of the (q, p) pairs that move anywhere in `ds` (Table 1 keeps those of its training set)."""
+    states = ds.states.reshape(-1, ds.states.shape[-1])
     moving = states.std(0) > 0
     d = moving.size // 2
     pair = moving[:d] | moving[d:]
     return np.concatenate([pair, pair]) if moving.size % 2 == 0 else moving
 
 
-def energy_curves(family, full: SystemDataset, preds: dict[str, np.ndarray], shots: int,
+def energy_curves(family, full: SystemDataset, keep: np.ndarray, preds: dict[str, np.ndarray], shots: int,
                   horizon: int) -> dict[str, np.ndarray]:
     """Energy `[N, horizon]` of the true OOD trajectories (`"truth"`) and of each model's rollouts.
 
     Args:
         family: the `SpringMesh` that generated `full` (its `energy`).
-        full: the OOD dataset with every coordinate. preds: model name → predictions
-            `[N, horizon, D_moving]` on the moving coordinates, steps `shots .. shots + horizon - 1`.
+        full: the OOD dataset with every coordinate. keep: the columns the models see
+            (`moving_mask` of the training set); the others keep their values in `full`.
+        preds: model name → predictions `[N, horizon, keep.sum()]`, steps `shots .. shots + horizon - 1`.
     """
-    keep = moving_mask(full)
     truth = full.states[:, shots:shots + horizon]
     names = list(full.metadata.get("param_names", []))
     if len(names) != full.params.shape[-1]:

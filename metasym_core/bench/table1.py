@@ -34,7 +34,7 @@ import torch
 
 from metasym_core.baselines import applicable_baselines, make_baseline, train_baseline
 from metasym_core.baselines.evaluate import rollout_errors, rollout_latency_ms, summary
-from metasym_core.bench.energy import energy_curves, energy_errors
+from metasym_core.bench.energy import energy_curves, energy_errors, moving_mask
 from metasym_core.bench.report import DEFAULT_DOC, markdown_table, text_table, update_section
 from metasym_core.checkpoint import load_checkpoint
 from metasym_core.config import load_config
@@ -119,11 +119,7 @@ def drop_constant_coordinates(data: dict[str, SystemDataset]) -> dict[str, Syste
     normalisation (the encoder loss divides by `delta_std`, clamped at 1e-8), so
     every model is trained and scored on the moving coordinates only.
     """
-    train = data["train"].states
-    d = train.shape[-1] // 2
-    moving = train.reshape(-1, train.shape[-1]).std(0) > 0
-    pair = moving[:d] | moving[d:]
-    keep = np.concatenate([pair, pair]) if train.shape[-1] % 2 == 0 else moving
+    keep = moving_mask(data["train"])
     if keep.all():
         return data
     out = {}
@@ -361,7 +357,7 @@ def run_system(system: str, sizes: Sizes, out: Path, quick: bool, seed: int = 0,
                                    "train_s": time.perf_counter() - t0, "sizes": opts,
                                    "train_steps": len(history)}
     if system == "spring_mesh":  # energy vs time (ablation D.1 on the undamped mesh)
-        results["energy"] = energy_curves(make_family(system, **sizes.family), full["ood"],
+        results["energy"] = energy_curves(make_family(system, **sizes.family), full["ood"], moving_mask(full["train"]),
                                           {k: r["preds"] for k, r in results["models"].items()}, sizes.shots,
                                           sizes.horizon)
     results["symplectic_error"] = symplectic_error(model.encoder, ood)
