@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns (and exits with) a non-zero code on any user error."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) > 1 and argv[0] == "bench" and argv[1].startswith("--") and argv[1] != "--help":
+        argv.insert(1, "table1")  # `metasym bench --system S [--quick]` is the paper's benchmark (Table 1)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -122,3 +122,12 @@ def test_train_baseline_lowers_the_validation_loss():
     assert not model.training
     with pytest.raises(MetaSymError, match="dims"):
         train_baseline(make_baseline("mlp", 2, 1), ds, ds, steps=2)
+
+
+def test_train_baseline_device_option():
+    ds = synthetic_dataset(4, 1, systems=3, steps=40)
+    model = make_baseline("mlp", 4, 1, hidden=8)
+    train_baseline(model, ds, ds, steps=3, window=10, device="cpu", noise=0.01)
+    assert next(model.parameters()).device.type == "cpu"
+    with pytest.raises(MetaSymError, match="device"):
+        train_baseline(model, ds, ds, steps=2, window=10, device="gpu0")

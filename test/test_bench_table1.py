@@ -17,7 +17,7 @@ def test_table1_quick_quadrotor(tmp_path, capsys):
                  "--json", "--ablate-meta", "--ablate-attention"]) == 0
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     models = ("metasym", "metasym_unadapted", "metasym_nometa", "metasym_nometa_unadapted",
-              "metasym_no_meta_attention", "hold_last", "transformer", "dhnn", "mlp")
+              "metasym_no_meta_attention", "hold_last", "train_mean", "transformer", "dhnn", "mlp")
     for model in models:
         for what in ("ood_mse", "ood_mse_std", "params", "rollout_b1_h30_ms"):
             value = figures[f"quadrotor_{model}_{what}"]
@@ -85,3 +85,16 @@ def test_table1_quick_conservative_spring_mesh_reports_energy(tmp_path, capsys):
     png = (out / "table1_spring_mesh_conservative.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert "energy at the last rollout step" in doc.read_text()
+
+
+def test_table1_bad_device_is_a_one_line_error(tmp_path):
+    with pytest.raises(MetaSymError, match="device"):
+        run_table1_bench(["quadrotor"], quick=True, doc=None, out_dir=tmp_path, device="tpu")
+
+
+def test_bench_with_options_only_runs_table1(tmp_path, capsys):
+    """`metasym bench --system S ...` (the issue's spelling) is `metasym bench table1 --system S ...`."""
+    assert main(["bench", "--system", "quadrotor", "--quick", "--device", "tpu", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("metasym: error:") and "device" in err[0]
+    assert not list(tmp_path.glob("*.json"))

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from metasym_core.baselines.base import Baseline
+from metasym_core.device import resolve_device
 from metasym_core.errors import MetaSymError
 from metasym_core.systems.dataset import SystemDataset
 from metasym_core.train.data import padded_steps
@@ -36,21 +37,29 @@ def next_step_loss(model: Baseline, x: torch.Tensor, u: torch.Tensor, h: torch.T
     """Mean squared normalised next-step error over windows `[B, W+1, ·]`."""
     inputs = x[:, :-1]
     if noise > 0:
-        inputs = inputs + noise * model.state_std * torch.randn(inputs.shape, generator=gen, dtype=x.dtype)
+        draw = torch.randn(inputs.shape, generator=gen, dtype=x.dtype)  # on the generator's (CPU) device
+        inputs = inputs + noise * model.state_std * draw.to(x.device)
     pred = model.predict_next(inputs, u[:, :-1], h[:, :-1])
     return ((pred - x[:, 1:]) / model.delta_std).pow(2).mean()
 
 
 def _windows(data, rows: torch.Tensor, starts: torch.Tensor, length: int):
-    idx = starts[:, None] + torch.arange(length)
+    idx = (starts[:, None] + torch.arange(length)).to(data[0].device)
+    rows = rows.to(data[0].device)
     return tuple(t[rows[:, None], idx] for t in data)
 
 
 def train_baseline(model: Baseline, train_ds: SystemDataset, val_ds: SystemDataset, steps: int = 500,
                    lr: float = 3e-3, window: int = 40, seed: int = 0, batch: int = 16, noise: float = 0.0,
-                   eval_interval: int = 25, patience: int = 8, grad_clip: float = 1.0) -> list[dict]:
+                   eval_interval: int = 25, patience: int = 8, grad_clip: float = 1.0,
+                   device: str | torch.device | None = None) -> list[dict]:
     """Train `model` in place (normalisation fitted on `train_ds`); returns the history rows
-    `{step, loss, val_loss, seconds}` (val_loss only at evaluations)."""
+    `{step, loss, val_loss, seconds}` (val_loss only at evaluations).
+
+    `device` (`cpu`, `cuda[:N]`, `auto`; default: where the model is) is where it trains
+    and stays; window indices and noise are drawn on the CPU, so a seed gives the same
+    windows on every device.
+    """
     if steps < 1 or window < 1 or batch < 1:
         raise MetaSymError(f"steps, window and batch must be >= 1, got {steps}, {window}, {batch}")
     for name, ds in (("train", train_ds), ("val", val_ds)):
@@ -62,6 +71,9 @@ def train_baseline(model: Baseline, train_ds: SystemDataset, val_ds: SystemDatas
     dtype = next(model.parameters()).dtype
     train, val = dataset_tensors(train_ds, dtype), dataset_tensors(val_ds, dtype)
     model.set_normalization(*train)
+    dev = resolve_device(str(device)) if device is not None else next(model.parameters()).device
+    model.to(dev)
+    train, val = tuple(t.to(dev) for t in train), tuple(t.to(dev) for t in val)
     W = min(window, train[0].shape[1] - 1, val[0].shape[1] - 1)
     vrows = torch.arange(val[0].shape[0]).repeat_interleave(4)
     vstarts = torch.from_numpy(np.tile(np.linspace(0, val[0].shape[1] - W - 1, 4).astype(np.int64),

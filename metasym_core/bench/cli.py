@@ -51,7 +51,7 @@ def _table1(args: argparse.Namespace) -> int:
     systems = list(SYSTEM_NAMES) if args.system == "all" else [args.system]
     figures = run_table1_bench(systems, quick=args.quick, out_json=args.out_json, doc=args.doc, out_dir=args.out,
                                conservative=args.conservative, ablate_meta=args.ablate_meta,
-                               ablate_attention=args.ablate_attention)
+                               ablate_attention=args.ablate_attention, device=args.device)
     if args.json:
         print_json(figures)
     return 0
@@ -59,7 +59,8 @@ def _table1(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `bench` and its benchmarks."""
-    bench = subparsers.add_parser("bench", help="run a benchmark", description=__doc__.splitlines()[0])
+    bench = subparsers.add_parser("bench", help="run a benchmark", description=__doc__.splitlines()[0],
+                                  epilog="`metasym bench --system S [--quick] ...` (options, no WHAT) runs table1.")
     sub = bench.add_subparsers(dest="what", required=True, metavar="WHAT")
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -98,6 +99,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="add MetaSym trained without meta-learning, adapted and not (ablation D.3 a)")
     p.add_argument("--ablate-attention", action="store_true",
                    help="ablation D.3 b: add MetaSym without the meta-attention block (meta-trained the same way)")
+    p.add_argument("--device", default="auto",
+                   help="where the models train: auto (CUDA when present), cpu or cuda[:N]; scoring runs on the CPU")
     common(p)
     p.set_defaults(func=_table1)
 

@@ -38,6 +38,7 @@ from metasym_core.bench.energy import energy_curves, energy_errors, moving_mask
 from metasym_core.bench.report import DEFAULT_DOC, markdown_table, text_table, update_section
 from metasym_core.checkpoint import load_checkpoint
 from metasym_core.config import load_config
+from metasym_core.device import resolve_device
 from metasym_core.errors import MetaSymError
 from metasym_core.io import atomic_path, atomic_write_text
 from metasym_core.meta.adapt import adapt
@@ -81,15 +82,20 @@ QUICK: dict[str, Sizes] = {
     "spring_mesh": Sizes({"train": 6, "val": 2, "ood": 3}, 300, 100, 50, 60, 150, family={"grid": 3},
                          training=_QUICK_TRAIN, decoder={"d_model": 32}),
 }
+# MetaSym's decoder phase gets the baselines' step budget on top of its 300 encoder steps; early stopping on the
+# validation loss (patience 8) ends every run before it. (A cap of 900 steps cut the
+# quadrotor run short: 0.00549 at the cap against 0.00473 stopped early at 1175 steps; docs/decisions.md.)
 FULL: dict[str, Sizes] = {
-    "quadrotor": Sizes({"train": 30, "val": 4, "ood": 10}, 200, 100, 50, 900, 3000),
-    "quantum": Sizes({"train": 50, "val": 4, "ood": 10}, 500, 200, 100, 900, 3000),
+    "quadrotor": Sizes({"train": 30, "val": 4, "ood": 10}, 200, 100, 50, 3300, 3000,
+                       training={"encoder_steps": 300, "outer_steps": 3000}),
+    "quantum": Sizes({"train": 50, "val": 4, "ood": 10}, 500, 200, 100, 3300, 3000,
+                     training={"encoder_steps": 300, "outer_steps": 3000}),
     # the paper's 10x10 mesh (360 moving coordinates; MetaSym 335k parameters at d_model 64) with the paper's
     # system counts and half its frames (PAPER_SPRING_MESH below). It trains since the encoder is centred on the
     # state mean and its loss unit floored (docs/decisions.md, issue 7); before, MAML diverged here on its first
     # step and this ran a 5x5 mesh. With 10 training systems every model stayed at "hold the last state".
-    "spring_mesh": Sizes({"train": 25, "val": 4, "ood": 10}, 1000, 200, 100, 1500, 4000, family={"grid": 10},
-                         training={"encoder_steps": 300, "outer_steps": 1200, "batch_systems": 8},
+    "spring_mesh": Sizes({"train": 25, "val": 4, "ood": 10}, 1000, 200, 100, 4300, 4000, family={"grid": 10},
+                         training={"encoder_steps": 300, "outer_steps": 4000, "batch_systems": 8},
                          decoder={"d_model": 64}),
 }
 PAPER_SPRING_MESH = Sizes({"train": 25, "val": 4, "ood": 10}, 2000, 500, 200, 900, 3000)
@@ -144,10 +150,13 @@ def system_config(system: str, sizes: Sizes, ds: SystemDataset) -> dict:
 
 
 # -- models ----------------------------------------------------------------------------------------
-def _train_metasym(cfg: dict, data: dict[str, SystemDataset], sizes: Sizes, run: Path, seed: int):
+def _train_metasym(cfg: dict, data: dict[str, SystemDataset], sizes: Sizes, run: Path, seed: int,
+                   device: torch.device | str = "cpu"):
+    """Meta-train on `device`; the model comes back on the CPU (scores and latencies are CPU figures)."""
     from metasym_core.train.trainer import Trainer
 
-    trainer = Trainer(cfg, data["train"], data["val"], run, seed=seed, max_steps=sizes.max_steps, progress=False)
+    trainer = Trainer(cfg, data["train"], data["val"], run, seed=seed, max_steps=sizes.max_steps, progress=False,
+                      device=device)
     trainer.run()
     model = load_checkpoint(run / "final.pt")[0].float().eval()
     return model, trainer.tc
@@ -286,7 +295,7 @@ def _simulator_ms(system: str, sizes: Sizes, ds: SystemDataset, horizon: int) ->
 
 # -- one system ------------------------------------------------------------------------------------
 def run_system(system: str, sizes: Sizes, out: Path, quick: bool, seed: int = 0, ablate_meta: bool = False,
-               log=print, ablate_attention: bool = False) -> dict:
+               log=print, ablate_attention: bool = False, device: torch.device | str = "cpu") -> dict:
     """Train and evaluate every model of `system`; returns its results (figures, curves, samples).
 
     `ablate_meta` adds MetaSym trained without meta-learning (`training.meta: false`:
@@ -295,14 +304,15 @@ def run_system(system: str, sizes: Sizes, out: Path, quick: bool, seed: int = 0,
     (`model.decoder.meta_attention: false`), meta-trained with the same config and budget
     (the Trainer skips the encoder phase, whose output it never reads; the inner loop is a
     no-op); it has no φ, so its adapted score is its unadapted one. Its parameter count is
-    the decoder's (the encoder is not used).
+    the decoder's (the encoder is not used). Every model trains on `device` and is scored
+    on the CPU.
     """
     data, full = _datasets(system, sizes, out / "data", quick, log)
     ood = data["ood"]
     cfg = system_config(system, sizes, ood)
     t0 = time.perf_counter()
     log(f"[table1] {system}: meta-training MetaSym ({sizes.max_steps} outer steps at most)")
-    model, tc = _train_metasym(cfg, data, sizes, out / system / "metasym", seed)
+    model, tc = _train_metasym(cfg, data, sizes, out / system / "metasym", seed, device)
     c = model.context
     results = {"models": {}, "truth": ood.states[:, sizes.shots:sizes.shots + sizes.horizon]}
     before, after = _metasym_predictors(model, ood, sizes.shots, tc)
@@ -323,7 +333,7 @@ def run_system(system: str, sizes: Sizes, out: Path, quick: bool, seed: int = 0,
         pooled_cfg = copy.deepcopy(cfg)
         pooled_cfg["training"]["meta"] = False
         log(f"[table1] {system}: training MetaSym without meta-learning (ablation)")
-        pooled, ptc = _train_metasym(pooled_cfg, data, sizes, out / system / "metasym_nometa", seed)
+        pooled, ptc = _train_metasym(pooled_cfg, data, sizes, out / system / "metasym_nometa", seed, device)
         pooled_before, pooled_after = _metasym_predictors(pooled, ood, sizes.shots, ptc)
         score({"metasym_nometa": pooled_after, "metasym_nometa_unadapted": pooled_before}, time.perf_counter() - t0)
     if ablate_attention:
@@ -331,7 +341,7 @@ def run_system(system: str, sizes: Sizes, out: Path, quick: bool, seed: int = 0,
         d3_cfg = copy.deepcopy(cfg)
         d3_cfg["model"]["decoder"]["meta_attention"] = False
         log(f"[table1] {system}: meta-training MetaSym without meta-attention (ablation D.3)")
-        d3 = _train_metasym(d3_cfg, data, sizes, out / system / "metasym_no_meta_attention", seed)[0]
+        d3 = _train_metasym(d3_cfg, data, sizes, out / system / "metasym_no_meta_attention", seed, device)[0]
         errs, preds = rollout_errors(lambda i, x, u, hh, fut: d3.rollout(x, u, hh, fut.shape[1], fut), ood,
                                      sizes.shots, sizes.horizon, c)
         results["models"]["metasym_no_meta_attention"] = {
@@ -342,6 +352,11 @@ def run_system(system: str, sizes: Sizes, out: Path, quick: bool, seed: int = 0,
                                  sizes.shots, sizes.horizon, c)
     results["models"]["hold_last"] = {"errors": errs, "preds": preds, "params": 0, "latency_ms": 0.0,
                                       "train_s": 0.0}  # reference: no motion predicted
+    mean = torch.from_numpy(data["train"].states.reshape(-1, ood.state_dim).mean(0)).float()
+    errs, preds = rollout_errors(lambda i, x, u, hh, fut: mean.expand(1, fut.shape[1], x.shape[-1]), ood,
+                                 sizes.shots, sizes.horizon, c)
+    results["models"]["train_mean"] = {"errors": errs, "preds": preds, "params": 0, "latency_ms": 0.0,
+                                       "train_s": 0.0}  # reference: a constant (what a noise-dominated record favours)
     for name in applicable_baselines(system):
         t0 = time.perf_counter()
         opts = budget_sizes(name, ood.state_dim, ood.control_dim, n_meta, c, cfg["model"]["decoder"]["layers"])
@@ -349,7 +364,8 @@ def run_system(system: str, sizes: Sizes, out: Path, quick: bool, seed: int = 0,
         bl = make_baseline(name, ood.state_dim, ood.control_dim, system=system, **opts)
         log(f"[table1] {system}: training {name} {opts} ({bl.n_params()} parameters)")
         history = train_baseline(bl, data["train"], data["val"], steps=sizes.baseline_steps,
-                                 window=cfg["training"].get("window", 40), seed=seed)
+                                 window=cfg["training"].get("window", 40), seed=seed, device=device)
+        bl.cpu()
         errs, preds = rollout_errors(lambda i, x, u, hh, fut, bl=bl: bl.rollout(x, u, hh, fut.shape[1], fut),
                                      ood, sizes.shots, sizes.horizon, c)
         results["models"][name] = {"errors": errs, "preds": preds, "params": bl.n_params(),
@@ -370,7 +386,8 @@ def run_system(system: str, sizes: Sizes, out: Path, quick: bool, seed: int = 0,
     try:
         sim_ms, what = _simulator_ms(system, sizes, ood, LATENCY_HORIZON)
         results["simulator"] = {"ms": sim_ms, "what": what}
-    except MetaSymError as exc:  # a simulator that cannot run here does not void the table
+    except (MetaSymError, ImportError) as exc:  # a simulator that cannot run (or is absent) here does not
+        # void the table
         results["simulator"] = {"ms": math.nan, "what": f"not measured: {exc}"}
     return results
 
@@ -416,7 +433,8 @@ _LABELS = {"metasym": "MetaSym (adapted)", "metasym_unadapted": "MetaSym (not ad
            "metasym_nometa": "MetaSym w/o meta-learning (adapted)",
            "metasym_nometa_unadapted": "MetaSym w/o meta-attention (D.3 a: pooled, not adapted)",
            "metasym_no_meta_attention": "MetaSym w/o meta-attention block (D.3 b: encoder unused)",
-           "hold_last": "hold last state (reference)", "transformer": "Transformer", "dhnn": "DHNN", "mlp": "MLP",
+           "hold_last": "hold last state (reference)", "train_mean": "training mean (reference)",
+           "transformer": "Transformer", "dhnn": "DHNN", "mlp": "MLP",
            "quantum_lstm": "QuantumLSTM"}
 
 
@@ -482,7 +500,7 @@ def run_table1_bench(systems: list[str], quick: bool = False, out_json: str | Pa
                      doc: str | Path | None = DEFAULT_DOC, out_dir: str | Path = "runs/table1", seed: int = 0,
                      sizes: dict[str, Sizes] | None = None, conservative: bool = False,
                      ablate_meta: bool = False, section: str | None = None, log=print,
-                     ablate_attention: bool = False) -> dict[str, float]:
+                     ablate_attention: bool = False, device: str = "auto") -> dict[str, float]:
     """Run Table 1 for `systems`; write PNGs and JSON under `out_dir`, the doc section; return the figures.
 
     `sizes` overrides the per-system sizes (tests use it for an even smaller run).
@@ -490,13 +508,15 @@ def run_table1_bench(systems: list[str], quick: bool = False, out_json: str | Pa
     `spring_mesh_conservative_*`, its own doc section). `ablate_meta` adds the
     MetaSym-without-meta-learning row (`*_metasym_nometa_*`), `ablate_attention` the D.3 row,
     MetaSym without meta-attention (`*_metasym_no_meta_attention_*`). `section` names the doc
-    section (default "Table 1", or the D.1 one).
+    section (default "Table 1", or the D.1 one). `device` is where every model trains
+    (`auto`: CUDA when present); scoring and the latency column run on the CPU.
     """
     for s in systems:
         if s not in SYSTEM_NAMES:
             raise MetaSymError(f"unknown system {s!r}; expected one of {', '.join(SYSTEM_NAMES)} or all")
     if conservative and systems != ["spring_mesh"]:
         raise MetaSymError("the conservative ablation (D.1) applies to --system spring_mesh only")
+    dev = resolve_device(device)
     table = dict(QUICK if quick else FULL)
     table.update(sizes or {})
     if conservative:
@@ -514,7 +534,7 @@ def run_table1_bench(systems: list[str], quick: bool = False, out_json: str | Pa
     try:
         for s in systems:
             try:
-                res = run_system(s, table[s], out, quick, seed, ablate_meta, log, ablate_attention)
+                res = run_system(s, table[s], out, quick, seed, ablate_meta, log, ablate_attention, dev)
             except MetaSymError as exc:  # e.g. training diverged: report it, go on with the other systems
                 log(f"[table1] {s}: FAILED: {exc}")
                 failed[label(s)] = str(exc)
@@ -525,7 +545,7 @@ def run_table1_bench(systems: list[str], quick: bool = False, out_json: str | Pa
             png = out / f"table1_{label(s)}.png"
             _plot(png, label(s), res, table[s])
             plots.append(str(png))
-            per_system[label(s)] = {"sizes": table[s].__dict__, "simulator": res["simulator"],
+            per_system[label(s)] = {"sizes": table[s].__dict__, "simulator": res["simulator"], "device": str(dev),
                              "baseline_sizes": {k: r.get("sizes") for k, r in res["models"].items()},
                              "mse_vs_horizon": {k: r["errors"].mean(0).tolist() for k, r in res["models"].items()}}
     finally:
@@ -547,6 +567,7 @@ def run_table1_bench(systems: list[str], quick: bool = False, out_json: str | Pa
                        _command(systems, quick) + (" --conservative" if conservative else "")
                        + (" --ablate-meta" if ablate_meta else "")
                        + (" --ablate-attention" if ablate_attention else "")
+                       + (f" --device {device}" if device != "auto" else "")
                        + (f" with sizes overridden in Python ({', '.join(sizes)}; see {out_json})" if sizes else ""),
                        doc)
     return figures
@@ -572,7 +593,8 @@ def _doc_body(rows, header, systems, quick, figures, per_system, plots, failed) 
         sim.append(f"{s} sizes: {z['systems']['train']} train / {z['systems']['val']} val / {z['systems']['ood']} OOD "
                    f"systems × {z['steps']} frames{' ' + str(z['family']) if z['family'] else ''}; score "
                    f"{z['horizon']} steps after {z['shots']} observed; MetaSym ≤ {z['max_steps']} outer steps, "
-                   f"baselines ≤ {z['baseline_steps']} Adam steps (early stopping)"
+                   f"baselines ≤ {z['baseline_steps']} Adam steps (early stopping); trained on "
+                   f"{per_system[s].get('device', 'cpu')}, scored on the CPU"
                    + ("; the mesh's fixed top-row coordinates are dropped for every model" if s.startswith("spring")
                       else ""))
     for s in systems:
