@@ -65,6 +65,12 @@ def build_model(cfg: dict) -> MetaSym:
     return MetaSym(enc, dec)
 
 
+def data_tag(options: dict) -> str:
+    """File-name tag of a dataset made with family `options`: `_flight`, `_flight_fixed-mass`, ..."""
+    return "".join(f"_{k}-{'+'.join(map(str, v))}" if isinstance(v, list | tuple) else f"_{v}"
+                   for k, v in options.items())
+
+
 def data_options(cfg: dict) -> tuple[dict, int | None]:
     """The `data:` section: (family options, stored steps) of the datasets that `metasym demo` and the
     learner node generate for meta-training; ({}, None) = the family's defaults."""

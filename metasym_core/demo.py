@@ -24,7 +24,7 @@ import torch
 
 from metasym_core.bench.report import text_table
 from metasym_core.checkpoint import load_checkpoint
-from metasym_core.config import data_options, load_config
+from metasym_core.config import data_options, data_tag, load_config
 from metasym_core.errors import MetaSymError
 from metasym_core.io import atomic_path, atomic_write_text
 from metasym_core.systems import make_family
@@ -42,7 +42,7 @@ def _data() -> tuple[dict, int]:
 
 def _dataset(out: Path, name: str, log) -> Path:
     options, steps = _data()
-    tag = "".join(f"_{v}" for v in options.values())
+    tag = data_tag(options)
     path = out / "data" / f"quadrotor{tag}_{steps}_{name}.npz"
     if not path.is_file():
         split, systems, seed = _SPLITS[name]

@@ -66,7 +66,7 @@ from rclpy.node import Node
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from metasym_core.config import data_options
+from metasym_core.config import data_options, data_tag
 from metasym_core.errors import MetaSymError
 from metasym_core.meta.adapt import adapt
 from metasym_core.online.learner import AdaptationOutcome, OnlineLearner
@@ -115,7 +115,7 @@ def prepare_datasets(system: str, train_data: str, val_data: str, data_dir: str 
     None as soon as `should_stop()` is true."""
     out = []
     options = dict(family_options or {})
-    tag = "".join(f"_{v}" for v in options.values())
+    tag = data_tag(options)
     for name, given, split, seed in (("train_data", train_data, "train", 0), ("val_data", val_data, "ood", 1)):
         path = Path(given) if given else Path(data_dir) / f"{system}{tag}_{split}.npz"
         if not path.is_file():
@@ -179,6 +179,8 @@ class LearnerNode(Node):
         window = declare(self, "window", 200, "Most recent samples used per adaptation", read_only=True)
         inner_steps = declare(self, "inner_steps", int(training.get("inner_steps", 10)), "Adaptation SGD steps K")
         lr = declare(self, "lr", float(training.get("inner_lr", 0.1)), "Adaptation SGD rate")
+        adapt_params = declare(self, "adapt_params", "all", "Part of φ adapted online: all | value_bias "
+                               "(the meta-attention value bias alone)", read_only=True)
         holdout = declare(self, "holdout", 0.25, "Tail fraction of the window that scores an adaptation")
         horizon = declare(self, "horizon", int(training.get("rollout_horizon", 0)),
                           "Adaptation loss: 0 = next step, n = n-step rollouts (training.rollout_horizon)")
@@ -198,7 +200,7 @@ class LearnerNode(Node):
         self._tmp = None if params_dir else tempfile.TemporaryDirectory(prefix="metasym_learner_")
         self._params_root = Path(params_dir or self._tmp.name)
         self._learner_kwargs = {"window": window, "inner_steps": inner_steps, "lr": lr, "holdout": holdout,
-                                "horizon": horizon,
+                                "horizon": horizon, "params": adapt_params,
                                 "period_s": period_s, "error_rise": error_rise, "min_interval_s": min_interval_s,
                                 "min_gain": min_gain}
         self.learner = OnlineLearner(model, self.system, self._params_root, **self._learner_kwargs)
@@ -228,7 +230,7 @@ class LearnerNode(Node):
         self._busy.set()
         self._worker = threading.Thread(target=self._warm_up, name="metasym-learner", daemon=True)
         self._worker.start()
-        self.get_logger().info(f"learning {self.system}: window {window}, K={inner_steps}, lr {lr}, "
+        self.get_logger().info(f"learning {self.system}: window {window}, K={inner_steps}, lr {lr}, φ {adapt_params}, "
                                f"period {period_s} s, error rise ×{error_rise}")
         if train_first:
             self._start_training(at_start=True)
@@ -287,7 +289,7 @@ class LearnerNode(Node):
             adapt(model, torch.zeros(n, model.state_dim, dtype=p.dtype, device=p.device),
                   torch.zeros(n, model.control_dim, dtype=p.dtype, device=p.device),
                   torch.full((n,), 0.02, dtype=p.dtype, device=p.device), self.learner.inner_steps,
-                  self.learner.lr, self.learner.holdout, self.learner.horizon)
+                  self.learner.lr, self.learner.holdout, self.learner.horizon, self.learner.params)
         except (MetaSymError, RuntimeError) as exc:
             self.get_logger().warning(f"warm-up adaptation failed: {exc}")
         finally:

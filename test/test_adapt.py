@@ -8,7 +8,7 @@ from _models import perturbed_system, random_model
 
 from metasym_core.config import build_model, load_config
 from metasym_core.errors import MetaSymError
-from metasym_core.meta.adapt import adapt
+from metasym_core.meta.adapt import adapt, local_subset
 
 
 def test_adapt_improves_holdout_and_leaves_module_alone():
@@ -57,6 +57,25 @@ def test_adapt_bad_inputs(kwargs, match):
     with pytest.raises(MetaSymError, match=match) as info:
         adapt(model, **args)
     assert "\n" not in str(info.value)
+
+
+def test_adapt_a_subset_of_phi_leaves_the_rest_at_phi0():
+    """`params="value_bias"` moves b_V alone (the online learner's choice for the quadrotor demo)."""
+    model, states, controls = perturbed_system()
+    phi0 = {k: v.detach() for k, v in model.decoder.local_parameters().items()}
+    bias = local_subset(model, "value_bias")
+    assert bias and all(k.endswith("w_v.bias") for k in bias) and local_subset(model, None) == list(phi0)
+    res = adapt(model, states, controls, 0.1, inner_steps=20, lr=0.5, params="value_bias")
+    assert set(res.local_params) == set(phi0)  # a full φ: it plugs in like any other
+    for k, v in res.local_params.items():
+        assert torch.equal(v, phi0[k]) != (k in bias), k
+    assert res.train_loss_after < res.train_loss_before
+    named = adapt(model, states, controls, 0.1, inner_steps=20, lr=0.5, params=bias)
+    assert all(torch.equal(named.local_params[k], res.local_params[k]) for k in phi0)
+    for bad, match in (("weights", "params must be one of"), (["w_q"], "unknown local parameters"),
+                       ([], "unknown local parameters")):
+        with pytest.raises(MetaSymError, match=match):
+            adapt(model, states, controls, 0.1, inner_steps=2, params=bad)
 
 
 def test_adapt_latency_quadrotor():

@@ -1,8 +1,10 @@
 """OnlineLearner: triggers, acceptance only on held-out improvement, versioned parameter files."""
 
+import pytest
 import torch
 from _models import perturbed_system
 
+from metasym_core.errors import MetaSymError
 from metasym_core.online.learner import OnlineLearner
 from metasym_core.online.local_params import load_local_params
 
@@ -34,6 +36,20 @@ def test_accepts_improvement_and_writes_versioned_params(tmp_path):
     again = learner.adapt_now(now=20.0)
     assert again.loss_before <= out.loss_after + 1e-12
     assert again.version == (2 if again.accepted else 1)
+
+
+def test_adapts_only_the_chosen_part_of_phi(tmp_path):
+    model, states, controls = perturbed_system(only="w_v.bias", size=3.0)  # a system that differs in b_V alone
+    learner = OnlineLearner(model, "test", tmp_path, window=60, inner_steps=10, lr=3.0, params="value_bias")
+    for i in range(len(states)):
+        learner.push(0.1 * i, states[i].numpy(), controls[i].numpy(), 0.1)
+    out = learner.adapt_now(now=10.0)
+    assert out.accepted
+    phi0 = model.decoder.local_parameters()
+    moved = {k for k in phi0 if not torch.equal(learner.active[k], phi0[k].detach())}
+    assert moved == {k for k in phi0 if k.endswith("w_v.bias")}
+    with pytest.raises(MetaSymError, match="params must be one of"):
+        OnlineLearner(model, "test", tmp_path, window=60, params="heads")
 
 
 def test_refuses_when_nothing_improves(tmp_path):

@@ -144,6 +144,18 @@ def test_ood_params_lie_outside_train_ranges(family):
         assert all(train[k][0] <= q[k] <= train[k][1] for k in q)
 
 
+def test_fixed_parameters_are_drawn_at_nominal_in_every_split(family):
+    fixed = quad.Quadrotor(fixed=["mass"])
+    rng = np.random.default_rng(0)
+    for split in ("train", "ood"):
+        draws = [fixed.sample_params(split, rng) for _ in range(20)]
+        assert all(p["mass_scale"] == 1.0 for p in draws)
+        assert len({p["inertia_scale"] for p in draws}) == 20  # the others still vary
+    assert fixed.check_params({**NOMINAL, "mass_scale": 1.3})["mass_scale"] == 1.3  # still a valid system
+    assert make_family("quadrotor", **fixed.options()).fixed == ("mass_scale",)
+    assert "fixed" not in family.options()  # unchanged options (and dataset names) without it
+
+
 def test_same_seed_gives_identical_trajectories(family):
     def run():
         rng = np.random.default_rng(123)
@@ -229,6 +241,8 @@ def test_flight_simulator_can_resolve_every_few_steps():
     (lambda f: quad.Quadrotor(dt=0.0), "dt"),
     (lambda f: quad.Quadrotor(box=((0, 1), (0, 1))), "box"),
     (lambda f: quad.Quadrotor(source="lqr"), "source"),
+    (lambda f: quad.Quadrotor(fixed=["weight"]), "fixed"),
+    (lambda f: quad.Quadrotor(fixed="mass"), "fixed"),
     (lambda f: FlightSimulator(NOMINAL, dt=-0.01), "dt"),
     (lambda f: FlightSimulator(NOMINAL, horizon=1), "horizon"),
     (lambda f: FlightSimulator({**NOMINAL, "mass_scale": 2.5}), "mass_scale"),

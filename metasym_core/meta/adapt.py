@@ -7,11 +7,17 @@ tail, so the caller (the ROS learner node) can refuse an adaptation that made
 things worse. Plain SGD with the training inner-loop rate, because that is the
 update rule φ₀ was meta-learned for (see `decoder_bilevel`). θ and the encoder
 are untouched and so is the module: the result is a new dict of tensors.
+
+`params` restricts the update to a subset of φ (`local_subset`): "value_bias", the
+meta-attention's value bias b_V alone, adapts d_model numbers; on a change the
+model never saw vary in training (the demo's +30 % quadrotor mass) it generalises
+from 1 s of data where all of φ over-fits the manoeuvre (docs/decisions.md).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +66,27 @@ def check_adaptable(model: MetaSym, who: str = "adapt") -> None:
                            "without meta-attention: model.decoder.meta_attention false, ablation D.3)")
 
 
+#: named subsets of φ for `adapt(params=...)`: name -> predicate on the local parameter's name
+SUBSETS = {"all": lambda name: True, "value_bias": lambda name: name.endswith("w_v.bias")}
+
+
+def local_subset(model: MetaSym, params: str | Sequence[str] | None) -> list[str]:
+    """Names of the local parameters to adapt: all (None / "all"), a `SUBSETS` name or explicit names."""
+    names = list(model.decoder.local_parameters())
+    if params is None or isinstance(params, str) and params in SUBSETS:
+        chosen = [n for n in names if SUBSETS[params or "all"](n)]
+        if not chosen:
+            raise MetaSymError(f"adapt: the model has no local parameters in the subset {params!r}")
+        return chosen
+    if isinstance(params, str):
+        raise MetaSymError(f"adapt: params must be one of {sorted(SUBSETS)} or a list of local parameter names, "
+                           f"got {params!r}")
+    unknown = [n for n in params if n not in names]
+    if unknown or not params:
+        raise MetaSymError(f"adapt: unknown local parameters {unknown or params}; the model has {names}")
+    return list(params)
+
+
 def split_point(T: int, holdout: float) -> int:
     """First frame of the held-out tail: both parts keep at least 2 frames (one transition)."""
     if not 0.0 < holdout < 1.0:
@@ -81,7 +108,8 @@ def prepare(model: MetaSym, states: torch.Tensor, controls: torch.Tensor,
 
 
 def adapt(model: MetaSym, states: torch.Tensor, controls: torch.Tensor, steps: float | torch.Tensor,
-          inner_steps: int = 10, lr: float = DEFAULT_LR, holdout: float = 0.25, horizon: int = 0) -> AdaptResult:
+          inner_steps: int = 10, lr: float = DEFAULT_LR, holdout: float = 0.25, horizon: int = 0,
+          params: str | Sequence[str] | None = None) -> AdaptResult:
     """K-shot adaptation of φ on one observed window; the module is not changed.
 
     Args:
@@ -91,11 +119,14 @@ def adapt(model: MetaSym, states: torch.Tensor, controls: torch.Tensor, steps: f
         holdout: fraction of the window (its tail) kept out of the inner loop for scoring.
         horizon: 0 = next-step loss; n > 0 = `rollout_loss` over n steps (the config's
             `training.rollout_horizon`, the loss the model was meta-trained to adapt with).
+        params: the part of φ to adapt (`local_subset`: None or "all", "value_bias", or names);
+            the rest stays at φ₀.
 
     Raises `MetaSymError` for a model without local parameters (no meta-attention, ablation D.3).
     """
     check_positive_int("inner_steps", inner_steps)
     check_adaptable(model)
+    chosen = local_subset(model, params)
     if not lr > 0:
         raise MetaSymError(f"lr must be positive, got {lr}")
     start = time.perf_counter()
@@ -111,13 +142,13 @@ def adapt(model: MetaSym, states: torch.Tensor, controls: torch.Tensor, steps: f
             def loss(phi, part, start=0):
                 return window_loss(model, part, phi, start=start, horizon=horizon)
 
-            step = grad(lambda phi: loss(phi, fit))
+            step = grad(lambda part: loss({**phi0, **part}, fit))
             before_fit = float(loss(phi0, fit))
             before = float(loss(phi0, batch, cut - 1))
             phi = phi0
             for _ in range(inner_steps):
-                g = step(phi)
-                phi = {k: phi[k] - lr * g[k] for k in phi}
+                g = step({k: phi[k] for k in chosen})
+                phi = {**phi, **{k: phi[k] - lr * g[k] for k in chosen}}
             after_fit = float(loss(phi, fit))
             after = float(loss(phi, batch, cut - 1))
     finally:

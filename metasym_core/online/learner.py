@@ -13,13 +13,14 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from metasym_core.errors import MetaSymError
-from metasym_core.meta.adapt import adapt, check_adaptable, prepare, split_point
+from metasym_core.meta.adapt import adapt, check_adaptable, local_subset, prepare, split_point
 from metasym_core.meta.losses import window_loss
 from metasym_core.models.metasym import MetaSym
 from metasym_core.online.local_params import save_local_params
@@ -49,6 +50,7 @@ class OnlineLearner:
         window: samples used per adaptation (the most recent ones).
         inner_steps, lr, holdout, horizon: `adapt` settings (the config's training values;
             horizon = `training.rollout_horizon`).
+        params: the part of φ adapted (`adapt`'s `params`: None / "all", "value_bias" or names).
         period_s: adapt at least this often (wall/sim seconds of the caller's clock); <= 0: never periodic.
         error_rise: adapt early when the realised error exceeds this factor times its running baseline.
         min_interval_s: never adapt more often than this.
@@ -57,8 +59,11 @@ class OnlineLearner:
 
     def __init__(self, model: MetaSym, system: str, out_dir: str | os.PathLike, window: int = 200,
                  inner_steps: int = 10, lr: float = 0.1, holdout: float = 0.25, period_s: float = 5.0,
-                 error_rise: float = 2.0, min_interval_s: float = 0.5, min_gain: float = 0.01, horizon: int = 0):
+                 error_rise: float = 2.0, min_interval_s: float = 0.5, min_gain: float = 0.01, horizon: int = 0,
+                 params: str | Sequence[str] | None = None):
         check_adaptable(model, "online learner")  # no meta-attention (ablation D.3): no φ to learn online
+        self.params = params if params is None or isinstance(params, str) else list(params)
+        local_subset(model, self.params)  # a bad subset fails here, not at the first adaptation
         if window < max(8, model.context + 2):
             raise MetaSymError(f"learner window must be >= {max(8, model.context + 2)} samples, got {window}")
         if error_rise <= 1.0:
@@ -124,7 +129,8 @@ class OnlineLearner:
         start = time.perf_counter()
         dtype = next(self.model.parameters()).dtype
         states, controls, steps = (torch.as_tensor(a, dtype=dtype) for a in (states, controls, steps))
-        result = adapt(self.model, states, controls, steps, self.inner_steps, self.lr, self.holdout, self.horizon)
+        result = adapt(self.model, states, controls, steps, self.inner_steps, self.lr, self.holdout, self.horizon,
+                       self.params)
         current = result.loss_before if self.active is None else self._holdout_loss(self.active, states,
                                                                                    controls, steps)
         best_before = min(result.loss_before, current)

@@ -12,7 +12,9 @@ Parameters are four dimensionless scale factors (METHOD §6):
 - ``torque_scale``  multiplies the torque constant cm/cf.
 
 Train draws each U[0.8, 1.2], OOD each U[1.2, 1.5]; `physical_params` gives the
-absolute values.
+absolute values. The option `fixed` (e.g. ``["mass"]``) draws the named factors at
+their nominal 1 in every split (they stay valid parameters of `simulate`): a model
+trained so has never seen them vary, and cannot infer a change of them from context.
 
 Stored 12-D state (q first, then p, METHOD §1), all in float64:
 
@@ -384,7 +386,14 @@ class Quadrotor(SystemFamily):
     default_steps = 200
 
     def __init__(self, noise_std: float = 0.01, dt: float = 0.02,
-                 box: Sequence[Sequence[float]] = DEFAULT_BOX, source: str = "ocp"):
+                 box: Sequence[Sequence[float]] = DEFAULT_BOX, source: str = "ocp", fixed: Sequence[str] = ()):
+        if isinstance(fixed, str) or not all(isinstance(k, str) for k in fixed):
+            raise MetaSymError(f"quadrotor fixed must be a list of parameter names, got {fixed!r}")
+        names = [k.removesuffix("_scale") for k in PARAM_NAMES]
+        wrong = [k for k in fixed if k not in PARAM_NAMES and k not in names]
+        if wrong:
+            raise MetaSymError(f"quadrotor fixed: unknown parameters {wrong}; expected some of {names}")
+        self.fixed = tuple(k if k in PARAM_NAMES else PARAM_NAMES[names.index(k)] for k in fixed)
         if source not in SOURCES:
             raise MetaSymError(f"quadrotor source must be one of {', '.join(SOURCES)}, got {source!r}")
         self.source = source
@@ -399,11 +408,19 @@ class Quadrotor(SystemFamily):
         self.box = box_array(box)
 
     def options(self) -> dict:
-        return {"noise_std": self.noise_std, "dt": self.dt, "box": self.box.tolist(), "source": self.source}
+        out = {"noise_std": self.noise_std, "dt": self.dt, "box": self.box.tolist(), "source": self.source}
+        if self.fixed:  # only when set: datasets made before the option keep their options (and cache names)
+            out["fixed"] = [k.removesuffix("_scale") for k in self.fixed]
+        return out
 
     def param_ranges(self, split: str) -> dict[str, tuple[float, float]]:
         lo_hi = TRAIN_RANGE if self.check_split(split) == "train" else OOD_RANGE
         return {k: lo_hi for k in PARAM_NAMES}
+
+    def sample_params(self, split: str, rng: np.random.Generator) -> dict[str, float]:
+        """Uniform draws from the split's ranges; the `fixed` factors at their nominal 1."""
+        params = super().sample_params(split, rng)
+        return {k: 1.0 if k in self.fixed else v for k, v in params.items()}
 
     def simulate(self, params: dict[str, float], steps: int, rng: np.random.Generator) -> Trajectory:
         """Optimal flight from a random start to a random goal at rest, `steps` samples at `dt`.
