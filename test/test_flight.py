@@ -1,10 +1,12 @@
 """`metasym flight` end to end: the real quadrotor node graph over DDS, a mid-flight mass
-change, online adaptation, the summary figures, the JSON and the PNG.
+change, online adaptation, the summary figures, the JSON and the PNG; and the flight
+issue's acceptance criterion.
 
-The model is a checkpoint with non-trivial random weights (as in test_ros_nodes' learner
-test): training one is too slow for a test, and the local parameters must matter so
-that the learner's adaptations can be accepted. Discovery stays on this host, on a
-random domain in 100-200.
+The model is `test/fixtures/quadrotor_demo.pt`, the checkpoint `metasym demo` makes
+(31 KB; `test_the_shipped_model_is_what_metasym_demo_makes` keeps it in step with the
+config: after a change there, run `metasym demo` and copy `runs/demo/run/final.pt` and
+`recipe.json` over it). Training one in the test would take minutes. Discovery stays on
+this host, on a random domain in 100-200.
 """
 
 import json
@@ -13,14 +15,14 @@ import os
 import random
 import subprocess
 import sys
+from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(180)]
 
-DURATION_S, CHANGE_S = 12.0, 5.0  # simulated seconds
+DURATION_S, CHANGE_S = 15.0, 5.0  # simulated seconds (the issue's shortened flight)
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def _env() -> dict[str, str]:
@@ -33,22 +35,15 @@ def _metasym(*args: str, timeout: float) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
-def test_flight_changes_mass_adapts_online_and_reports(tmp_path):
-    from metasym_core.checkpoint import save_checkpoint
-    from metasym_core.config import build_model, load_config
-    from metasym_core.online.streams import make_stream
+def test_the_shipped_model_is_what_metasym_demo_makes():
+    from metasym_core.demo import _recipe
 
-    stream = make_stream("quadrotor", dt=0.02, seed=1)  # a short flight (not the test's) fixes the normalisation
-    samples = [stream.advance() for _ in range(300)]
-    stream.close()
-    torch.manual_seed(0)
-    model = build_model(load_config("quadrotor"))
-    with torch.no_grad():  # non-trivial weights: the local parameters then matter
-        for p in model.parameters():
-            p.normal_(0.0, 0.3)
-    model.set_normalization(*(torch.tensor(np.stack([getattr(s, k) for s in samples]), dtype=torch.float32)[None]
-                              for k in ("state", "control", "dt")))
-    ckpt = save_checkpoint(tmp_path / "model.pt", model)
+    recipe = json.loads((FIXTURES / "quadrotor_demo_recipe.json").read_text())
+    assert recipe == json.loads(json.dumps(_recipe(1800, 0))), "regenerate test/fixtures (see the module doc)"
+
+
+def test_flight_changes_mass_adapts_online_and_meets_the_acceptance_criterion(tmp_path):
+    ckpt = FIXTURES / "quadrotor_demo.pt"
     out = tmp_path / "flight"
     res = _metasym("flight", "--checkpoint", str(ckpt), "--duration", str(DURATION_S), "--change-time",
                    str(CHANGE_S), "--out", str(out), timeout=150)
@@ -66,9 +61,14 @@ def test_flight_changes_mass_adapts_online_and_reports(tmp_path):
     assert fig["prediction_max_gap_sim_s"] <= 0.5, "predictions must flow throughout the flight"
     for phase in ("before_change", "after_change", "after_adaptation"):
         assert fig[f"evaluations_{phase}"] > 0, phase
-    # the learner reacted: an accepted adaptation within 2 s (simulated) of the change
+    # acceptance (flight issue): an accepted adaptation within 2 s (simulated) of the change, and
+    # after it the realised horizon-H error (model error: the predictions under the controls that were
+    # applied) at most half of the error between the change and the first adaptation (measured here:
+    # 0.27-0.30 over 4 flights; the published predictions hold the last control, see docs/decisions.md)
     assert fig["adaptations_accepted_after_change"] >= 1
     assert 0.0 <= fig["first_adaptation_after_change_sim_s"] <= 2.0
+    assert fig["model_mse_after_change"] > 1.5 * fig["model_mse_before_change"], "the change must show"
+    assert fig["model_error_ratio_after_adaptation_over_after_change"] <= 0.5
     for key in ("mse_before_change", "mse_after_change", "mse_after_adaptation", "model_mse_before_change",
                 "model_mse_after_change", "model_mse_after_adaptation",
                 "error_ratio_after_adaptation_over_after_change", "first_adaptation_latency_ms",
