@@ -18,6 +18,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["metasym_core", "metasym_core.*", "metasym_ros", "metasym_ros.*"]),
+    # the bundled demo model (`checkpoint: pretrained`) and the recipe that made it
+    package_data={"metasym_core": ["pretrained/*.pt", "pretrained/*.json"]},
     install_requires=[
         "torch>=2.4",
         "numpy>=1.26",

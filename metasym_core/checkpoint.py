@@ -19,6 +19,21 @@ VERSION = 1
 #: buffers added after format version 1 was fixed: a checkpoint without them loads them as zeros
 #: (`encoder.shift`: a zero shift is the uncentred encoder those checkpoints were trained with)
 OPTIONAL_ZERO_BUFFERS = ("encoder.shift",)
+#: models bundled with the package, `<system>.pt` with the `<system>.recipe.json` that made them
+PRETRAINED = Path(__file__).resolve().parent / "pretrained"
+
+
+def resolve_checkpoint(value: str | os.PathLike, system: str) -> str:
+    """The checkpoint path behind a `checkpoint` setting: `pretrained` names the model bundled
+    for `system` (the quadrotor's is what `metasym demo` makes, see its recipe); anything else
+    is returned as given."""
+    if os.fspath(value) != "pretrained":
+        return os.fspath(value)
+    path = PRETRAINED / f"{system}.pt"
+    if not path.is_file():
+        bundled = ", ".join(sorted(p.stem for p in PRETRAINED.glob("*.pt"))) or "none"
+        raise MetaSymError(f"checkpoint pretrained: no bundled model for {system} (bundled: {bundled})")
+    return str(path)
 
 
 def save_checkpoint(path: str | os.PathLike, model: MetaSym, extra: dict | None = None) -> Path:

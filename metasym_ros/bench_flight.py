@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from metasym_core.bench.report import DEFAULT_DOC, markdown_table, text_table, update_section
+from metasym_core.checkpoint import resolve_checkpoint
 from metasym_core.errors import MetaSymError
 
 DEFAULT_CHECKPOINT = "runs/demo/run/final.pt"
@@ -38,7 +39,7 @@ def run_flight_bench(checkpoint: str = DEFAULT_CHECKPOINT, duration_s: float = 3
     """Fly with and without online adaptation; returns the figures (keys carry their unit)."""
     from metasym_ros.flight_demo import FlightConfig, run_flight
 
-    if not Path(checkpoint).is_file():
+    if not Path(resolve_checkpoint(checkpoint, "quadrotor")).is_file():
         raise MetaSymError(f"checkpoint not found: {checkpoint} (run `metasym demo` first to obtain one)")
     runs = {}
     for name, adapt in (("adapt", True), ("no_adapt", False)):

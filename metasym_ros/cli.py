@@ -39,7 +39,9 @@ def _register_flight(subparsers) -> None:
                                           "DURATION simulated seconds, change a parameter mid-flight, report the "
                                           "realised prediction error before/after the change and after online "
                                           "adaptation; writes OUT/flight.png and OUT/flight.json.")
-    p.add_argument("--checkpoint", default="", help="model for predictor and learner (e.g. runs/demo/run/final.pt)")
+    p.add_argument("--checkpoint", default="pretrained",
+                   help="model for predictor and learner: pretrained (the bundled demo model, default), a file "
+                        "(e.g. runs/demo/run/final.pt), or '' (untrained)")
     p.add_argument("--duration", type=float, default=30.0, help="simulated seconds to fly (default 30)")
     p.add_argument("--change-time", type=float, default=10.0, help="simulated time of the change [s] (default 10)")
     p.add_argument("--change-param", default="mass", help="mass (default), inertia, arm or torque")

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from metasym_core.checkpoint import resolve_checkpoint
 from metasym_core.errors import MetaSymError
 
 SYSTEM = "quadrotor"
@@ -48,7 +49,7 @@ CHANGE_PARAMS = ("mass", "inertia", "arm", "torque")
 class FlightConfig:
     """What to fly (the `metasym flight` arguments)."""
 
-    checkpoint: str = ""
+    checkpoint: str = "pretrained"
     duration_s: float = 30.0
     change_time_s: float = 10.0
     change_param: str = "mass"
@@ -72,7 +73,7 @@ class FlightConfig:
         lo, hi = SET_PARAM_RANGE
         if not (math.isfinite(self.change_scale) and lo <= self.change_scale <= hi):
             raise MetaSymError(f"--change-scale must be in [{lo:g}, {hi:g}], got {self.change_scale}")
-        if self.checkpoint and not Path(self.checkpoint).is_file():
+        if self.checkpoint and not Path(resolve_checkpoint(self.checkpoint, SYSTEM)).is_file():
             raise MetaSymError(f"checkpoint not found: {self.checkpoint}")
 
 

@@ -66,6 +66,7 @@ from rclpy.node import Node
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from metasym_core.checkpoint import resolve_checkpoint
 from metasym_core.config import data_options, data_tag
 from metasym_core.errors import MetaSymError
 from metasym_core.meta.adapt import adapt
@@ -148,8 +149,9 @@ class LearnerNode(Node):
         super().__init__("learner", **kwargs)
         self.system = declare(self, "system", "quadrotor", "System family: " + " | ".join(STREAMS),
                               read_only=True)
-        checkpoint = declare(self, "checkpoint", "", "Meta-trained model; empty = untrained (warning) or "
-                             "meta-train first (train_at_start)", read_only=True)
+        checkpoint = resolve_checkpoint(declare(self, "checkpoint", "", "Meta-trained model; pretrained = the "
+                                                "bundled model; empty = untrained (warning) or meta-train "
+                                                "first (train_at_start)", read_only=True), self.system)
         device = declare(self, "device", "auto", "auto | cpu | cuda[:N]", read_only=True)
         train_at_start = declare(self, "train_at_start", False, "Meta-train (or reuse/resume a run of train_dir) "
                                  "at start when checkpoint is empty or missing", read_only=True)

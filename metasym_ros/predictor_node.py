@@ -63,6 +63,7 @@ from nav_msgs.msg import Path
 from rclpy.node import Node
 from std_msgs.msg import String
 
+from metasym_core.checkpoint import resolve_checkpoint
 from metasym_core.errors import MetaSymError
 from metasym_core.online.poses import quadrotor_poses
 from metasym_core.online.predictor import OnlinePredictor, load_model
@@ -117,8 +118,9 @@ class PredictorNode(Node):
         super().__init__("predictor", **kwargs)
         self.system = declare(self, "system", "quadrotor", "System family: " + " | ".join(STREAMS),
                               read_only=True)
-        checkpoint = declare(self, "checkpoint", "", "Model checkpoint; empty = untrained model (warning)",
-                             read_only=True)
+        checkpoint = resolve_checkpoint(declare(self, "checkpoint", "", "Model checkpoint; pretrained = the "
+                                                "bundled model; empty = untrained model (warning)",
+                                                read_only=True), self.system)
         self.horizon = declare(self, "horizon", 30, "Predicted steps H", read_only=True)
         device = declare(self, "device", "auto", "auto | cpu | cuda[:N]", read_only=True)
         self.max_age_s = declare(self, "max_age_s", 1.0, "States older than this [s] are stale and dropped")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from metasym_core.checkpoint import load_checkpoint
+from metasym_core.checkpoint import load_checkpoint, resolve_checkpoint
 from metasym_core.config import build_model, load_config
 from metasym_core.device import resolve_device
 from metasym_core.errors import MetaSymError
@@ -27,7 +27,9 @@ from metasym_core.online.window import ContextWindow
 def load_model(system: str, checkpoint: str | os.PathLike = "", device: str = "auto",
                seed: int = 0) -> tuple[MetaSym, dict, str | None]:
     """(model in eval mode on `device`, config, warning). An empty `checkpoint` gives an
-    untrained model built from config/<system>.yaml (the graph still runs) plus a warning."""
+    untrained model built from config/<system>.yaml (the graph still runs) plus a warning;
+    `pretrained` the model bundled for `system` (`resolve_checkpoint`)."""
+    checkpoint = resolve_checkpoint(checkpoint, system)
     cfg = load_config(system)
     dev = resolve_device(device)
     warning = None
