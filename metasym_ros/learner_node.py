@@ -184,12 +184,18 @@ class LearnerNode(Node):
         adapt_params = declare(self, "adapt_params", "all", "Part of φ adapted online: all | value_bias "
                                "(the meta-attention value bias alone)", read_only=True)
         holdout = declare(self, "holdout", 0.25, "Tail fraction of the window that scores an adaptation")
+        val_horizon = declare(self, "val_horizon", 0, "Score that accepts an adaptation: n-step rollouts on the "
+                              "held-out tail (0: the adaptation loss)", read_only=True)
         horizon = declare(self, "horizon", int(training.get("rollout_horizon", 0)),
                           "Adaptation loss: 0 = next step, n = n-step rollouts (training.rollout_horizon)")
         period_s = declare(self, "period_s", 5.0, "Adapt at least this often [s]; <= 0: only on error rise")
         error_rise = declare(self, "error_rise", 2.0, "Adapt early when the realised error rises by this factor")
         min_interval_s = declare(self, "min_interval_s", 0.5, "Never adapt more often than this [s]")
         min_gain = declare(self, "min_gain", 0.01, "Accept only this relative held-out improvement")
+        watch_rise = declare(self, "watch_rise", 0.0, "Adapt early when the next-step loss of the parameters in "
+                             "force on the newest window rises by this factor (0: off)", read_only=True)
+        burst_s = declare(self, "burst_s", 0.0, "After an alarm, adapt every min_interval_s for this long [s]",
+                          read_only=True)
         params_dir = declare(self, "params_dir", "", "Folder of accepted parameter files (empty: temporary)",
                              read_only=True)
         self.max_age_s = declare(self, "max_age_s", 1.0, "States older than this [s] are stale and dropped")
@@ -202,9 +208,9 @@ class LearnerNode(Node):
         self._tmp = None if params_dir else tempfile.TemporaryDirectory(prefix="metasym_learner_")
         self._params_root = Path(params_dir or self._tmp.name)
         self._learner_kwargs = {"window": window, "inner_steps": inner_steps, "lr": lr, "holdout": holdout,
-                                "horizon": horizon, "params": adapt_params,
+                                "horizon": horizon, "params": adapt_params, "val_horizon": val_horizon,
                                 "period_s": period_s, "error_rise": error_rise, "min_interval_s": min_interval_s,
-                                "min_gain": min_gain}
+                                "min_gain": min_gain, "watch_rise": watch_rise, "burst_s": burst_s}
         self.learner = OnlineLearner(model, self.system, self._params_root, **self._learner_kwargs)
         self.model_path, self.model_tag = ("" if train_first else checkpoint), ""
         self.outcomes: list[AdaptationOutcome] = []
@@ -276,6 +282,7 @@ class LearnerNode(Node):
             return
         now = self._now()
         with self._lock:
+            self.learner.watch()  # one forward pass on the newest window when watch_rise is set
             due = (self._force and self.learner.buffer.full) or self.learner.should_adapt(now)
             self._force = False
         if due:

@@ -68,12 +68,11 @@ def test_flight_changes_mass_adapts_online_and_meets_the_acceptance_criterion(tm
     # the flight issue's acceptance: an accepted adaptation within 2 s (simulated) of the change, and
     # after it the realised horizon-H error (model error: the predictions under the controls that were
     # applied; the published ones hold the last control, see docs/decisions.md) at most half of the error
-    # between the change and the first adaptation. Measured: 0.27-0.48 over 6 such flights, so this test
-    # guards 0.6 and the 0.5 is not yet met reliably (the window before the first adaptation is
-    # 0.2-1 s long and its error varies with the manoeuvre then).
+    # between the change and the first adaptation (measured: 0.27-0.32 over six such flights, the first
+    # adaptation 0.5-0.8 s after the change; docs/decisions.md)
     assert fig["adaptations_accepted_after_change"] >= 1
     assert 0.0 <= fig["first_adaptation_after_change_sim_s"] <= 2.0
-    assert fig["model_error_ratio_after_adaptation_over_after_change"] <= 0.6
+    assert fig["model_error_ratio_after_adaptation_over_after_change"] <= 0.5
     for key in ("mse_before_change", "mse_after_change", "mse_after_adaptation", "model_mse_before_change",
                 "model_mse_after_change", "model_mse_after_adaptation",
                 "error_ratio_after_adaptation_over_after_change", "first_adaptation_latency_ms",

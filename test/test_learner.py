@@ -52,6 +52,34 @@ def test_adapts_only_the_chosen_part_of_phi(tmp_path):
         OnlineLearner(model, "test", tmp_path, window=60, params="heads")
 
 
+def test_watch_sees_a_change_of_system_and_opens_a_burst(tmp_path):
+    """`watch_rise`: the next-step loss of the parameters in force on the newest window jumps when the
+    system changes; the alarm comes at once, and `burst_s` keeps adapting every `min_interval_s`."""
+    model, states, controls = _system()
+    other = _system(seed=3)[1:]  # another system's trajectory (same model dims)
+    learner = OnlineLearner(model, "test", tmp_path, window=30, period_s=0.0, min_interval_s=0.5,
+                            watch_rise=2.0, burst_s=3.0)
+    learner.watch()  # buffer not full: nothing to score
+    for i in range(60):  # steady: the same system
+        learner.push(0.1 * i, states[i], controls[i], 0.1)
+        learner.watch()
+    assert not learner.should_adapt(100.0)  # no period, no alarm
+    for j in range(30):  # the system changes
+        learner.push(6.0 + 0.1 * j, other[0][j], other[1][j], 0.1)
+        learner.watch()
+        if learner.should_adapt(100.0):
+            break
+    assert learner.should_adapt(100.0), "watch must see the change"
+    assert j < 15, f"watch took {j} samples"
+    now = 100.0
+    learner.adapt_now(now)
+    assert not learner.should_adapt(now + 0.2)  # min_interval_s
+    assert learner.should_adapt(now + 0.6) and learner.should_adapt(now + 2.9)  # the burst
+    assert not learner.should_adapt(now + 3.1)  # over; period 0: only alarms from now on
+    with pytest.raises(MetaSymError, match="watch_rise"):
+        OnlineLearner(model, "test", tmp_path, window=30, watch_rise=0.5)
+
+
 def test_refuses_when_nothing_improves(tmp_path):
     _, learner = _filled(tmp_path)
     learner.lr = 1e-12  # an adaptation that cannot move φ cannot improve the held-out loss
@@ -88,3 +116,22 @@ def test_rollout_horizon_adapts_on_rollouts_and_must_fit_the_window(tmp_path):
     assert out.accepted and out.loss_after < out.loss_before
     with pytest.raises(MetaSymError, match="does not fit the window"):
         OnlineLearner(model, "test", tmp_path, window=60, horizon=20)  # held-out tail of 15 < 20
+
+
+def test_val_horizon_scores_candidates_by_rollouts(tmp_path):
+    """`val_horizon`: fit on the next step, accept on n-step rollouts of the held-out tail."""
+    from metasym_core.meta.adapt import prepare, split_point
+    from metasym_core.meta.losses import window_loss
+
+    model, learner = _filled(tmp_path / "ok", val_horizon=5)
+    learner.lr = 0.5
+    states, controls, steps = (torch.as_tensor(a) for a in learner.buffer.arrays())
+    out = learner.adapt_now(now=10.0)
+    assert out.accepted
+    with torch.no_grad():
+        batch = prepare(model, states, controls, steps)
+        cut = split_point(batch.x.shape[1], learner.holdout)
+        rollout_phi0 = float(window_loss(model, batch, None, start=cut - 1, horizon=5))
+    assert out.loss_before == pytest.approx(rollout_phi0, rel=1e-9)  # the score is the rollout one
+    with pytest.raises(MetaSymError, match="val_horizon 20 does not fit the window"):
+        OnlineLearner(model, "test", tmp_path, window=60, val_horizon=20)

@@ -51,6 +51,14 @@ class OnlineLearner:
         inner_steps, lr, holdout, horizon: `adapt` settings (the config's training values;
             horizon = `training.rollout_horizon`).
         params: the part of φ adapted (`adapt`'s `params`: None / "all", "value_bias" or names).
+        val_horizon: the held-out score that accepts or refuses: n-step rollouts (n > 0) or, with 0,
+            `adapt`'s own loss (`horizon`). Rollouts refuse fits that help the next step but not the
+            horizon the predictions are made for, at the price of one rollout pass per candidate.
+        watch_rise: > 1: `watch` also raises the alarm when the next-step loss of the parameters in
+            force on the newest window exceeds this factor times its running level (0: off). It sees
+            a change within a few tenths of a second, before the realised error (H steps later) does.
+        burst_s: after an alarm, adapt every `min_interval_s` for this long (refinements while the
+            window fills with the changed system), whatever `period_s` says.
         period_s: adapt at least this often (wall/sim seconds of the caller's clock); <= 0: never periodic.
         error_rise: adapt early when the realised error exceeds this factor times its running baseline.
         min_interval_s: never adapt more often than this.
@@ -60,7 +68,8 @@ class OnlineLearner:
     def __init__(self, model: MetaSym, system: str, out_dir: str | os.PathLike, window: int = 200,
                  inner_steps: int = 10, lr: float = 0.1, holdout: float = 0.25, period_s: float = 5.0,
                  error_rise: float = 2.0, min_interval_s: float = 0.5, min_gain: float = 0.01, horizon: int = 0,
-                 params: str | Sequence[str] | None = None):
+                 params: str | Sequence[str] | None = None, val_horizon: int = 0, watch_rise: float = 0.0,
+                 burst_s: float = 0.0):
         check_adaptable(model, "online learner")  # no meta-attention (ablation D.3): no φ to learn online
         self.params = params if params is None or isinstance(params, str) else list(params)
         local_subset(model, self.params)  # a bad subset fails here, not at the first adaptation
@@ -73,12 +82,13 @@ class OnlineLearner:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.buffer = ContextWindow(model.state_dim, model.control_dim, window)
         self.inner_steps, self.lr, self.holdout = int(inner_steps), float(lr), float(holdout)
-        self.horizon = int(horizon)
+        self.horizon, self.val_horizon = int(horizon), int(val_horizon) or int(horizon)
         tail = int(round(self.holdout * window))
-        if self.horizon < 0 or (self.horizon and (tail < self.horizon or window - tail < model.context + self.horizon)):
-            raise MetaSymError(f"learner horizon {horizon} does not fit the window: rollouts need its held-out "
-                               f"tail ({tail} samples) >= horizon and the rest ({window - tail}) >= context + "
-                               f"horizon ({model.context + self.horizon})")
+        for name, n in (("horizon", self.horizon), ("val_horizon", self.val_horizon)):
+            if n < 0 or (n and (tail < n or window - tail < model.context + n)):
+                raise MetaSymError(f"learner {name} {n} does not fit the window: rollouts need its held-out "
+                                   f"tail ({tail} samples) >= {name} and the rest ({window - tail}) >= context + "
+                                   f"{name} ({model.context + n})")
         self.period_s, self.error_rise, self.min_interval_s = float(period_s), float(error_rise), float(min_interval_s)
         if not 0.0 <= min_gain < 1.0:
             raise MetaSymError(f"min_gain must be in [0, 1), got {min_gain}")
@@ -88,6 +98,11 @@ class OnlineLearner:
         self._last_attempt = -math.inf
         self._baseline: float | None = None  # running realised error while nothing changes
         self._alarm = False
+        if watch_rise and watch_rise <= 1.0 or burst_s < 0:
+            raise MetaSymError(f"watch_rise must be 0 (off) or > 1 and burst_s >= 0, got {watch_rise}, {burst_s}")
+        self.watch_rise, self.burst_s = float(watch_rise), float(burst_s)
+        self._level: float | None = None  # running next-step loss of the parameters in force (watch)
+        self._burst_until = -math.inf
 
     # -- inputs ----------------------------------------------------------------------------------------
     def push(self, stamp: float, state, control, dt: float, now: float | None = None) -> str | None:
@@ -105,18 +120,38 @@ class OnlineLearner:
         else:
             self._baseline = 0.9 * self._baseline + 0.1 * mse
 
+    def watch(self) -> None:
+        """With `watch_rise`: score the parameters in force on the newest window (next-step loss, one
+        forward pass) and raise the alarm on a jump over their running level."""
+        if not self.watch_rise or not self.buffer.full:
+            return
+        dtype = next(self.model.parameters()).dtype
+        states, controls, steps = (torch.as_tensor(a, dtype=dtype) for a in self.buffer.arrays())
+        with torch.no_grad():
+            loss = float(window_loss(self.model, prepare(self.model, states, controls, steps), self.active))
+        if not math.isfinite(loss):
+            return
+        if self._level is None:
+            self._level = loss
+        elif loss > self.watch_rise * self._level:
+            self._alarm = True
+        else:
+            self._level = 0.9 * self._level + 0.1 * loss
+
     def should_adapt(self, now: float) -> bool:
-        """Enough samples, not too soon, and either the error alarm or the period is due."""
+        """Enough samples, not too soon, and the error alarm, a burst after it or the period is due."""
         if not self.buffer.full or now - self._last_attempt < self.min_interval_s:
             return False
-        return self._alarm or (self.period_s > 0 and now - self._last_attempt >= self.period_s)
+        return (self._alarm or now < self._burst_until
+                or (self.period_s > 0 and now - self._last_attempt >= self.period_s))
 
     # -- the adaptation ------------------------------------------------------------------------------
     def _holdout_loss(self, local: dict[str, torch.Tensor] | None, states, controls, steps) -> float:
+        """The acceptance score of `local` (None: φ₀) on the window's held-out tail."""
         with torch.no_grad():
             batch = prepare(self.model, states, controls, steps)
             cut = split_point(batch.x.shape[1], self.holdout)
-            return float(window_loss(self.model, batch, local, start=cut - 1, horizon=self.horizon))
+            return float(window_loss(self.model, batch, local, start=cut - 1, horizon=self.val_horizon))
 
     def adapt_now(self, now: float) -> AdaptationOutcome:
         """Adapt on the buffered window; accept only an improvement over φ₀ and the active φ."""
@@ -125,22 +160,26 @@ class OnlineLearner:
     def adapt_window(self, states, controls, steps, now: float) -> AdaptationOutcome:
         """`adapt_now` on given arrays (a snapshot of the buffer taken under the caller's lock)."""
         self._last_attempt = now
+        if self._alarm:  # an alarm opens a burst of refinements
+            self._burst_until = now + self.burst_s
         self._alarm = False
         start = time.perf_counter()
         dtype = next(self.model.parameters()).dtype
         states, controls, steps = (torch.as_tensor(a, dtype=dtype) for a in (states, controls, steps))
         result = adapt(self.model, states, controls, steps, self.inner_steps, self.lr, self.holdout, self.horizon,
                        self.params)
-        current = result.loss_before if self.active is None else self._holdout_loss(self.active, states,
-                                                                                   controls, steps)
-        best_before = min(result.loss_before, current)
+        before, after = result.loss_before, result.loss_after  # adapt's scores, when they are the acceptance's
+        if self.val_horizon != self.horizon:
+            before, after = (self._holdout_loss(p, states, controls, steps) for p in (None, result.local_params))
+        current = before if self.active is None else self._holdout_loss(self.active, states, controls, steps)
+        best_before = min(before, current)
         latency = 1000 * (time.perf_counter() - start)
-        if not result.loss_after < (1.0 - self.min_gain) * best_before:
-            return AdaptationOutcome(self.version, False, best_before, result.loss_after, latency,
+        if not after < (1.0 - self.min_gain) * best_before:
+            return AdaptationOutcome(self.version, False, best_before, after, latency,
                                      f"refused: the held-out loss did not improve by {100 * self.min_gain:g}%")
         self.version += 1
         path = self.out_dir / f"{self.system}_local_v{self.version}.pt"
         save_local_params(path, result.local_params, self.version, self.system)
         self.active = result.local_params
-        self._baseline = None  # the error level changes with new parameters: learn it again
-        return AdaptationOutcome(self.version, True, best_before, result.loss_after, latency, "accepted", str(path))
+        self._baseline = self._level = None  # the error level changes with new parameters: learn it again
+        return AdaptationOutcome(self.version, True, best_before, after, latency, "accepted", str(path))
