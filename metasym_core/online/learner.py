@@ -111,14 +111,7 @@ class OnlineLearner:
 
     def observe_error(self, mse: float) -> None:
         """Feed the predictor's realised error; a jump over `error_rise` × baseline raises the alarm."""
-        if not math.isfinite(mse):
-            return
-        if self._baseline is None:
-            self._baseline = mse
-        elif mse > self.error_rise * self._baseline:
-            self._alarm = True
-        else:
-            self._baseline = 0.9 * self._baseline + 0.1 * mse
+        self._baseline = self._track(self._baseline, mse, self.error_rise)
 
     def watch(self) -> None:
         """With `watch_rise`: score the parameters in force on the newest window (next-step loss, one
@@ -129,14 +122,19 @@ class OnlineLearner:
         states, controls, steps = (torch.as_tensor(a, dtype=dtype) for a in self.buffer.arrays())
         with torch.no_grad():
             loss = float(window_loss(self.model, prepare(self.model, states, controls, steps), self.active))
-        if not math.isfinite(loss):
-            return
-        if self._level is None:
-            self._level = loss
-        elif loss > self.watch_rise * self._level:
+        self._level = self._track(self._level, loss, self.watch_rise)
+
+    def _track(self, level: float | None, value: float, rise: float) -> float | None:
+        """Running level of an error signal: a value over `rise` × level raises the alarm (and leaves
+        the level alone), any other moves it (exponential average, weight 0.1)."""
+        if not math.isfinite(value):
+            return level
+        if level is None:
+            return value
+        if value > rise * level:
             self._alarm = True
-        else:
-            self._level = 0.9 * self._level + 0.1 * loss
+            return level
+        return 0.9 * level + 0.1 * value
 
     def should_adapt(self, now: float) -> bool:
         """Enough samples, not too soon, and the error alarm, a burst after it or the period is due."""
