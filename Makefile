@@ -7,9 +7,9 @@ PY := $(VENV)/bin/python
 DEPS_HASH := $(shell cat requirements.txt setup.py | sha256sum | cut -c1-16)
 DEPS_STAMP := $(VENV)/.deps-$(DEPS_HASH)
 
-.PHONY: all venv interfaces test lint demo bench clean
+.PHONY: all venv native interfaces test lint demo bench clean
 
-all: venv interfaces
+all: venv native interfaces
 
 venv: $(DEPS_STAMP)
 
@@ -20,6 +20,17 @@ $(DEPS_STAMP):
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
 		--config-settings editable_mode=compat -e .
 	@rm -f $(VENV)/.deps-*
+	@touch $@
+
+# The compiled rollout kernel (metasym_core/models/csrc), rebuilt in place when its sources change.
+NATIVE_STAMP := $(VENV)/.native-stamp
+NATIVE_INPUTS := $(wildcard metasym_core/models/csrc/*.c metasym_core/models/csrc/*.h)
+
+native: $(NATIVE_STAMP)
+
+$(NATIVE_STAMP): $(DEPS_STAMP) $(NATIVE_INPUTS)
+	@echo "[make] compiling the rollout kernel"
+	@$(PY) setup.py -q build_ext --inplace
 	@touch $@
 
 # ROS 2 interfaces (metasym_ros msg/srv) built into the venv with the system cmake;
@@ -38,16 +49,16 @@ $(ROS_IFACE_STAMP): $(DEPS_STAMP) $(ROS_IFACE_INPUTS)
 lint: venv
 	$(VENV)/bin/ruff check metasym_core metasym_ros test launch setup.py
 
-test: venv interfaces lint
+test: venv native interfaces lint
 	$(PY) -m pytest -q test
 
 # Offline: simulate quadrotors, meta-train (cached in runs/demo), adapt to unseen ones, plot.
 # Then online: fly the ROS graph 30 s with a +30 % mass change at 10 s, adapting live.
-demo: venv interfaces
+demo: venv native interfaces
 	$(VENV)/bin/metasym demo
 	$(VENV)/bin/metasym flight --checkpoint runs/demo/run/final.pt
 
-bench: venv
+bench: venv native
 	$(VENV)/bin/metasym bench rollout
 
 clean:

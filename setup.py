@@ -7,7 +7,7 @@ rclpy only when a node is started.
 
 from glob import glob
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 setup(
     name="metasym",
@@ -20,6 +20,11 @@ setup(
     packages=find_packages(include=["metasym_core", "metasym_core.*", "metasym_ros", "metasym_ros.*"]),
     # the bundled demo model (`checkpoint: pretrained`) and the recipe that made it
     package_data={"metasym_core": ["pretrained/*.pt", "pretrained/*.json"]},
+    # the compiled rollout kernel (metasym_core/models/native.py): plain C loaded with ctypes, no Python
+    # API; optional, so an install without a C compiler still works (rollouts then run in NumPy / torch)
+    ext_modules=[Extension("metasym_core.models._native", sources=["metasym_core/models/csrc/rollout.c"],
+                           depends=["metasym_core/models/csrc/rollout_body.h"],
+                           extra_compile_args=["-O3", "-std=c11", "-fno-math-errno", "-Wno-psabi"], optional=True)],
     install_requires=[
         "torch>=2.4",
         "numpy>=1.26",
@@ -34,7 +39,7 @@ setup(
         "dev": ["pytest", "pytest-timeout", "ruff"],
     },
     # the per-system configs, where metasym_core.config looks for them after `pip install .`
-    data_files=[("share/metasym_ros/config", sorted(glob("config/*.yaml")))],
+    data_files=[("share/metasym_ros/config", sorted(glob("config/*.yaml") + glob("config/*.xml")))],
     entry_points={"console_scripts": [
         "metasym = metasym_core.cli:main",
         "metasym-simulator = metasym_ros.simulator_node:main",

@@ -22,6 +22,14 @@ def config_dirs() -> list[Path]:
     return [CONFIG_DIR] + [Path(p) / "share" / "metasym_ros" / "config" for p in prefixes]
 
 
+def config_file(name: str) -> Path:
+    """A non-system file shipped in the config folder (e.g. `fastdds.xml`), found like the configs."""
+    for folder in config_dirs():
+        if (folder / name).is_file():
+            return folder / name
+    raise MetaSymError(f"config file {name} not found in {', '.join(str(d) for d in config_dirs())}")
+
+
 def config_path(system_or_path: str | os.PathLike) -> Path:
     """A YAML path as given, or `<config dir>/<system>.yaml` for a bare system name."""
     text = str(system_or_path)

@@ -4,6 +4,7 @@ nothing is ever broadcast silently."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from metasym_core.errors import MetaSymError
@@ -23,10 +24,30 @@ def check_sequence(name: str, x: torch.Tensor, feature: int, batch: int | None =
     check_finite(name, x)
 
 
+def _cpu_array(x: torch.Tensor) -> np.ndarray | None:
+    """A NumPy view of a CPU tensor (None on other devices, or dtypes NumPy lacks). Checks on CPU
+    inputs run in NumPy: a torch reduction over a large batch starts torch's intra-op thread team,
+    whose threads then spin for milliseconds, competing with the rollout that follows."""
+    if x.device.type != "cpu":
+        return None
+    try:
+        return x.detach().numpy()
+    except (TypeError, RuntimeError):
+        return None
+
+
 def check_finite(name: str, x: torch.Tensor) -> None:
     """Reject NaN/Inf with the argument's name (one cheap reduction first: a NaN/Inf anywhere
     makes the sum non-finite; only then, or on overflow, the exact elementwise check)."""
-    if x.numel() and not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
+    if not x.numel():
+        return
+    a = _cpu_array(x)
+    if a is not None:
+        with np.errstate(over="ignore", invalid="ignore"):
+            ok = bool(np.isfinite(a.sum())) or bool(np.isfinite(a).all())
+    else:
+        ok = bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
+    if not ok:
         raise MetaSymError(f"{name} contains NaN or Inf")
 
 
@@ -44,7 +65,8 @@ def steps_tensor(steps: float | torch.Tensor, batch: int, time: int, like: torch
     if h.dim() != 3 or h.shape[0] != batch or h.shape[1] != time or h.shape[2] != 1:
         raise MetaSymError(f"{name} has shape {list(steps.shape)}, expected [{batch}, {time}] or [{batch}, {time}, 1]")
     check_finite(name, h)
-    if not bool((h > 0).all()):
+    a = _cpu_array(h)
+    if not (bool((a > 0).all()) if a is not None else bool((h > 0).all())):
         raise MetaSymError(f"{name} must be positive everywhere")
     return h
 

@@ -23,6 +23,7 @@ import numpy as np
 from metasym_core.bench.report import DEFAULT_DOC, markdown_table, text_table, update_section
 from metasym_core.config import load_config
 from metasym_core.errors import MetaSymError
+from metasym_ros.graph import node_environment
 
 TARGETS = {"latency_p99_target_ms": 5.0, "rollout_k1024_target_ms": 20.0}
 WARMUP_S = 3.0  # first predictions include model warm-up; not timed
@@ -54,8 +55,10 @@ def run_ros_latency_bench(duration_s: float = 60.0, rate_hz: float = 100.0, syst
     """Measure publish→prediction latency p50/p99 at `rate_hz` and the K=`candidates` rollout service."""
     if not (duration_s > 0 and rate_hz > 0 and horizon >= 1 and candidates >= 1 and rollout_repeats >= 1):
         raise MetaSymError("duration, rate, horizon, candidates and repeats must be positive")
-    # a benchmark talks to its own graph only: keep discovery on this host unless told otherwise
+    # a benchmark talks to its own graph only: keep discovery on this host unless told otherwise; the
+    # probe calls rollout_batch as an MPC would, with the nodes' Fast DDS profile (config/fastdds.xml)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.update(node_environment(os.environ))
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 

@@ -24,8 +24,10 @@ def declare(node: Node, name: str, default, description: str, read_only: bool = 
 
 
 def f64(values) -> array.array:
-    """A float64[] field value (the generated setters take array.array('d'), not numpy)."""
-    return array.array("d", np.ascontiguousarray(values, dtype=np.float64).tobytes())
+    """A float64[] field value (the generated setters take array.array('d'), not numpy); one copy."""
+    out = array.array("d")
+    out.frombytes(memoryview(np.ascontiguousarray(values, dtype=np.float64)).cast("B"))
+    return out
 
 
 def stamp_seconds(stamp) -> float:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from metasym_core.config import load_config
+from metasym_core.config import config_file, load_config
 from metasym_core.errors import MetaSymError
 
 PACKAGE = "metasym_ros"
@@ -36,6 +36,24 @@ LAUNCH_ARGUMENTS: dict[str, tuple[tuple[str, str], ...]] = {
     "adapt_period_s": (("learner", "period_s"),),
     "train_at_start": (("learner", "train_at_start"),),
 }
+
+
+#: The Fast DDS profile the nodes run with (config/fastdds.xml: a larger shared-memory segment, so the
+#: multi-MB rollout_batch messages arrive in ~4 ms instead of 10-15 ms), unless the user set their own.
+PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
+
+
+def transport_profile() -> str:
+    """The path of the shipped Fast DDS profile (the value `PROFILE_VARIABLE` gets when unset)."""
+    return str(config_file("fastdds.xml"))
+
+
+def node_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` plus the shipped Fast DDS profile where none is set."""
+    env = dict(environ)
+    if not env.get(PROFILE_VARIABLE):
+        env[PROFILE_VARIABLE] = transport_profile()
+    return env
 
 
 @dataclass(frozen=True)

@@ -8,19 +8,21 @@ by `ros2 launch` in a ROS 2 install (the venv has no launch packages).
 from __future__ import annotations
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
-from launch.substitutions import LaunchConfiguration
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
-from metasym_ros.graph import LAUNCH_ARGUMENTS, node_graph
+from metasym_ros.graph import LAUNCH_ARGUMENTS, PROFILE_VARIABLE, node_graph, transport_profile
 
 
 def generate(system: str) -> LaunchDescription:
-    """Launch arguments for the main knobs, then one `Node` action per node of the graph."""
+    """The shipped Fast DDS profile (unless one is set), launch arguments for the main knobs, then one
+    `Node` action per node of the graph."""
     specs = node_graph(system)
     defaults = {spec.name: spec.parameters for spec in specs}
-    actions = []
+    actions = [SetEnvironmentVariable(PROFILE_VARIABLE,
+                                      EnvironmentVariable(PROFILE_VARIABLE, default_value=transport_profile()))]
     knobs: dict[str, dict[str, ParameterValue]] = {spec.name: {} for spec in specs}
     for arg, targets in LAUNCH_ARGUMENTS.items():
         present = [(node, param) for node, param in targets if param in defaults[node]]

@@ -10,6 +10,7 @@ the others are stopped and its exit code is returned.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from metasym_ros.graph import NodeSpec, node_graph, params_yaml
+from metasym_ros.graph import NodeSpec, node_environment, node_graph, params_yaml
 
 GRACE_S = 10.0  # time the nodes get to exit after SIGINT
 
@@ -62,8 +63,9 @@ def launch(system: str, overrides: Mapping[str, object] | None = None, duration_
         with tempfile.TemporaryDirectory(prefix="metasym-launch-") as tmp:
             params_file = Path(tmp) / "params.yaml"
             params_file.write_text(yaml.safe_dump(params_yaml(specs), sort_keys=False), encoding="utf-8")
+            env = node_environment(os.environ)
             for spec in specs:
-                procs.append(subprocess.Popen(node_command(spec, params_file), start_new_session=True))
+                procs.append(subprocess.Popen(node_command(spec, params_file), start_new_session=True, env=env))
                 print(f"metasym launch: started {spec.name} (pid {procs[-1].pid})", flush=True)
             end = time.monotonic() + duration_s if duration_s else None
             failed = None

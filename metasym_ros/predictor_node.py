@@ -29,10 +29,12 @@ Topics (QoS in metasym_ros.qos):
       version 0 (its φ₀): versions count per model, and parameter files of the previous
       model are never applied to it
   pub ``metasym/prediction`` (Prediction, reliable, keep last 10): one per new state once
-      the window is full; header.stamp = stamp of the newest state, times = k·dt. The
-      callback only validates and appends; a worker thread rolls out from the newest state,
-      so states never queue behind rollouts. A state superseded while a rollout runs
-      (states faster than rollouts, or a flood) gets no prediction and counts as skipped
+      the window is full; header.stamp = stamp of the newest state, times = k·dt. The state's
+      callback rolls out and publishes at once when no rollout is running and `max_rate_hz`
+      allows (no hand-off between threads); otherwise the state waits for a worker thread,
+      which rolls out from the newest one, so states never queue behind rollouts. A state
+      superseded meanwhile (states faster than rollouts, or a flood) gets no prediction and
+      counts as skipped
   pub ``metasym/predicted_path`` (nav_msgs/Path, quadrotor only): predicted positions/attitudes
   pub ``metasym/metrics`` (PredictionMetrics): realised error of earlier predictions against
       the states that arrived later, the model's own error (`model_mse`: every 10 states, one
@@ -165,13 +167,17 @@ class PredictorNode(Node):
         self._last_path = -math.inf
         self._reported_drops = 0
         self._last_step = -1  # highest SystemState.step seen: gaps are states lost on the way
-        # The subscription callback only validates and appends (fast); a worker thread predicts from
-        # the newest state, so states never queue behind slow rollouts (latency = one rollout, not a
-        # queue of them). States superseded while a rollout runs are counted as "skipped".
+        # A state is predicted on in its own callback when no rollout is running and the rate guard
+        # allows: a hand-off to another thread costs ~0.7 ms of latency (it waits for the executor to
+        # release the GIL). Otherwise it stays pending for the worker thread, which predicts from the
+        # newest state, so states never queue behind slow rollouts (latency = one rollout, not a queue
+        # of them). States superseded while pending are counted as "skipped".
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._pending: SystemState | None = None
+        self._busy = True  # a rollout is running (the worker's warm-up first)
+        self._last_rollout = -math.inf
         self._worker = threading.Thread(target=self._predict_loop, name="metasym-predictor", daemon=True)
 
         self._pub = self.create_publisher(Prediction, PREDICTION_TOPIC, PREDICTION_QOS)
@@ -221,42 +227,63 @@ class PredictorNode(Node):
                 f"{self.window.dropped} dropped so far", throttle_duration_sec=WARN_EVERY_S)
             return
         with self._lock:
+            queued = self.window.full
+            if queued:
+                if self._pending is not None:
+                    self.dropped["skipped"] += 1  # superseded before its rollout started
+                self._pending = msg
+                inline = not self._busy and time.monotonic() - self._last_rollout >= self._min_period
+                self._busy = self._busy or inline
+        if queued and inline:
+            self._predict_pending()
+        elif queued:
+            self._wake.set()
+        # bookkeeping once the prediction is out (it does not need it): realised errors of earlier
+        # predictions against this state, and the state for the model-error hindcasts
+        with self._lock:
             for evaluation in self.tracker.observe(msg.step, state):
                 self.metrics.add(evaluation)
             self.hindcasts.observe(msg.step, state, control, msg.dt)
-            if not self.window.full:
-                return
-            if self._pending is not None:
-                self.dropped["skipped"] += 1  # superseded before its rollout started
-            self._pending = msg
-        self._wake.set()
 
     def _predict_loop(self) -> None:
-        """Worker: predict from the newest pending state; at most max_rate_hz rollouts per second."""
+        """Worker: predict from the newest pending state that the callback left (a rollout was running
+        or the flood guard held it back); at most max_rate_hz rollouts per second."""
         torch.set_num_threads(self.threads)  # OpenMP thread counts are per thread: set it in this one too
         try:
             self.predictor.warm_up()  # pay the first-call cost before the first state, not on it
         except (MetaSymError, RuntimeError) as exc:
             self.get_logger().warning(f"warm-up rollout failed: {exc}")
-        last = -math.inf
+        with self._lock:
+            self._busy = False
+        self._wake.set()  # states that came during the warm-up
         while not self._stop.is_set():
             if not self._wake.wait(timeout=0.1):
                 continue
-            pause = self._min_period - (time.monotonic() - last)
+            with self._lock:
+                pause = self._min_period - (time.monotonic() - self._last_rollout)
             if pause > 0:
                 time.sleep(pause)  # flood guard: newer states replace the pending one meanwhile
             with self._lock:
                 self._wake.clear()
+                if self._busy or self._pending is None:
+                    continue  # the callback is predicting, or did
+                self._busy = True
+            self._predict_pending()
+
+    def _predict_pending(self) -> None:
+        """Roll out from the pending state and publish, on whichever thread claimed `_busy`."""
+        try:
+            with self._lock:
                 msg, self._pending = self._pending, None
                 if msg is None:
-                    continue
+                    return
                 arrays = self.window.arrays()
-            last = time.monotonic()
+                self._last_rollout = time.monotonic()
             try:
                 result = self.predictor.predict_arrays(*arrays)
             except (MetaSymError, RuntimeError) as exc:
                 self._drop("error", f"rollout failed: {exc}")
-                continue
+                return
             try:
                 self._publish_prediction(msg, result)
             except Exception:  # noqa: BLE001 - context shut down (SIGINT) while predicting: stop quietly
@@ -264,6 +291,9 @@ class PredictorNode(Node):
                     return
                 raise
             self._hindcast()
+        finally:
+            with self._lock:
+                self._busy = False
 
     def _hindcast(self) -> None:
         """Score the model on the latest finished horizons under the applied controls (batched, after

@@ -86,7 +86,8 @@ def test_causal_and_ignores_the_latents():
 
 def test_numpy_path_runs_for_the_variant(monkeypatch):
     """The NumPy fast path takes the variant (not a fallback) and equals the plain rollout."""
-    from metasym_core.models import fastpath
+    from metasym_core.models import fastpath, native
+    monkeypatch.setattr(native, "enabled", False)  # the compiled kernel comes first (test_native covers it)
     calls = []
     real = fastpath.rollout_numpy
     monkeypatch.setattr(fastpath, "rollout_numpy", lambda *a, **k: calls.append(real(*a, **k)) or calls[-1])

@@ -235,6 +235,30 @@ def test_graph_reads_the_ros_section_and_applies_overrides():
         node_graph("quadrotor", {"planner.x": 1})
 
 
+def test_nodes_get_the_shipped_fast_dds_profile_unless_one_is_set():
+    """config/fastdds.xml (a shared-memory segment large enough for K=1024 rollout_batch answers) goes
+    to every node the launcher starts; a profile the user chose is kept."""
+    import xml.etree.ElementTree as ET
+
+    from metasym_ros.graph import PROFILE_VARIABLE, node_environment, transport_profile
+
+    path = transport_profile()
+    segment = ET.parse(path).getroot().find(".//{http://www.eprosima.com}segment_size")
+    assert segment is not None and int(segment.text) >= 2 * 1024 * 30 * 12 * 8  # two K=1024 answers at least
+    env = node_environment({"PATH": "/bin"})
+    assert env[PROFILE_VARIABLE] == path and env["PATH"] == "/bin"
+    assert node_environment({PROFILE_VARIABLE: "/mine.xml"})[PROFILE_VARIABLE] == "/mine.xml"
+
+
+def test_f64_is_one_copy_of_any_float_array():
+    from metasym_ros.common import f64
+
+    values = np.arange(12, dtype=np.float32).reshape(3, 4).T  # not contiguous, not float64
+    out = f64(values)
+    assert out.typecode == "d" and list(out) == values.astype(np.float64).ravel().tolist()
+    assert len(f64([])) == 0 and list(f64([1.5])) == [1.5]
+
+
 def test_launcher_command_and_cli_need_no_rclpy(tmp_path):
     from metasym_ros.graph import node_graph
     from metasym_ros.launcher import node_command

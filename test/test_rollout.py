@@ -141,8 +141,9 @@ def test_constant_features_keep_unit_scale():
 # -- the NumPy fast path (metasym_core/models/fastpath.py) ------------------------------------------------------------
 
 def _spy(monkeypatch):
-    """Count NumPy-path rollouts that produced the result."""
-    from metasym_core.models import fastpath
+    """Count NumPy-path rollouts that produced the result (the compiled kernel, which comes first, off)."""
+    from metasym_core.models import fastpath, native
+    monkeypatch.setattr(native, "enabled", False)
     calls = []
     real = fastpath.rollout_numpy
 
@@ -295,13 +296,13 @@ def test_numpy_path_falls_back_when_a_softmax_leaves_the_safe_range(monkeypatch,
 @META
 @pytest.mark.parametrize("activation", ["tanh", "elu"])
 def test_torch_streaming_path_any_activation_and_safe_softmax(activation, meta):
-    """The torch path (NumPy off): encoder activations other than sigmoid, and the unshifted
+    """The torch path (kernel and NumPy off): encoder activations other than sigmoid, and the unshifted
     no-grad softmax redoing the rollout with the max shift when a denominator underflows."""
-    from metasym_core.models import fastpath
+    from metasym_core.models import fastpath, native
     model = _model(meta, layers=2, context=6)
     model.encoder.activation = activation
     x, u = _data(B=2, T=8)
-    with torch.no_grad(), fastpath.disabled():
+    with torch.no_grad(), native.disabled(), fastpath.disabled():
         out = model.rollout(x, u, 0.02, 12)
         assert (out - model.rollout_reference(x, u, 0.02, 12)).abs().max() < 1e-10
         model.decoder.blocks[1].self_attn.rel_bias.fill_(-800.0)

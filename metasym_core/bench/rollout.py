@@ -2,10 +2,11 @@
 model on the last `c` steps for every predicted step (the textbook
 implementation), all measured in the same run on the same model.
 
-Rows: `metasym` is `MetaSym.rollout` as users call it (small CPU batches without
-autograd take the NumPy path, `models/fastpath.py`); `torch-streaming` forces the
-torch streaming path (`models/streaming.py`); `baseline` is the plain loop;
-`metasym-cuda` is `MetaSym.rollout` of the same model on the GPU (when one is used).
+Rows: `metasym` is `MetaSym.rollout` as users call it (CPU inference runs the
+compiled kernel, `models/native.py`); `numpy` forces the NumPy path
+(`models/fastpath.py`, small batches only), `torch-streaming` the torch streaming
+path (`models/streaming.py`); `baseline` is the plain loop; `metasym-cuda` is
+`MetaSym.rollout` of the same model on the GPU (when one is used).
 B=1 is the latency of one predictor call; B=1024 the throughput of a sampling
 MPC scoring 1024 candidate control sequences at once.
 """
@@ -24,7 +25,7 @@ from metasym_core.bench.report import DEFAULT_DOC, markdown_table, text_table, u
 from metasym_core.config import build_model, load_config
 from metasym_core.device import resolve_device
 from metasym_core.errors import MetaSymError
-from metasym_core.models import MetaSym, fastpath
+from metasym_core.models import MetaSym, fastpath, native
 
 TARGETS = {"b1_p50_target_ms": 1.5, "b1024_target_steps_per_s": 1_000_000.0}
 
@@ -47,9 +48,24 @@ def naive_rollout(model: MetaSym, states: torch.Tensor, controls: torch.Tensor, 
 
 
 def _torch_rollout(model: MetaSym, *args) -> torch.Tensor:
-    """`model.rollout` on the torch streaming path (the NumPy path switched off)."""
-    with fastpath.disabled():
+    """`model.rollout` on the torch streaming path (the kernel and the NumPy path switched off)."""
+    with native.disabled(), fastpath.disabled():
         return model.rollout(*args)
+
+
+def _numpy_rollout(model: MetaSym, *args) -> torch.Tensor:
+    """`model.rollout` with the kernel switched off: the NumPy path where it applies."""
+    with native.disabled():
+        return model.rollout(*args)
+
+
+def _path(model: MetaSym, args: tuple) -> str:
+    """Which path `model.rollout(*args)` takes on the CPU."""
+    checked = model._rollout_args(*args, None)
+    horizon = args[3]
+    if native.try_rollout(model, *checked, horizon, None) is not None:
+        return "compiled-kernel"
+    return "NumPy" if fastpath.try_rollout(model, *checked, horizon, None) is not None else "torch"
 
 
 def _timings(fn: Callable[[], object], repeats: int, warmup: int = 3) -> np.ndarray:
@@ -114,28 +130,27 @@ def run_rollout_bench(config: str = "quadrotor", horizon: int = 30, repeats: int
         x = torch.randn(B, c, D, generator=g)
         u = torch.randn(B, c, m, generator=g)
         fu = torch.randn(B, horizon, m, generator=g)
+        args = (x, u, 0.01, horizon, fu)
+        # (row, JSON key prefix, call, intra-op threads): B=1 is latency-bound, where one thread avoids
+        # wake-ups per tiny op; the big batch also gets a 1-thread `metasym` row (a 2-core machine shared
+        # with other jobs may not give two threads)
+        variants = [("metasym", "", lambda a=args: model.rollout(*a), 1 if B == 1 else threads)]
+        if B == 1:
+            variants.append(("numpy", "numpy_", lambda a=args: _numpy_rollout(model, *a), 1))
+        else:
+            variants.append(("metasym-1thread", "onethread_", variants[0][2], 1))
+        variants += [("torch-streaming", "torch_", lambda a=args: _torch_rollout(model, *a), 1 if B == 1 else threads),
+                     ("baseline", "baseline_", lambda a=args: naive_rollout(model, *a), 1 if B == 1 else threads)]
         with torch.no_grad():
-            fast = model.rollout(x, u, 0.01, horizon, fu)
-            with fastpath.disabled():
-                stream = model.rollout(x, u, 0.01, horizon, fu)
-            checked = model._rollout_args(x, u, 0.01, horizon, fu, None)
-            paths[B] = "NumPy" if fastpath.try_rollout(model, *checked, horizon, None) is not None else "torch"
-        ref = naive_rollout(model, x, u, 0.01, horizon, fu)
-        cases[B] = ((x, u, 0.01, horizon, fu), ref)
-        for name, out in (("rollout", fast), ("torch streaming rollout", stream)):
-            if not torch.allclose(out, ref, atol=1e-4, rtol=1e-4):
-                raise MetaSymError(f"{name} disagrees with the naive loop; refusing to time it")
+            paths[B] = _path(model, args)
+        ref = naive_rollout(model, *args)
+        cases[B] = (args, ref)
+        for name, _, fn, _ in variants[:-1]:  # every path against the naive loop before it is timed
+            with torch.no_grad():
+                if not torch.allclose(fn(), ref, atol=1e-4, rtol=1e-4):
+                    raise MetaSymError(f"the {name} rollout disagrees with the naive loop; refusing to time it")
         n = repeats if B == 1 else max(5, repeats // 20)
         with torch.inference_mode():
-            args = (x, u, 0.01, horizon, fu)
-            # (row, JSON key prefix, call, intra-op threads): small batches are latency-bound, where one
-            # thread avoids wake-ups per tiny op; the big batch also gets a 1-thread row, because two
-            # threads on a 2-core machine shared with other jobs can collapse (OpenMP spin-waits)
-            variants = [("metasym", "", lambda a=args: model.rollout(*a), 1 if B == 1 else threads),
-                        ("torch-streaming", "torch_", lambda a=args: _torch_rollout(model, *a), 1),
-                        ("baseline", "baseline_", lambda a=args: naive_rollout(model, *a), 1 if B == 1 else threads)]
-            if paths[B] == "torch":  # `metasym` already is the torch streaming path: time it with 1 thread
-                variants[1] = ("metasym-1thread", "onethread_", variants[0][2], 1)
             for name, key, fn, nthreads in variants:
                 torch.set_num_threads(nthreads)
                 t = _timings(fn, n)
@@ -159,10 +174,12 @@ def run_rollout_bench(config: str = "quadrotor", horizon: int = 30, repeats: int
             f"{horizon}, float32 on CPU{' and ' + torch.cuda.get_device_name(gpu) if gpu.type == 'cuda' else ''}; "
             f"B=1 with 1 intra-op thread, B={big_batch} with {threads} "
             f"(`metasym-1thread`: with 1). "
-            f"`metasym` is `MetaSym.rollout` (batches ≤ {fastpath.MAX_BATCH} without autograd run the NumPy "
-            f"path, larger ones the torch streaming path), `torch-streaming` forces the torch path, "
-            f"`baseline` re-runs the model on the last {c} steps for every predicted step; here `metasym` ran "
-            f"on the {paths[1]} path at B=1 and the {paths[big_batch]} path at B={big_batch}. "
+            f"`metasym` is `MetaSym.rollout` as users call it: CPU inference runs the compiled kernel "
+            f"(`models/native.py`; where it is not built, batches ≤ {fastpath.MAX_BATCH} run the NumPy path and "
+            f"larger ones the torch streaming path); `numpy` and `torch-streaming` force those paths, the previous "
+            f"implementations; `baseline` re-runs the model on the last {c} steps for every predicted step. "
+            f"Here `metasym` ran on the {paths[1]} path at B=1 and the {paths[big_batch]} path at B={big_batch}. "
+            f"Every path is checked against the baseline before it is timed. "
             f"Weights: the config's initialisation plus N(0, 0.1²) noise (an untrained head is zero). "
             f"Load average {load_before:.1f} at the start, {load_after:.1f} at the end (timings on a shared "
             f"machine are only comparable within one run). "

@@ -285,16 +285,22 @@ class Fold:
 
 def _fold_for(model, local: dict[str, torch.Tensor] | None, entry: tuple | None = None) -> Fold:
     """The cached fold of `model` with `local`, re-folded when either changed."""
+    return cached(model, local, Fold, "numpy", entry)
+
+
+def cached(model, local: dict[str, torch.Tensor] | None, build, tag: str, entry: tuple | None = None):
+    """`build(model, local)`, cached per model, `tag` and set of local tensors; rebuilt when either changed
+    (the NumPy fold here, the kernel's packed weights in `native`)."""
     folds = (entry or _entry(model))[1]
     items = tuple(sorted(local.items())) if local else ()
-    lkey = tuple((name, id(t), t._version, t.data_ptr()) for name, t in items)
+    lkey = (tag, *((name, id(t), t._version, t.data_ptr()) for name, t in items))
     hit = folds.get(lkey)
     # the entry keeps the local tensors alive, so their ids and addresses cannot be reused meanwhile
     if hit is not None and all(a is b for (_, a), (_, b) in zip(hit[1], items, strict=True)):
         return hit[0]
     if len(folds) >= _CACHE_FOLDS:
         folds.pop(next(iter(folds), None), None)
-    fold = Fold(model, local)
+    fold = build(model, local)
     folds[lkey] = (fold, items, [t.untyped_storage() for _, t in items])
     return fold
 
@@ -319,18 +325,25 @@ def _entry(model) -> tuple:
 
 def applicable(model, tensors: list[torch.Tensor], batch: int) -> tuple | None:
     """The model's cache entry if the NumPy path may run (CPU float32/64, small batch and model,
-    eval behaviour, no autograd needed), else None.
-
-    Cheap checks first, so training loops (module in training mode, or gradients wanted)
-    pay almost nothing for the test."""
+    eval behaviour, no autograd needed), else None."""
     t0 = tensors[0]
-    if batch > MAX_BATCH or t0.device.type != "cpu" or t0.dtype not in (torch.float32, torch.float64):
+    if batch > MAX_BATCH:
         return None
     dec = model.decoder
     context_rows = batch * min(t0.shape[1], dec.layers * (dec.context - 1) + 1)
     if context_rows > MAX_PREFILL_ROWS or dec.d_model * dec.heads > MAX_WIDTH or dec.state_dim > MAX_STATE:
         return None
-    if model.training:
+    return inference_entry(model, tensors)
+
+
+def inference_entry(model, tensors: list[torch.Tensor]) -> tuple | None:
+    """The model's cache entry if a CPU inference path may run (float32/64 on the CPU, eval
+    behaviour, no autograd needed), else None.
+
+    Cheap checks first, so training loops (module in training mode, or gradients wanted)
+    pay almost nothing for the test."""
+    t0 = tensors[0]
+    if t0.device.type != "cpu" or t0.dtype not in (torch.float32, torch.float64) or model.training:
         return None
     if torch.is_grad_enabled() and (any(t.requires_grad for t in tensors)
                                     or any(p.requires_grad for p in model.parameters())):

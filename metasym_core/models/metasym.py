@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from metasym_core.errors import MetaSymError
-from metasym_core.models import cudagraph, fastpath
+from metasym_core.models import cudagraph, fastpath, native
 from metasym_core.models.decoder import ActiveDecoder
 from metasym_core.models.encoder import SymplecticEncoder
 from metasym_core.models.normalization import fit_normalization, normalize, register_normalization
@@ -123,7 +123,10 @@ class MetaSym(nn.Module):
         """
         states, controls, h, future = self._rollout_args(states, controls, steps, horizon, future_controls,
                                                          local_params)
-        # small CPU batches without autograd: the NumPy path (same results to round-off, ~5x less overhead)
+        # CPU inference: the compiled kernel (same results to round-off), else for small batches NumPy
+        fast = native.try_rollout(self, states, controls, h, future, horizon, local_params)
+        if fast is not None:
+            return fast
         fast = fastpath.try_rollout(self, states, controls, h, future, horizon, local_params)
         if fast is not None:
             return fast

@@ -23,6 +23,7 @@ from metasym_core.online.local_params import load_local_params
 from metasym_core.online.realised import Hindcast
 from metasym_core.online.window import ContextWindow
 
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 def load_model(system: str, checkpoint: str | os.PathLike = "", device: str = "auto",
                seed: int = 0) -> tuple[MetaSym, dict, str | None]:
@@ -91,7 +92,16 @@ class OnlinePredictor:
         self.set_local(params, version)
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        """`array` as a tensor of the model's dtype and device; on the CPU converted by NumPy (a torch
+        conversion of a large batch would leave torch's intra-op threads spinning while the rollout runs)."""
+        if self.device.type == "cpu" and self.dtype in _NUMPY_DTYPES:
+            return torch.from_numpy(np.ascontiguousarray(array, dtype=_NUMPY_DTYPES[self.dtype]))
         return torch.as_tensor(np.asarray(array), dtype=self.dtype, device=self.device)
+
+    @staticmethod
+    def _numpy(out: torch.Tensor) -> np.ndarray:
+        """A rollout as float64 NumPy (converted by NumPy on the CPU, see `_tensor`)."""
+        return np.asarray(out.detach().cpu().numpy(), dtype=np.float64)
 
     def warm_up(self) -> float:
         """One throw-away rollout (first calls pay lazy initialisation); returns its time in ms."""
@@ -109,7 +119,7 @@ class OnlinePredictor:
         local, version = self.local, self.version  # one consistent snapshot
         out = self.model.rollout(self._tensor(states)[None], self._tensor(controls)[None],
                                  self._tensor(steps)[None], self.horizon, local_params=local)
-        pred = out[0].double().cpu().numpy()
+        pred = self._numpy(out[0])
         times = steps[-1] * np.arange(1, self.horizon + 1)
         return PredictionResult(pred, times, version, 1e3 * (time.perf_counter() - t0))
 
@@ -120,7 +130,7 @@ class OnlinePredictor:
         out = self.model.rollout(self._tensor(batch.states), self._tensor(batch.controls), self._tensor(batch.steps),
                                  batch.truth.shape[1], future_controls=self._tensor(batch.future_controls),
                                  local_params=local)
-        return batch.mse(out.double().cpu().numpy())
+        return batch.mse(self._numpy(out))
 
     @torch.inference_mode()
     def rollout_batch(self, context_states: np.ndarray, context_controls: np.ndarray, context_dt: np.ndarray,
@@ -151,4 +161,4 @@ class OnlinePredictor:
             self._tensor(xs)[None].expand(K, L, D), self._tensor(us)[None].expand(K, L, m),
             self._tensor(steps)[None].expand(K, L + H), H, future_controls=self._tensor(cand),
             local_params=local)
-        return out.double().cpu().numpy(), version
+        return self._numpy(out), version

@@ -1,0 +1,197 @@
+"""The compiled rollout kernel behind `MetaSym.rollout` on the CPU (`csrc/rollout.c`).
+
+Why: a quadrotor-sized step is ~80 tensor ops on `[B, 16]`-sized tensors; at
+B=1024 torch spends most of its time in memory traffic and temporaries, at B=1
+in dispatch. The kernel streams every token (context and predictions) of a block
+of 16 rows through the decoder with the rows in SIMD lanes, keeping keys/values
+in per-block rings, so a step is a few thousand fused multiply-adds per row and
+nothing else. Rows are independent: batches are split over `torch.get_num_threads()`
+threads (ctypes releases the GIL during the call).
+
+The kernel is an optional extension built by `pip install .` / `make` (setup.py);
+where it is absent (no C compiler) `try_rollout` returns None and the NumPy or
+torch path runs. It serves CPU float32/float64 rollouts without autograd in eval
+mode, any batch, context, step sizes (per row and per token) and local parameters,
+and equals `MetaSym.rollout_reference` to round-off (test/test_native.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import math
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from metasym_core.models import fastpath
+
+ABI_VERSION = 2
+#: larger models stay on the torch path: their weights, re-read for every block of 16 rows and every token,
+#: no longer fit the cache (2-core Xeon, float32, B=1..256: d_model 64 / state 200, ~100k values, 1.3-2.6x
+#: faster than torch; d_model 128 / state 12, ~210k, even; the 10x10 spring mesh's d_model 256, ~850k, 1.5-3x slower)
+MAX_WEIGHTS = 150_000
+#: set False (or use `disabled()`) to force the NumPy / torch paths, e.g. to time them
+enabled = True
+_ACTIVATIONS = {"sigmoid": 0, "tanh": 1, "elu": 2}
+_DTYPES = {torch.float32: (np.float32, "f32"), torch.float64: (np.float64, "f64")}
+_lock = threading.Lock()
+_state: dict = {}
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernel, or None when the extension was not built (or is from another version)."""
+    with _lock:
+        if "lib" not in _state:
+            _state["lib"] = _load()
+        return _state["lib"]
+
+
+def _load() -> ctypes.CDLL | None:
+    try:
+        from metasym_core.models import _native
+        lib = ctypes.CDLL(_native.__file__)
+    except (ImportError, OSError):
+        return None
+    if lib.metasym_native_abi() != ABI_VERSION:
+        return None
+    pointer = ctypes.c_void_p
+    for name in ("metasym_rollout_f32", "metasym_rollout_f64"):
+        fn = getattr(lib, name)
+        fn.restype = ctypes.c_int
+        fn.argtypes = [pointer, pointer, ctypes.c_long, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                       pointer, pointer, pointer, pointer]
+    lib.lanes = lib.metasym_native_lanes()
+    return lib
+
+
+def available() -> bool:
+    """Whether the compiled kernel is built and loadable."""
+    return library() is not None
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Run `MetaSym.rollout` without the kernel inside this block (benchmarks, comparisons)."""
+    global enabled
+    before, enabled = enabled, False
+    try:
+        yield
+    finally:
+        enabled = before
+
+
+class Packed:
+    """A model's weights (with one set of local parameters) folded and packed in the kernel's order.
+
+    Folded: the normalisation into the ControlNet and the meta keys/values, the
+    attention scale into the queries, `delta_std` into the head; the encoder's
+    symmetric shears `S + Sᵀ` formed once."""
+
+    def __init__(self, model, local: dict[str, torch.Tensor] | None) -> None:
+        enc, dec = model.encoder, model.decoder
+        D, m, d, H, c = dec.state_dim, dec.control_dim, dec.d_model, dec.heads, dec.context
+        norms = [mod for mod in dec.modules() if isinstance(mod, torch.nn.LayerNorm)]
+        eps = {float(mod.eps) for mod in norms}
+        self.ok = len(eps) == 1 and enc.activation in _ACTIVATIONS
+        if not self.ok:
+            return
+        with torch.no_grad():
+            f = [torch.tensor([eps.pop()], dtype=torch.float64)]
+
+            def put(*tensors: torch.Tensor) -> None:
+                f.extend(t.detach().to("cpu", torch.float64).reshape(-1) for t in tensors)
+
+            S = enc.S.detach()
+            put(enc.shift, (S + S.transpose(-1, -2)).transpose(-1, -2), enc.bias, enc.a)
+            mean = torch.cat([model.state_mean, model.control_mean, model.step_mean]).double()
+            std = torch.cat([model.state_std, model.control_std, model.step_std]).double()
+            w = dec.control_net.proj.weight.double() / std
+            put(w, dec.control_net.proj.bias.double() - w @ mean)
+            scale = 1.0 / math.sqrt(d // H)
+            x_mean, x_std = model.state_mean.double(), model.state_std.double()
+            for i, blk in enumerate(dec.blocks):
+                qkv = blk.self_attn.qkv.weight.double()
+                put(blk.ln1.weight, blk.ln1.bias, torch.cat([qkv[:d] * scale, qkv[d:]]),
+                    blk.self_attn.out.weight, blk.self_attn.out.bias, blk.self_attn.rel_bias)
+                if dec.meta_attention:
+                    w_q, w_v, b_v = dec._local(local, i)
+                    ma = blk.meta_attn
+                    w_q = (ma.w_q.weight if w_q is None else w_q).double()
+                    w_v = (ma.w_v.weight if w_v is None else w_v).double()
+                    b_v = (ma.w_v.bias if b_v is None else b_v).double()
+                    w_kv = torch.cat([ma.w_k.weight.double(), w_v]) / x_std
+                    put(blk.ln2.weight, blk.ln2.bias, w_q * scale, w_kv,
+                        torch.cat([torch.zeros_like(b_v), b_v]) - w_kv @ x_mean,
+                        ma.out.weight, ma.out.bias, ma.rel_bias)
+                put(blk.ln3.weight, blk.ln3.bias, blk.mlp[0].weight, blk.mlp[0].bias, blk.mlp[2].weight,
+                    blk.mlp[2].bias)
+            lin1, lin2 = dec.head[0], dec.head[2]
+            dstd = model.delta_std.double()
+            put(dec.ln_f.weight, dec.ln_f.bias, lin1.weight, lin1.bias, lin2.weight.double() * dstd[:, None],
+                lin2.bias.double() * dstd)
+            flat = torch.cat(f).numpy()
+        self.ok = flat.size <= MAX_WEIGHTS
+        self.weights = {np.float64: flat, np.float32: flat.astype(np.float32)}
+        self.dims = np.array([D, m, d, H, c, dec.layers, int(dec.meta_attention), enc.layers, enc.sublayers,
+                              _ACTIVATIONS[enc.activation], dec.blocks[0].mlp[0].out_features,
+                              lin1.out_features], dtype=np.int32)
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    with _lock:
+        pool = _state.get("pool")
+        if pool is None or pool._max_workers != workers:
+            if pool is not None:
+                pool.shutdown(wait=False)
+            pool = _state["pool"] = ThreadPoolExecutor(workers, thread_name_prefix="metasym-rollout")
+        return pool
+
+
+def try_rollout(model, states: torch.Tensor, controls: torch.Tensor, h: torch.Tensor, future: torch.Tensor,
+                horizon: int, local: dict[str, torch.Tensor] | None) -> torch.Tensor | None:
+    """`MetaSym.rollout` on checked inputs (`h [B, T + horizon, 1]`) via the kernel, or None if it does not apply."""
+    if not enabled:
+        return None
+    lib = library()
+    if lib is None:
+        return None
+    extra = list(local.values()) if local else []
+    entry = fastpath.inference_entry(model, [states, controls, h, future, *extra])
+    if entry is None:
+        return None
+    packed = fastpath.cached(model, local, Packed, "native", entry)
+    if not packed.ok:
+        return None
+    np_dtype, suffix = _DTYPES[states.dtype]
+    B, T = states.shape[:2]
+    tokens = T + horizon - 1
+    # rows given as one context expanded over the batch (the rollout service's K candidates) share the
+    # context tokens: the kernel streams them once
+    shared = B > 1 and all(t.stride(0) == 0 for t in (states, controls, h))
+    # NumPy from here on: a torch op on a large batch would leave torch's intra-op threads spinning
+    x0 = np.ascontiguousarray(states[:1].detach().numpy() if shared else states.detach().numpy())
+    u = np.concatenate([controls.detach().numpy(), future[:, :horizon - 1].detach().numpy()], axis=1)
+    hs = np.ascontiguousarray(h[:, :tokens, 0].detach().numpy())
+    out = np.empty((B, horizon, model.state_dim), dtype=np_dtype)
+    weights = packed.weights[np_dtype]
+    fn = getattr(lib, f"metasym_rollout_{suffix}")
+
+    def run(r0: int, r1: int) -> int:
+        return fn(packed.dims.ctypes.data, weights.ctypes.data, weights.size, r1 - r0, T, horizon, int(shared),
+                  x0[0 if shared else r0:].ctypes.data, u[r0:].ctypes.data, hs[r0:].ctypes.data, out[r0:].ctypes.data)
+
+    blocks = -(-B // lib.lanes)
+    workers = max(1, min(torch.get_num_threads(), blocks))
+    if workers == 1:
+        codes = [run(0, B)]
+    else:
+        # contiguous chunks of whole lane blocks, one per thread
+        bounds = [min(B, lib.lanes * (blocks * i // workers)) for i in range(workers + 1)]
+        codes = list(_pool(workers).map(run, bounds[:-1], bounds[1:]))
+    if any(codes):
+        raise RuntimeError(f"metasym rollout kernel failed with codes {codes} (packed weights do not match dims)")
+    return torch.from_numpy(out)

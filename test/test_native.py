@@ -1,0 +1,179 @@
+"""The compiled rollout kernel (metasym_core/models/native.py, csrc/rollout.c) equals the plain rollout."""
+
+import copy
+
+import pytest
+import torch
+from _models import random_model
+
+from metasym_core.models import fastpath, native
+
+META = pytest.mark.parametrize("meta", [True, False], ids=["meta-attention", "no-meta-attention"])
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Rollouts the kernel produced (the spy fails the test if `MetaSym.rollout` took another path)."""
+    calls = []
+    real = native.try_rollout
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(native, "try_rollout", spy)
+    return calls
+
+
+def _inputs(B, T, horizon, D=12, m=4, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, D, generator=g, dtype=dtype)
+    u = torch.randn(B, T, m, generator=g, dtype=dtype)
+    h = torch.rand(B, T + horizon, generator=g, dtype=dtype) * 0.02 + 0.005  # per row and per token
+    fu = torch.randn(B, horizon, m, generator=g, dtype=dtype)
+    return x, u, h, fu
+
+
+def test_the_kernel_is_built():
+    """`make` compiles it; without it every CPU rollout silently falls back to the slower paths."""
+    assert native.available()
+
+
+@META
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("T", [1, 3, 10, 25])
+@pytest.mark.parametrize("B", [1, 37])
+def test_kernel_equals_reference(kernel_calls, layers, T, B, meta):
+    """Any context length (shorter, equal, longer than the window), 1-2 layers, per-row and per-token
+    steps, given future controls; one row and a batch that ends in a partial block of lanes."""
+    model = random_model(layers=layers, context=10, meta_attention=meta)
+    x, u, h, fu = _inputs(B, T, 15)
+    with torch.no_grad():
+        fast = model.rollout(x, u, h, 15, future_controls=fu)
+        ref = model.rollout_reference(x, u, h, 15, future_controls=fu)
+    assert kernel_calls == [True]
+    assert fast.shape == (B, 15, 12) and fast.dtype == torch.float64
+    assert (fast - ref).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh", "elu"])
+def test_kernel_activations_local_params_and_held_controls(kernel_calls, activation):
+    model = random_model(layers=2, context=6)
+    model.encoder.activation = activation
+    local = {k: v.detach() * 0.7 + 0.1 for k, v in model.decoder.local_parameters().items()}
+    x, u, _, _ = _inputs(3, 8, 12)
+    with torch.no_grad():
+        fast = model.rollout(x, u, 0.02, 12, local_params=local)
+        ref = model.rollout_reference(x, u, 0.02, 12, local_params=local)
+        plain = model.rollout(x, u, 0.02, 12)
+    assert kernel_calls == [True, True]
+    assert (fast - ref).abs().max() < 1e-10
+    assert (fast - plain).abs().max() > 1e-6  # the local parameters are used, not the module's own
+
+
+@META
+def test_kernel_softmax_is_safe_for_extreme_logits(kernel_calls, meta):
+    """Logits of ~-800 (exp underflows without the max shift) still give the reference rollout."""
+    model = random_model(d_model=16, meta_attention=meta)
+    with torch.no_grad():
+        block = model.decoder.blocks[0]
+        (block.meta_attn if meta else block.self_attn).rel_bias.fill_(-800.0)
+        x, u, _, _ = _inputs(2, 10, 10)
+        out = model.rollout(x, u, 0.01, 10)
+        ref = model.rollout_reference(x, u, 0.01, 10)
+    assert kernel_calls == [True]
+    assert torch.isfinite(out).all() and (out - ref).abs().max() < 1e-10
+
+
+def test_kernel_float32_and_autonomous_systems(kernel_calls):
+    """float32 to its round-off; a system without controls (control_dim 0, e.g. the spring mesh)."""
+    model = random_model(state_dim=8, control_dim=0, d_model=16, context=5, dtype=torch.float32, scale=0.2)
+    x, u, h, fu = _inputs(20, 7, 30, D=8, m=0, dtype=torch.float32)
+    with torch.no_grad():
+        fast = model.rollout(x, u, h, 30)
+        ref = copy.deepcopy(model).double().rollout_reference(x.double(), u.double(), h.double(), 30)
+    assert kernel_calls == [True] and fast.dtype == torch.float32
+    assert (fast.double() - ref).abs().max() < 1e-4 * max(1.0, float(ref.abs().max()))
+
+
+def test_rows_are_independent_and_threads_do_not_change_results(kernel_calls):
+    """Each row's prediction is the one it gets alone, whatever the batch is split into across threads."""
+    model = random_model(d_model=16)
+    x, u, h, fu = _inputs(70, 10, 20)
+    threads = torch.get_num_threads()
+    with torch.no_grad():
+        try:
+            torch.set_num_threads(1)
+            one = model.rollout(x, u, h, 20, future_controls=fu)
+            torch.set_num_threads(3)
+            three = model.rollout(x, u, h, 20, future_controls=fu)
+        finally:
+            torch.set_num_threads(threads)
+        alone = model.rollout(x[41:42], u[41:42], h[41:42], 20, future_controls=fu[41:42])
+    assert torch.equal(one, three)
+    assert (one[41:42] - alone).abs().max() < 1e-13
+
+
+@pytest.mark.parametrize("K", [1, 5, 37])
+def test_shared_context_streams_once_and_equals_separate_rows(kernel_calls, K):
+    """K candidate control sequences from one context given as an expanded view (the rollout service):
+    the kernel streams the context once and gives what K separate copies of it give."""
+    model = random_model(d_model=16, layers=2)
+    x, u, h, fu = _inputs(1, 10, 12)
+    fu = torch.randn(K, 12, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    args = (x.expand(K, 10, 12), u.expand(K, 10, 4), h.expand(K, 22))
+    copies = tuple(a.contiguous() for a in args)
+    with torch.no_grad():
+        shared = model.rollout(*args, 12, future_controls=fu)
+        separate = model.rollout(*copies, 12, future_controls=fu)
+        ref = model.rollout_reference(*copies, 12, future_controls=fu)
+    assert kernel_calls == [True, True]
+    assert (shared - separate).abs().max() < 1e-13 and (shared - ref).abs().max() < 1e-10
+    assert (shared[:, 1:] - shared[:1, 1:]).abs().amax() > 1e-6 or K == 1  # the candidates differ
+
+
+def test_kernel_sees_parameter_changes(kernel_calls):
+    """In-place parameter and buffer updates and new or updated local tensors are all re-packed."""
+    model = random_model(d_model=16)
+    x, u, _, _ = _inputs(2, 10, 10)
+    local = {k: v.detach().clone() for k, v in model.decoder.local_parameters().items()}
+
+    def check(**kw):
+        out = model.rollout(x, u, 0.01, 10, **kw)
+        assert (out - model.rollout_reference(x, u, 0.01, 10, **kw)).abs().max() < 1e-10
+        return out
+
+    with torch.no_grad():
+        before = check(local_params=local)
+        model.decoder.blocks[0].mlp[0].bias.add_(0.5)
+        assert (check(local_params=local) - before).abs().max() > 1e-6
+        for v in local.values():
+            v.mul_(0.5)
+        check(local_params=local)
+        check(local_params={k: v * 2.0 for k, v in local.items()})
+        model.state_mean.add_(0.3)
+        check()
+        model.encoder.shift.add_(0.5)
+        check()
+    assert kernel_calls and all(kernel_calls)
+
+
+def test_torch_path_where_the_kernel_does_not_apply(kernel_calls):
+    """Gradients, training mode (dropout/DropConnect draws) and models too large for the kernel's
+    cache-resident weights run the torch path (same results)."""
+    model = random_model(d_model=16)
+    x, u, _, _ = _inputs(2, 10, 5)
+    out = model.rollout(x, u, 0.01, 5)  # gradients enabled and parameters require them
+    assert out.requires_grad
+    with torch.no_grad():
+        model.train()
+        model.rollout(x, u, 0.01, 5)
+        model.eval()
+        big = random_model(d_model=128)
+        assert not native.Packed(big, None).ok  # ~210k packed values > MAX_WEIGHTS
+        got = big.rollout(x, u, 0.01, 5)
+        with native.disabled(), fastpath.disabled():
+            ref = big.rollout(x, u, 0.01, 5)
+    assert kernel_calls == [False] * 4  # the last one with the kernel switched off
+    assert (got - ref).abs().max() < 1e-10
