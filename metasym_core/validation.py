@@ -58,7 +58,8 @@ def steps_tensor(steps: float | torch.Tensor, batch: int, time: int, like: torch
         h = float(steps)
         if not h > 0 or h == float("inf"):
             raise MetaSymError(f"{name} must be a positive finite step size, got {steps!r}")
-        return torch.full((batch, time, 1), h, dtype=like.dtype, device=like.device)
+        # one value seen at every position (a view: no large fill, which would start torch's thread team)
+        return torch.full((1, 1, 1), h, dtype=like.dtype, device=like.device).expand(batch, time, 1)
     h = steps.to(dtype=like.dtype, device=like.device)
     if h.dim() == 2:
         h = h.unsqueeze(-1)
@@ -94,7 +95,7 @@ def model_inputs(module: torch.nn.Module, states: torch.Tensor, controls: torch.
         raise MetaSymError(f"states must hold at least one step: expected [batch, time >= 1, {state_dim}]")
     controls = controls.to(device=p.device, dtype=p.dtype)
     check_sequence("controls", controls, control_dim, B, T)
-    if isinstance(steps, torch.Tensor) and extra and steps.shape[1:2] == (T + extra,):
+    if not isinstance(steps, torch.Tensor) or (extra and steps.shape[1:2] == (T + extra,)):
         return states, controls, steps_tensor(steps, B, T + extra, states)
     h = steps_tensor(steps, B, T, states)
     if extra:

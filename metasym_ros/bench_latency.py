@@ -147,9 +147,12 @@ def run_ros_latency_bench(duration_s: float = 60.0, rate_hz: float = 100.0, syst
              f"round trip; in the server {figures[f'rollout_k{candidates}_server_p50_ms']} / "
              f"{figures[f'rollout_k{candidates}_server_p99_ms']} ms p50 / p99"]]
     print(text_table(header, rows))
-    body = (f"{system} graph (simulator + untrained-or-configured predictor, separate processes, FastDDS on "
-            f"localhost), horizon {horizon}, states at {rate_hz:g} Hz for {duration_s:g} s after a "
-            f"{WARMUP_S:g} s warm-up. Targets: p99 ≤ {TARGETS['latency_p99_target_ms']} ms, K=1024 ≤ "
+    body = (f"{system} graph as `metasym launch {system}` starts it (simulator, predictor and learner with the "
+            f"config's model, separate processes, Fast DDS with config/fastdds.xml on localhost; no parameter "
+            f"change), horizon {horizon}, states at {rate_hz:g} Hz for {duration_s:g} s after a {WARMUP_S:g} s "
+            f"warm-up; the probe (this process, rclpy SingleThreadedExecutor) stamps arrival against the state's "
+            f"header stamp and calls `rollout_batch` as an MPC would, after the streaming phase while the graph "
+            f"keeps running. Targets: p99 ≤ {TARGETS['latency_p99_target_ms']} ms, K=1024 ≤ "
             f"{TARGETS['rollout_k1024_target_ms']} ms.\n\n{markdown_table(header, rows)}")
     update_section("ROS latency", body, command, doc=doc)
     return figures
