@@ -32,3 +32,18 @@ def perturbed_system(seed: int = 0, only: str = "", size: float = 0.5):
     with torch.no_grad():
         future = model.rollout(ctx, u[:, :8], 0.1, 120, future_controls=u[:, 8:], local_params=true_local)
     return model, torch.cat([ctx, future], dim=1)[0], u[0]
+
+
+def spy_on(monkeypatch, module, name: str) -> list[bool]:
+    """Wrap `module.name` (a rollout path returning None where it does not apply); the list records,
+    call by call, whether that path produced the result."""
+    calls: list[bool] = []
+    real = getattr(module, name)
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(module, name, spy)
+    return calls

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from _models import random_model
+from _models import random_model, spy_on
 
 from metasym_core.models import fastpath, native
 
@@ -13,17 +13,8 @@ META = pytest.mark.parametrize("meta", [True, False], ids=["meta-attention", "no
 
 @pytest.fixture
 def kernel_calls(monkeypatch):
-    """Rollouts the kernel produced (the spy fails the test if `MetaSym.rollout` took another path)."""
-    calls = []
-    real = native.try_rollout
-
-    def spy(*args, **kwargs):
-        out = real(*args, **kwargs)
-        calls.append(out is not None)
-        return out
-
-    monkeypatch.setattr(native, "try_rollout", spy)
-    return calls
+    """Per `MetaSym.rollout` call, whether the kernel produced the result."""
+    return spy_on(monkeypatch, native, "try_rollout")
 
 
 def _inputs(B, T, horizon, D=12, m=4, dtype=torch.float64, seed=0):
@@ -131,6 +122,31 @@ def test_shared_context_streams_once_and_equals_separate_rows(kernel_calls, K):
     assert kernel_calls == [True, True]
     assert (shared - separate).abs().max() < 1e-13 and (shared - ref).abs().max() < 1e-10
     assert (shared[:, 1:] - shared[:1, 1:]).abs().amax() > 1e-6 or K == 1  # the candidates differ
+
+
+def test_a_forked_child_rolls_out_on_its_own_threads():
+    """The thread pool does not survive fork(): a child must build its own instead of waiting forever."""
+    import multiprocessing as mp
+
+    model = random_model(d_model=16)
+    x, u, h, fu = _inputs(40, 10, 5)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            parent = model.rollout(x, u, h, 5, future_controls=fu)  # the parent's pool exists now
+        ctx = mp.get_context("fork")
+        with ctx.Pool(1) as pool:
+            child = pool.apply_async(_child_rollout, (model, x, u, h, fu)).get(timeout=60)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(child, parent)
+
+
+def _child_rollout(model, x, u, h, fu):
+    torch.set_num_threads(2)
+    with torch.no_grad():
+        return model.rollout(x, u, h, 5, future_controls=fu)
 
 
 def test_kernel_sees_parameter_changes(kernel_calls):

@@ -4,7 +4,7 @@ decoder without meta-attention (ablation D.3) on every rollout path."""
 
 import pytest
 import torch
-from _models import random_model
+from _models import random_model, spy_on
 
 from metasym_core import MetaSymError
 
@@ -144,16 +144,7 @@ def _spy(monkeypatch):
     """Count NumPy-path rollouts that produced the result (the compiled kernel, which comes first, off)."""
     from metasym_core.models import fastpath, native
     monkeypatch.setattr(native, "enabled", False)
-    calls = []
-    real = fastpath.rollout_numpy
-
-    def spy(*args, **kwargs):
-        out = real(*args, **kwargs)
-        calls.append(out is not None)
-        return out
-
-    monkeypatch.setattr(fastpath, "rollout_numpy", spy)
-    return calls
+    return spy_on(monkeypatch, fastpath, "rollout_numpy")
 
 
 @META

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import math
 import operator
+import sys
 import weakref
 from collections.abc import Iterator
 
@@ -353,15 +354,19 @@ def inference_entry(model, tensors: list[torch.Tensor]) -> tuple | None:
     return None if any(mod.training for mod in entry[0].modules) else entry
 
 
+def disabled() -> contextlib.AbstractContextManager[None]:
+    """Run `MetaSym.rollout` without the NumPy path inside this block (benchmarks, comparisons)."""
+    return switched_off(sys.modules[__name__])
+
+
 @contextlib.contextmanager
-def disabled() -> Iterator[None]:
-    """Run `MetaSym.rollout` on the torch path inside this block (benchmarks, comparisons)."""
-    global enabled
-    before, enabled = enabled, False
+def switched_off(module) -> Iterator[None]:
+    """Set `module.enabled` (a rollout path's switch) to False inside this block."""
+    before, module.enabled = module.enabled, False
     try:
         yield
     finally:
-        enabled = before
+        module.enabled = before
 
 
 def try_rollout(model, states: torch.Tensor, controls: torch.Tensor, h: torch.Tensor, future: torch.Tensor,

@@ -20,8 +20,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import math
+import os
+import sys
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -40,6 +41,16 @@ _ACTIVATIONS = {"sigmoid": 0, "tanh": 1, "elu": 2}
 _DTYPES = {torch.float32: (np.float32, "f32"), torch.float64: (np.float64, "f64")}
 _lock = threading.Lock()
 _state: dict = {}
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has none of the parent's threads: forget the pool (and a lock held mid-fork)."""
+    global _lock
+    _lock = threading.Lock()
+    _state.pop("pool", None)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def library() -> ctypes.CDLL | None:
@@ -73,15 +84,9 @@ def available() -> bool:
     return library() is not None
 
 
-@contextlib.contextmanager
-def disabled() -> Iterator[None]:
+def disabled() -> contextlib.AbstractContextManager[None]:
     """Run `MetaSym.rollout` without the kernel inside this block (benchmarks, comparisons)."""
-    global enabled
-    before, enabled = enabled, False
-    try:
-        yield
-    finally:
-        enabled = before
+    return fastpath.switched_off(sys.modules[__name__])
 
 
 class Packed:
