@@ -106,6 +106,34 @@ def test_rows_are_independent_and_threads_do_not_change_results(kernel_calls):
     assert (one[41:42] - alone).abs().max() < 1e-13
 
 
+def test_concurrent_callers_with_different_thread_counts(kernel_calls):
+    """Two threads rolling out at once, with 2 and 3 kernel threads, get what one caller gets (scratch is
+    per thread, pools per size)."""
+    import threading
+
+    model = random_model(d_model=16)
+    x, u, h, fu = _inputs(70, 10, 8)
+    with torch.no_grad():
+        want = model.rollout(x, u, h, 8, future_controls=fu)
+    results, errors = {}, []
+
+    def call(n):
+        torch.set_num_threads(n)  # per thread (OpenMP); the kernel reads it for its pool size
+        try:
+            with torch.no_grad():
+                for _ in range(20):
+                    results[n] = model.rollout(x, u, h, 8, future_controls=fu)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in (2, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors and all(torch.equal(results[n], want) for n in (2, 3))
+
+
 @pytest.mark.parametrize("K", [1, 5, 37])
 def test_shared_context_streams_once_and_equals_separate_rows(kernel_calls, K):
     """K candidate control sequences from one context given as an expanded view (the rollout service):

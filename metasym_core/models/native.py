@@ -44,10 +44,10 @@ _state: dict = {}
 
 
 def _after_fork_in_child() -> None:
-    """A forked child has none of the parent's threads: forget the pool (and a lock held mid-fork)."""
+    """A forked child has none of the parent's threads: forget the pools (and a lock held mid-fork)."""
     global _lock
     _lock = threading.Lock()
-    _state.pop("pool", None)
+    _state.pop("pools", None)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -147,13 +147,13 @@ class Packed:
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
+    """A thread pool of `workers` threads, kept for the process (one per size: callers that use different
+    thread counts at the same time never see a pool shut down under them)."""
     with _lock:
-        pool = _state.get("pool")
-        if pool is None or pool._max_workers != workers:
-            if pool is not None:
-                pool.shutdown(wait=False)
-            pool = _state["pool"] = ThreadPoolExecutor(workers, thread_name_prefix="metasym-rollout")
-        return pool
+        pools = _state.setdefault("pools", {})
+        if workers not in pools:
+            pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="metasym-rollout")
+        return pools[workers]
 
 
 def try_rollout(model, states: torch.Tensor, controls: torch.Tensor, h: torch.Tensor, future: torch.Tensor,
