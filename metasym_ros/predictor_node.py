@@ -226,6 +226,7 @@ class PredictorNode(Node):
                 f"dropped state ({reason}): step {msg.step}, stamp {stamp:.3f}, dim {state.size}/{control.size}; "
                 f"{self.window.dropped} dropped so far", throttle_duration_sec=WARN_EVERY_S)
             return
+        inline = False
         with self._lock:
             queued = self.window.full
             if queued:
@@ -234,7 +235,7 @@ class PredictorNode(Node):
                 self._pending = msg
                 inline = not self._busy and time.monotonic() - self._last_rollout >= self._min_period
                 self._busy = self._busy or inline
-        if queued and inline:
+        if inline:
             self._predict_pending()
         elif queued:
             self._wake.set()
