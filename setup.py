@@ -20,8 +20,8 @@ setup(
     packages=find_packages(include=["metasym_core", "metasym_core.*", "metasym_ros", "metasym_ros.*"]),
     # the bundled demo model (`checkpoint: pretrained`) and the recipe that made it
     package_data={"metasym_core": ["pretrained/*.pt", "pretrained/*.json"]},
-    # the compiled rollout kernel (metasym_core/models/native.py): plain C loaded with ctypes, no Python
-    # API; optional, so an install without a C compiler still works (rollouts then run in NumPy / torch)
+    # the compiled rollout kernel (metasym_core/models/native.py): plain C called through ctypes (the module
+    # itself is empty); optional, so an install without a C compiler still works (rollouts: NumPy / torch)
     ext_modules=[Extension("metasym_core.models._native", sources=["metasym_core/models/csrc/rollout.c"],
                            depends=["metasym_core/models/csrc/rollout_body.h"],
                            extra_compile_args=["-O3", "-std=c11", "-fno-math-errno", "-Wno-psabi"], optional=True)],

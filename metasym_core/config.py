@@ -22,12 +22,17 @@ def config_dirs() -> list[Path]:
     return [CONFIG_DIR] + [Path(p) / "share" / "metasym_ros" / "config" for p in prefixes]
 
 
+def _find(name: str) -> Path | None:
+    """`name` in the first config folder that has it (see `config_dirs`)."""
+    return next((folder / name for folder in config_dirs() if (folder / name).is_file()), None)
+
+
 def config_file(name: str) -> Path:
     """A non-system file shipped in the config folder (e.g. `fastdds.xml`), found like the configs."""
-    for folder in config_dirs():
-        if (folder / name).is_file():
-            return folder / name
-    raise MetaSymError(f"config file {name} not found in {', '.join(str(d) for d in config_dirs())}")
+    found = _find(name)
+    if found is None:
+        raise MetaSymError(f"config file {name} not found in {', '.join(str(d) for d in config_dirs())}")
+    return found
 
 
 def config_path(system_or_path: str | os.PathLike) -> Path:
@@ -36,10 +41,7 @@ def config_path(system_or_path: str | os.PathLike) -> Path:
     path = Path(text)
     if path.suffix in (".yaml", ".yml") or os.sep in text:
         return path
-    for folder in config_dirs():
-        if (folder / f"{text}.yaml").is_file():
-            return folder / f"{text}.yaml"
-    return CONFIG_DIR / f"{text}.yaml"
+    return _find(f"{text}.yaml") or CONFIG_DIR / f"{text}.yaml"
 
 
 def load_config(system_or_path: str | os.PathLike) -> dict:

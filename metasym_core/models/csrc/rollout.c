@@ -3,8 +3,8 @@
  * Each call streams every token of a batch of rows through the decoder, context
  * and prediction alike (token t predicts x_{t+1}; from the last context token on
  * the predictions are fed back), keeping each block's keys/values in a ring of
- * `context` slots. Rows are processed LANES at a time, the lane index innermost,
- * so that every operation is a plain loop the compiler turns into SIMD code.
+ * `context` slots. Rows are processed LANES at a time, one row per SIMD lane (GCC
+ * vector extensions), so every operation is one vector operation over 16 rows.
  * The weights come folded and packed by `metasym_core/models/native.py`, in the
  * order `unpack` below reads them. The body is written once (rollout_body.h) and
  * instantiated for float and double.
@@ -29,8 +29,7 @@
 /* everything is inlined into the (cloned) entry points, so each clone is compiled for its target */
 #define INLINE inline __attribute__((always_inline))
 
-enum { DIM_D, DIM_M, DIM_DM, DIM_H, DIM_C, DIM_L, DIM_META, DIM_ELAYERS, DIM_ESUB, DIM_ACT, DIM_MLP, DIM_HEAD,
-       DIM_COUNT };
+enum { DIM_D, DIM_M, DIM_DM, DIM_H, DIM_C, DIM_L, DIM_META, DIM_ELAYERS, DIM_ESUB, DIM_ACT, DIM_MLP, DIM_HEAD };
 enum { ACT_SIGMOID, ACT_TANH, ACT_ELU };
 
 /* An (empty) Python module, so that the library imports like any extension; its functions are called
@@ -42,7 +41,6 @@ PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&native_module); }
 
 int metasym_native_abi(void) { return ABI_VERSION; }
 int metasym_native_lanes(void) { return LANES; }
-int metasym_native_dims(void) { return DIM_COUNT; }
 
 #define REAL float
 #define SFX f32
