@@ -1,4 +1,5 @@
-"""ROS latency benchmark: state publish → prediction receive, and the batched rollout service.
+"""ROS latency benchmark: state publish → prediction receive, and the batched rollout service,
+with normal scheduling (the baseline) and with a real-time (SCHED_FIFO) predictor and probe.
 
 Starts the node graph of a system with `metasym launch` (simulator + predictor, separate
 processes, on the caller's ROS domain) and a probe node in this process. Each Prediction
@@ -24,15 +25,16 @@ from metasym_core.bench.report import DEFAULT_DOC, markdown_table, text_table, u
 from metasym_core.config import load_config
 from metasym_core.errors import MetaSymError
 from metasym_ros.graph import node_environment
+from metasym_ros.realtime import check_priority, child_fifo_priority, set_fifo
 
 TARGETS = {"latency_p99_target_ms": 5.0, "rollout_k1024_target_ms": 20.0}
 WARMUP_S = 3.0  # first predictions include model warm-up; not timed
 START_TIMEOUT_S = 60.0
 
 
-def _launch(system: str, rate_hz: float, horizon: int, log) -> subprocess.Popen:
+def _launch(system: str, rate_hz: float, horizon: int, priority: int, log) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "metasym_core.cli", "launch", system, "--set", f"rate_hz={rate_hz}",
-           "--set", f"horizon={horizon}", "--set", "change_time=-1.0"]
+           "--set", f"horizon={horizon}", "--set", "change_time=-1.0", "--set", f"realtime_priority={priority}"]
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -49,16 +51,11 @@ def _rollout_request(srv, cfg: dict, candidates: int, horizon: int, rng: np.rand
     return req
 
 
-def run_ros_latency_bench(duration_s: float = 60.0, rate_hz: float = 100.0, system: str = "quadrotor",
-                          horizon: int = 30, candidates: int = 1024, rollout_repeats: int = 20,
-                          doc=DEFAULT_DOC, command: str = "metasym bench ros") -> dict[str, float]:
-    """Measure publish→prediction latency p50/p99 at `rate_hz` and the K=`candidates` rollout service."""
-    if not (duration_s > 0 and rate_hz > 0 and horizon >= 1 and candidates >= 1 and rollout_repeats >= 1):
-        raise MetaSymError("duration, rate, horizon, candidates and repeats must be positive")
-    # a benchmark talks to its own graph only: keep discovery on this host unless told otherwise; the
-    # probe calls rollout_batch as an MPC would, with the nodes' Fast DDS profile (config/fastdds.xml)
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    os.environ.update(node_environment(os.environ))
+def _measure(system: str, cfg: dict, rate_hz: float, horizon: int, candidates: int, repeats: int,
+             duration_s: float, priority: int) -> dict:
+    """One graph with the predictor (and this probe) at SCHED_FIFO `priority` (0: normal scheduling):
+    the state → prediction latencies [ms], the rollout_batch round trips and server times [ms], and the
+    priority the predictor and the probe really ran with (0 where it was refused)."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
@@ -66,9 +63,8 @@ def run_ros_latency_bench(duration_s: float = 60.0, rate_hz: float = 100.0, syst
     from metasym_ros.msg import Prediction
     from metasym_ros.srv import RolloutBatch
 
-    cfg = load_config(system)
     log = tempfile.TemporaryFile(mode="w+")  # the nodes' output; a pipe could fill up and block them
-    proc = _launch(system, rate_hz, horizon, log)
+    proc = _launch(system, rate_hz, horizon, priority, log)
     context = rclpy.Context()
     rclpy.init(context=context)
     executor = SingleThreadedExecutor(context=context)
@@ -86,9 +82,10 @@ def run_ros_latency_bench(duration_s: float = 60.0, rate_hz: float = 100.0, syst
 
     node.create_subscription(Prediction, "/" + qos.PREDICTION_TOPIC, on_prediction, qos.PREDICTION_QOS)
     client = node.create_client(RolloutBatch, "/predictor/rollout_batch")
+    # an MPC client of a real-time predictor runs real-time too: every thread of this probe (DDS, executor)
+    probe_refused = set_fifo(priority) if priority else None
     thread = threading.Thread(target=executor.spin, daemon=True)
     thread.start()
-    figures: dict[str, float] = {}
     try:
         end = time.monotonic() + START_TIMEOUT_S
         while not first:
@@ -96,14 +93,14 @@ def run_ros_latency_bench(duration_s: float = 60.0, rate_hz: float = 100.0, syst
                 log.seek(0)
                 raise MetaSymError(f"the {system} graph did not start: {log.read()[-500:]}")
             time.sleep(0.1)
+        predictor_priority = child_fifo_priority(proc.pid, "metasym_ros.predictor_node") or 0
         time.sleep(WARMUP_S + duration_s)
         sample = np.array(latencies)
         if sample.size == 0:
             raise MetaSymError("no predictions arrived after the warm-up")
-        rng = np.random.default_rng(0)
-        req = _rollout_request(RolloutBatch, cfg, candidates, horizon, rng)
+        req = _rollout_request(RolloutBatch, cfg, candidates, horizon, np.random.default_rng(0))
         round_trip, server = [], []
-        for i in range(rollout_repeats + 2):  # two warm-up calls
+        for i in range(repeats + 2):  # two warm-up calls
             t0 = time.perf_counter()
             res = client.call(req, timeout_sec=30.0)
             dt_ms = 1e3 * (time.perf_counter() - t0)
@@ -113,6 +110,8 @@ def run_ros_latency_bench(duration_s: float = 60.0, rate_hz: float = 100.0, syst
                 round_trip.append(dt_ms)
                 server.append(res.latency_ms)
     finally:
+        if priority:
+            set_fifo(0)
         executor.shutdown(timeout_sec=5)
         thread.join(timeout=5)
         node.destroy_node()
@@ -125,34 +124,72 @@ def run_ros_latency_bench(duration_s: float = 60.0, rate_hz: float = 100.0, syst
                 proc.kill()
                 proc.wait()
         log.close()
+    return {"latency": sample, "round_trip": np.array(round_trip), "server": np.array(server),
+            "priority": predictor_priority if probe_refused is None else 0, "refused": probe_refused}
 
-    expected = duration_s * rate_hz
-    figures.update({
-        "latency_p50_ms": round(float(np.percentile(sample, 50)), 3),
-        "latency_p99_ms": round(float(np.percentile(sample, 99)), 3),
-        "predictions_per_s": round(sample.size / duration_s, 1),
-        "prediction_fraction": round(sample.size / expected, 3),
-        f"rollout_k{candidates}_p50_ms": round(float(np.percentile(round_trip, 50)), 3),
-        f"rollout_k{candidates}_p99_ms": round(float(np.percentile(round_trip, 99)), 3),
-        f"rollout_k{candidates}_server_p50_ms": round(float(np.percentile(server, 50)), 3),
-        f"rollout_k{candidates}_server_p99_ms": round(float(np.percentile(server, 99)), 3),
-    })
+
+def _figures(prefix: str, run: dict, candidates: int, duration_s: float, rate_hz: float) -> dict[str, float]:
+    pct = {50: "p50", 99: "p99"}
+    out = {f"{prefix}latency_{name}_ms": round(float(np.percentile(run["latency"], q)), 3) for q, name in pct.items()}
+    out[f"{prefix}predictions_per_s"] = round(run["latency"].size / duration_s, 1)
+    out[f"{prefix}prediction_fraction"] = round(run["latency"].size / (duration_s * rate_hz), 3)
+    for key, values in (("", run["round_trip"]), ("server_", run["server"])):
+        out.update({f"{prefix}rollout_k{candidates}_{key}{name}_ms": round(float(np.percentile(values, q)), 3)
+                    for q, name in pct.items()})
+    return out
+
+
+def run_ros_latency_bench(duration_s: float = 60.0, rate_hz: float = 100.0, system: str = "quadrotor",
+                          horizon: int = 30, candidates: int = 1024, rollout_repeats: int = 20,
+                          realtime_priority: int | None = None, doc=DEFAULT_DOC,
+                          command: str = "metasym bench ros") -> dict[str, float]:
+    """Measure publish→prediction latency p50/p99 at `rate_hz` and the K=`candidates` rollout service, twice:
+    with normal scheduling (the baseline) and with the predictor and the probe at SCHED_FIFO
+    `realtime_priority` (default: the config's predictor value, else 20)."""
+    if not (duration_s > 0 and rate_hz > 0 and horizon >= 1 and candidates >= 1 and rollout_repeats >= 1):
+        raise MetaSymError("duration, rate, horizon, candidates and repeats must be positive")
+    cfg = load_config(system)
+    if realtime_priority is None:
+        realtime_priority = int(((cfg.get("ros") or {}).get("predictor") or {}).get("realtime_priority") or 20)
+    check_priority(realtime_priority)
+    if realtime_priority == 0:
+        raise MetaSymError("--realtime-priority must be 1-99: the normal-scheduling run is the baseline")
+    # a benchmark talks to its own graph only: keep discovery on this host unless told otherwise; the
+    # probe calls rollout_batch as an MPC would, with the nodes' Fast DDS profile (config/fastdds.xml)
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.update(node_environment(os.environ))
+    runs = {prio: _measure(system, cfg, rate_hz, horizon, candidates, rollout_repeats, duration_s, prio)
+            for prio in (0, realtime_priority)}
+    rt = runs[realtime_priority]
+    figures = {**_figures("", runs[0], candidates, duration_s, rate_hz),
+               **_figures("rt_", rt, candidates, duration_s, rate_hz), "rt_priority": rt["priority"]}
     if candidates == 1024:
         figures.update(TARGETS)
-    header = ["measure", "p50 ms", "p99 ms", "note"]
-    rows = [["state → prediction", figures["latency_p50_ms"], figures["latency_p99_ms"],
-             f"{sample.size} predictions in {duration_s:g} s at {rate_hz:g} Hz states"],
-            [f"rollout_batch K={candidates}", figures[f"rollout_k{candidates}_p50_ms"],
-             figures[f"rollout_k{candidates}_p99_ms"],
-             f"round trip; in the server {figures[f'rollout_k{candidates}_server_p50_ms']} / "
-             f"{figures[f'rollout_k{candidates}_server_p99_ms']} ms p50 / p99"]]
+    if rt["refused"]:
+        print(f"warning: the probe's {rt['refused']}: the second run is not real-time", file=sys.stderr)
+    header = ["measure", "scheduling", "p50 ms", "p99 ms", "note"]
+    fifo = f"SCHED_FIFO {rt['priority']}" if rt["priority"] else "normal (FIFO refused)"
+    rows = []
+    for prefix, sched in (("", "normal"), ("rt_", fifo)):
+        rows.append(["state → prediction", sched, figures[f"{prefix}latency_p50_ms"],
+                     figures[f"{prefix}latency_p99_ms"],
+                     f"{runs[0 if not prefix else realtime_priority]['latency'].size} predictions in "
+                     f"{duration_s:g} s at {rate_hz:g} Hz states"])
+    for prefix, sched in (("", "normal"), ("rt_", fifo)):
+        k = f"{prefix}rollout_k{candidates}"
+        rows.append([f"rollout_batch K={candidates}", sched, figures[f"{k}_p50_ms"], figures[f"{k}_p99_ms"],
+                     f"round trip; in the server {figures[f'{k}_server_p50_ms']} / "
+                     f"{figures[f'{k}_server_p99_ms']} ms p50 / p99"])
     print(text_table(header, rows))
     body = (f"{system} graph as `metasym launch {system}` starts it (simulator, predictor and learner with the "
             f"config's model, separate processes, Fast DDS with config/fastdds.xml on localhost; no parameter "
             f"change), horizon {horizon}, states at {rate_hz:g} Hz for {duration_s:g} s after a {WARMUP_S:g} s "
             f"warm-up; the probe (this process, rclpy SingleThreadedExecutor) stamps arrival against the state's "
-            f"header stamp and calls `rollout_batch` as an MPC would, after the streaming phase while the graph "
-            f"keeps running. Targets: p99 ≤ {TARGETS['latency_p99_target_ms']} ms, K=1024 ≤ "
+            f"header stamp and calls `rollout_batch` {rollout_repeats} times as an MPC would, after the streaming "
+            f"phase while the graph keeps running. Two graphs, one after the other: `normal` with every process "
+            f"under normal scheduling (`realtime_priority:=0`, the baseline), then `SCHED_FIFO` with the "
+            f"predictor's `realtime_priority` and the probe (an MPC client) at that priority; simulator and "
+            f"learner stay normal. Targets: p99 ≤ {TARGETS['latency_p99_target_ms']} ms, K=1024 ≤ "
             f"{TARGETS['rollout_k1024_target_ms']} ms.\n\n{markdown_table(header, rows)}")
     update_section("ROS latency", body, command, doc=doc)
     return figures
@@ -166,13 +203,16 @@ def register_bench(sub: argparse._SubParsersAction, common) -> None:
     p.add_argument("--rate", type=float, default=100.0, help="state rate in Hz (default 100)")
     p.add_argument("--horizon", type=int, default=30)
     p.add_argument("--candidates", type=int, default=1024, help="K of the rollout service (default 1024)")
+    p.add_argument("--realtime-priority", type=int, default=None,
+                   help="SCHED_FIFO priority of the predictor and the probe in the second run (default: the "
+                        "config's predictor realtime_priority, else 20)")
     common(p)
 
     def run(args: argparse.Namespace) -> int:
         from metasym_core.bench.report import print_json
 
         figures = run_ros_latency_bench(args.duration, args.rate, args.system, args.horizon, args.candidates,
-                                        doc=args.doc)
+                                        realtime_priority=args.realtime_priority, doc=args.doc)
         if args.json:
             print_json(figures)
         return 0

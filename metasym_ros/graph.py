@@ -29,6 +29,7 @@ LAUNCH_ARGUMENTS: dict[str, tuple[tuple[str, str], ...]] = {
     "checkpoint": (("predictor", "checkpoint"), ("learner", "checkpoint")),
     "device": (("predictor", "device"), ("learner", "device")),
     "horizon": (("predictor", "horizon"),),
+    "realtime_priority": (("predictor", "realtime_priority"),),
     "rate_hz": (("simulator", "rate_hz"),),
     "change_param": (("simulator", "change_param"),),
     "change_scale": (("simulator", "change_scale"),),

@@ -13,6 +13,10 @@ Parameters (declared up front, validated; see `ros: predictor:` in config/<syste
   batch_threads  torch CPU threads of the rollout_batch service (default 1; 0 = torch default;
                more threads pay off only on idle cores: OpenMP spin-waits when oversubscribed)
   frame_id     frame of the predicted path
+  realtime_priority  SCHED_FIFO priority 1-99 of the whole node process (DDS threads, executor,
+               workers: metasym_ros.realtime), 0 = normal scheduling (the default). Where it is
+               refused (no CAP_SYS_NICE / rtprio limit) a warning says so and the node runs on.
+               The quadrotor config sets 20: on a loaded machine it cuts the latency tail
 
 Topics (QoS in metasym_ros.qos):
   sub ``metasym/state`` (SystemState, best effort, keep last 10)
@@ -87,6 +91,7 @@ from metasym_ros.qos import (
     STATE_QOS,
     STATE_TOPIC,
 )
+from metasym_ros.realtime import check_priority, set_fifo
 from metasym_ros.srv import RolloutBatch
 
 WARN_EVERY_S = 2.0  # throttle of the drop warnings
@@ -134,6 +139,9 @@ class PredictorNode(Node):
         self.batch_threads = declare(self, "batch_threads", 1,
                                      "torch CPU threads of the rollout_batch service (0 = torch default)")
         self.frame_id = declare(self, "frame_id", "world", "Frame of the predicted path")
+        realtime_priority = declare(self, "realtime_priority", 0, "SCHED_FIFO priority 1-99 of this node's "
+                                    "process (all its threads); 0 = normal scheduling", read_only=True)
+        check_priority(realtime_priority)
         if self.system not in STREAMS:
             raise MetaSymError(f"parameter system must be one of {', '.join(STREAMS)}, got {self.system!r}")
         if self.horizon < 1:
@@ -193,6 +201,12 @@ class PredictorNode(Node):
         self._worker.start()
         self.get_logger().info(f"predicting {self.system}: context {self.predictor.context}, horizon "
                                f"{self.horizon}, device {self.predictor.device}")
+        if realtime_priority:  # once every thread exists; later ones (rollout pools) inherit it
+            refused = set_fifo(realtime_priority)
+            if refused:
+                self.get_logger().warning(f"{refused}; running with normal scheduling")
+            else:
+                self.get_logger().info(f"real-time scheduling: SCHED_FIFO priority {realtime_priority}")
 
     # -- counters --------------------------------------------------------------------------------
     @property

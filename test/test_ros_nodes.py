@@ -197,7 +197,7 @@ def test_bad_states_are_dropped_and_counted_while_predictions_continue():
 def test_launched_graph_exits_cleanly_on_sigint():
     from metasym_ros.msg import Prediction
 
-    from metasym_ros import qos
+    from metasym_ros import qos, realtime
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "metasym_core.cli", "launch", "quadrotor", "--set", "horizon=5"]
@@ -210,10 +210,14 @@ def test_launched_graph_exits_cleanly_on_sigint():
             thread.start()
             _wait(lambda: len(preds) >= 3 or proc.poll() is not None, "predictions of the launched graph", 60)
         assert proc.poll() is None, "launcher exited early:\n" + proc.stdout.read()
+        # config/quadrotor.yaml runs the predictor real-time (SCHED_FIFO 20) where that is permitted
+        priority = realtime.child_fifo_priority(proc.pid, "metasym_ros.predictor_node")
+        assert priority == (20 if realtime.permitted(20) else 0)
         t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=20)
         assert proc.returncode == 0, out
+        assert ("SCHED_FIFO priority 20 refused" in out) != realtime.permitted(20), out
         assert time.monotonic() - t0 < 10, "nodes must exit within a few seconds"
         assert "killing" not in out and "unclean" not in out
     finally:
@@ -234,6 +238,8 @@ def test_nodes_refuse_bad_parameters():
             make(SimulatorNode, {"system": "quadrotor", "change_param": "colour"})
         with pytest.raises(MetaSymError, match="horizon"):
             make(PredictorNode, {"system": "quadrotor", "horizon": 0})
+        with pytest.raises(MetaSymError, match="realtime_priority"):
+            make(PredictorNode, {"system": "quadrotor", "realtime_priority": 100})
         with pytest.raises(MetaSymError, match="checkpoint not found"):
             make(PredictorNode, {"system": "quadrotor", "checkpoint": "/nonexistent.pt"})
 
