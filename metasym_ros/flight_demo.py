@@ -153,16 +153,19 @@ class FlightRecorder:
 
     def process(self, upto_step: int) -> list[tuple[int, int, float]]:
         """Replay steps up to `upto_step`; returns the evaluations finished by it."""
-        done = []
+        # the lock guards a snapshot only: the replay runs outside it, so the subscription callbacks
+        # (which stamp the arrival latencies) never wait for it
         with self.lock:
             self._file_predictions()
-            while self._cursor <= upto_step:
-                step = self._cursor
-                self._cursor += 1
-                if step in self.states:
-                    done += self.tracker.observe(step, self.states[step][1])
-                for states, version, _ in self.predictions.get(step, ()):
-                    done += self.tracker.add(step, states, version)
+            batch = [(step, self.states.get(step), tuple(self.predictions.get(step, ())))
+                     for step in range(self._cursor, upto_step + 1)]
+            self._cursor = max(self._cursor, upto_step + 1)
+        done = []
+        for step, state, predictions in batch:
+            if state is not None:
+                done += self.tracker.observe(step, state[1])
+            for states, version, _ in predictions:
+                done += self.tracker.add(step, states, version)
         out = [(e.base_step, e.version, e.mse) for e in done if e.matched == self.horizon]
         self.evaluations += out
         return out
