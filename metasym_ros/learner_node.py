@@ -327,10 +327,12 @@ class LearnerNode(Node):
             self._busy.clear()
         text = (f"adaptation v{outcome.version} {outcome.reason}: held-out loss {outcome.loss_before:.4g} -> "
                 f"{outcome.loss_after:.4g} in {outcome.latency_ms:.0f} ms")
-        if outcome.accepted:  # one severity per call site: rclpy refuses to change it between calls
+        # one severity per call site (rclpy refuses to change it between calls). A refusal is the
+        # acceptance test doing its job, not a fault: debug level (every attempt is on the topic)
+        if outcome.accepted:
             self.get_logger().info(text)
         else:
-            self.get_logger().warning(text)
+            self.get_logger().debug(text)
 
     # -- meta-training ---------------------------------------------------------------------------
     @property
