@@ -25,6 +25,7 @@ from metasym_core.bench.report import DEFAULT_DOC, markdown_table, text_table, u
 from metasym_core.config import load_config
 from metasym_core.errors import MetaSymError
 from metasym_ros.graph import node_environment
+from metasym_ros.launcher import die_with_parent
 from metasym_ros.realtime import check_priority, child_fifo_priority, set_fifo
 
 TARGETS = {"latency_p99_target_ms": 5.0, "rollout_k1024_target_ms": 20.0}
@@ -35,7 +36,8 @@ START_TIMEOUT_S = 60.0
 def _launch(system: str, rate_hz: float, horizon: int, priority: int, log) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "metasym_core.cli", "launch", system, "--set", f"rate_hz={rate_hz}",
            "--set", f"horizon={horizon}", "--set", "change_time=-1.0", "--set", f"realtime_priority={priority}"]
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    # the launcher stops its nodes on SIGTERM, which it gets if this process dies first
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent(signal.SIGTERM))
 
 
 def _rollout_request(srv, cfg: dict, candidates: int, horizon: int, rng: np.random.Generator):

@@ -5,11 +5,15 @@ each node runs as `python -m <module> --ros-args -r __node:=<name> --params-file
 in its own session, so a terminal Ctrl-C reaches the launcher only, which forwards
 SIGINT to every node once, waits for them to exit (then SIGKILL after a grace
 period) and returns 0 when all of them exited cleanly. If a node dies on its own,
-the others are stopped and its exit code is returned.
+the others are stopped and its exit code is returned. SIGTERM and SIGHUP (a closed
+terminal) stop the graph like SIGINT, and every node gets SIGINT from the kernel if
+the launcher dies without stopping it (SIGKILL): no node outlives its launcher.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import signal
 import subprocess
@@ -24,6 +28,24 @@ import yaml
 from metasym_ros.graph import NodeSpec, node_environment, node_graph, params_yaml
 
 GRACE_S = 10.0  # time the nodes get to exit after SIGINT
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(sig: int = signal.SIGINT):
+    """A `preexec_fn` for Popen: the child gets `sig` when the process that started it dies
+    (Linux PR_SET_PDEATHSIG), so a parent killed outright leaves no orphans. None elsewhere."""
+    name = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
+    prctl = getattr(ctypes.CDLL(name, use_errno=True), "prctl", None) if name else None
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:  # in the child, between fork and exec: no imports, no locks
+        prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os.kill(os.getpid(), sig)
+
+    return preexec
 
 
 def node_command(spec: NodeSpec, params_file: str | Path) -> list[str]:
@@ -57,7 +79,7 @@ def launch(system: str, overrides: Mapping[str, object] | None = None, duration_
     def on_signal(signum, _frame):
         stop["signal"] = signum
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     procs: list[subprocess.Popen] = []
     try:
         with tempfile.TemporaryDirectory(prefix="metasym-launch-") as tmp:
@@ -65,7 +87,8 @@ def launch(system: str, overrides: Mapping[str, object] | None = None, duration_
             params_file.write_text(yaml.safe_dump(params_yaml(specs), sort_keys=False), encoding="utf-8")
             env = node_environment(os.environ)
             for spec in specs:
-                procs.append(subprocess.Popen(node_command(spec, params_file), start_new_session=True, env=env))
+                procs.append(subprocess.Popen(node_command(spec, params_file), start_new_session=True, env=env,
+                                              preexec_fn=die_with_parent()))
                 print(f"metasym launch: started {spec.name} (pid {procs[-1].pid})", flush=True)
             end = time.monotonic() + duration_s if duration_s else None
             failed = None

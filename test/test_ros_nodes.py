@@ -1,7 +1,7 @@
 """The MetaSym nodes over real DDS: simulator + predictor of the quadrotor graph.
 
 In-process nodes (one executor thread) for the topic/service checks, and the
-`metasym launch` subprocess graph for the SIGINT check. Discovery stays on this
+`metasym launch` subprocess graph for the SIGINT check and for nodes outliving a launcher. Discovery stays on this
 host, on a random domain in 100-200; every in-process test runs in its own namespace.
 """
 
@@ -221,6 +221,40 @@ def test_launched_graph_exits_cleanly_on_sigint():
         assert time.monotonic() - t0 < 10, "nodes must exit within a few seconds"
         assert "killing" not in out and "unclean" not in out
     finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGKILL], ids=["closed-terminal", "killed"])
+def test_no_node_outlives_its_launcher(sig):
+    cmd = [sys.executable, "-m", "metasym_core.cli", "launch", "quadrotor", "--set", "horizon=5"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pids = []
+    try:
+        while len(pids) < 3:
+            line = proc.stdout.readline()
+            assert line, "launcher exited early"
+            if "metasym launch: started" in line:
+                pids.append(int(line.rsplit("pid ", 1)[1].rstrip(")\n")))
+        time.sleep(3.0)  # the nodes are up
+        assert all(_alive(pid) for pid in pids)
+        proc.send_signal(sig)  # SIGHUP: stopped like SIGINT; SIGKILL: the kernel signals the nodes
+        proc.communicate(timeout=30)
+        assert proc.returncode == (0 if sig == signal.SIGHUP else -signal.SIGKILL)
+        _wait(lambda: not any(_alive(pid) for pid in pids), "every node gone after its launcher", deadline=15)
+    finally:
+        for pid in pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
