@@ -153,7 +153,7 @@ def run_ros_latency_bench(duration_s: float = 60.0, rate_hz: float = 100.0, syst
     cfg = load_config(system)
     if realtime_priority is None:
         realtime_priority = int(((cfg.get("ros") or {}).get("predictor") or {}).get("realtime_priority") or 20)
-    if not (isinstance(realtime_priority, int) and not isinstance(realtime_priority, bool) and 1 <= realtime_priority <= 99):
+    if type(realtime_priority) is not int or not 1 <= realtime_priority <= 99:
         raise MetaSymError(f"--realtime-priority must be 1-99 (the normal-scheduling run is the baseline), "
                            f"got {realtime_priority!r}")
     # a benchmark talks to its own graph only: keep discovery on this host unless told otherwise; the
