@@ -20,6 +20,7 @@ import threading
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 from metasym_core.bench.report import DEFAULT_DOC, markdown_table, text_table, update_section
 from metasym_core.config import load_config
@@ -65,6 +66,8 @@ def _measure(system: str, cfg: dict, rate_hz: float, horizon: int, candidates: i
     from metasym_ros.msg import Prediction
     from metasym_ros.srv import RolloutBatch
 
+    label = f"SCHED_FIFO {priority}" if priority else "normal scheduling"
+    print(f"[bench ros] starting the {system} graph ({label})", file=sys.stderr, flush=True)
     log = tempfile.TemporaryFile(mode="w+")  # the nodes' output; a pipe could fill up and block them
     proc = _launch(system, rate_hz, horizon, priority, log)
     context = rclpy.Context()
@@ -96,7 +99,13 @@ def _measure(system: str, cfg: dict, rate_hz: float, horizon: int, candidates: i
                 raise MetaSymError(f"the {system} graph did not start: {log.read()[-500:]}")
             time.sleep(0.1)
         predictor_priority = child_fifo_priority(proc.pid, "metasym_ros.predictor_node") or 0
-        time.sleep(WARMUP_S + duration_s)
+        time.sleep(WARMUP_S)
+        with tqdm(total=round(duration_s), desc=f"{system} graph, {label}", unit="s", leave=False) as bar:
+            end = time.monotonic() + duration_s
+            while (left := end - time.monotonic()) > 0:
+                time.sleep(min(1.0, left))
+                bar.n = min(round(duration_s), round(duration_s - max(left - 1.0, 0.0)))
+                bar.set_postfix(predictions=len(latencies), refresh=True)
         sample = np.array(latencies)
         if sample.size == 0:
             raise MetaSymError("no predictions arrived after the warm-up")
