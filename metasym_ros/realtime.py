@@ -60,7 +60,8 @@ def permitted(priority: int) -> bool:
             caps = next((line.split()[1] for line in f if line.startswith("CapEff:")), "0")
         if int(caps, 16) >> 23 & 1:  # CAP_SYS_NICE
             return True
-        return resource.getrlimit(resource.RLIMIT_RTPRIO)[0] >= priority
+        soft = resource.getrlimit(resource.RLIMIT_RTPRIO)[0]
+        return soft == resource.RLIM_INFINITY or soft >= priority
     except (OSError, ValueError, AttributeError):
         return False
 
