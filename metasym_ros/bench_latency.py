@@ -104,7 +104,7 @@ def _measure(system: str, cfg: dict, rate_hz: float, horizon: int, candidates: i
             end = time.monotonic() + duration_s
             while (left := end - time.monotonic()) > 0:
                 time.sleep(min(1.0, left))
-                bar.n = min(round(duration_s), round(duration_s - max(left - 1.0, 0.0)))
+                bar.n = round(duration_s - max(end - time.monotonic(), 0.0))
                 bar.set_postfix(predictions=len(latencies), refresh=True)
         sample = np.array(latencies)
         if sample.size == 0:
@@ -180,13 +180,11 @@ def run_ros_latency_bench(duration_s: float = 60.0, rate_hz: float = 100.0, syst
         print(f"warning: the probe's {rt['refused']}: the second run is not real-time", file=sys.stderr)
     header = ["measure", "scheduling", "p50 ms", "p99 ms", "note"]
     fifo = f"SCHED_FIFO {rt['priority']}" if rt["priority"] else "normal (FIFO refused)"
-    rows = []
-    for prefix, sched in (("", "normal"), ("rt_", fifo)):
-        rows.append(["state → prediction", sched, figures[f"{prefix}latency_p50_ms"],
-                     figures[f"{prefix}latency_p99_ms"],
-                     f"{runs[0 if not prefix else realtime_priority]['latency'].size} predictions in "
-                     f"{duration_s:g} s at {rate_hz:g} Hz states"])
-    for prefix, sched in (("", "normal"), ("rt_", fifo)):
+    phases = (("", "normal", runs[0]), ("rt_", fifo, rt))
+    rows = [["state → prediction", sched, figures[f"{prefix}latency_p50_ms"], figures[f"{prefix}latency_p99_ms"],
+             f"{run['latency'].size} predictions in {duration_s:g} s at {rate_hz:g} Hz states"]
+            for prefix, sched, run in phases]
+    for prefix, sched, _ in phases:
         k = f"{prefix}rollout_k{candidates}"
         rows.append([f"rollout_batch K={candidates}", sched, figures[f"{k}_p50_ms"], figures[f"{k}_p99_ms"],
                      f"round trip; in the server {figures[f'{k}_server_p50_ms']} / "
