@@ -42,8 +42,8 @@ setup(
     data_files=[("share/metasym_ros/config", sorted(glob("config/*.yaml") + glob("config/*.xml")))],
     entry_points={"console_scripts": [
         "metasym = metasym_core.cli:main",
-        "metasym-simulator = metasym_ros.simulator_node:main",
-        "metasym-predictor = metasym_ros.predictor_node:main",
-        "metasym-learner = metasym_ros.learner_node:main",
+        "metasym-simulator = metasym_ros.start:simulator",
+        "metasym-predictor = metasym_ros.start:predictor",
+        "metasym-learner = metasym_ros.start:learner",
     ]},
 )

@@ -34,9 +34,10 @@ WARMUP_S = 3.0  # first predictions include model warm-up; not timed
 START_TIMEOUT_S = 60.0
 
 
-def _launch(system: str, rate_hz: float, horizon: int, priority: int, log) -> subprocess.Popen:
+def _launch(system: str, rate_hz: float, horizon: int, priority: int, params_dir: str, log) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "metasym_core.cli", "launch", system, "--set", f"rate_hz={rate_hz}",
-           "--set", f"horizon={horizon}", "--set", "change_time=-1.0", "--set", f"realtime_priority={priority}"]
+           "--set", f"horizon={horizon}", "--set", f"realtime_priority={priority}",
+           "--set", f"learner.params_dir={params_dir}"]
     # the launcher stops its nodes on SIGTERM, which it gets if this process dies first
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent(signal.SIGTERM))
 
@@ -63,13 +64,16 @@ def _measure(system: str, cfg: dict, rate_hz: float, horizon: int, candidates: i
     from rclpy.executors import SingleThreadedExecutor
 
     from metasym_ros import qos
-    from metasym_ros.msg import Prediction
+    from metasym_ros.flight_demo import FlightRecorder
+    from metasym_ros.msg import AdaptationStatus, Prediction, SystemState
     from metasym_ros.srv import RolloutBatch
 
     label = f"SCHED_FIFO {priority}" if priority else "normal scheduling"
     print(f"[bench ros] starting the {system} graph ({label})", file=sys.stderr, flush=True)
     log = tempfile.TemporaryFile(mode="w+")  # the nodes' output; a pipe could fill up and block them
-    proc = _launch(system, rate_hz, horizon, priority, log)
+    params_dir = tempfile.TemporaryDirectory(prefix="metasym-bench-ros-")  # kept for the held-control rerun
+    proc = _launch(system, rate_hz, horizon, priority, params_dir.name, log)
+    recorder = FlightRecorder(horizon, system)
     context = rclpy.Context()
     rclpy.init(context=context)
     executor = SingleThreadedExecutor(context=context)
@@ -80,12 +84,15 @@ def _measure(system: str, cfg: dict, rate_hz: float, horizon: int, candidates: i
 
     def on_prediction(msg) -> None:
         now = time.time()
+        recorder.on_prediction(msg)
         if not first:
             first.append(now)
         if now - first[0] >= WARMUP_S:
             latencies.append(1e3 * (now - (msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec)))
 
     node.create_subscription(Prediction, "/" + qos.PREDICTION_TOPIC, on_prediction, qos.PREDICTION_QOS)
+    node.create_subscription(SystemState, "/" + qos.STATE_TOPIC, recorder.on_state, qos.STATE_QOS)
+    node.create_subscription(AdaptationStatus, "/" + qos.ADAPTATION_TOPIC, recorder.on_adaptation, qos.ADAPTATION_QOS)
     client = node.create_client(RolloutBatch, "/predictor/rollout_batch")
     # an MPC client of a real-time predictor runs real-time too: every thread of this probe (DDS, executor)
     probe_refused = set_fifo(priority) if priority else None
@@ -135,8 +142,30 @@ def _measure(system: str, cfg: dict, rate_hz: float, horizon: int, candidates: i
                 proc.kill()
                 proc.wait()
         log.close()
-    return {"latency": sample, "round_trip": np.array(round_trip), "server": np.array(server),
+    print("[bench ros] scoring the predictions against holding the state", file=sys.stderr, flush=True)
+    try:
+        skill = _skill(recorder, cfg)
+    finally:
+        params_dir.cleanup()
+    return {"skill": skill, "latency": sample, "round_trip": np.array(round_trip), "server": np.array(server),
             "priority": predictor_priority if probe_refused is None else 0, "refused": probe_refused}
+
+
+def _skill(recorder, cfg: dict) -> dict[str, float]:
+    """What the probe saw against holding the last state (`FlightRecorder.skill`): the published predictions
+    and, rerun from the same contexts with the same parameter versions, the last control held (the baseline)
+    and the applied controls (the model's own error)."""
+    recorder.finish()
+    ros = cfg.get("ros") or {}
+    checkpoint = str((ros.get("predictor") or {}).get("checkpoint", ""))
+    recorder.hindcast(checkpoint)
+    steps = sorted(recorder.states)
+    if not steps:
+        raise MetaSymError("no states were recorded")
+    dt = recorder.states[steps[0]][3]
+    params = [recorder.states[s][2] for s in steps]
+    change = next((s for s, p in zip(steps, params, strict=True) if not np.allclose(p, params[0])), None)
+    return recorder.skill(dt, change * dt if change is not None else None)
 
 
 def _figures(prefix: str, run: dict, candidates: int, duration_s: float, rate_hz: float) -> dict[str, float]:
@@ -144,6 +173,9 @@ def _figures(prefix: str, run: dict, candidates: int, duration_s: float, rate_hz
     out = {f"{prefix}latency_{name}_ms": round(float(np.percentile(run["latency"], q)), 3) for q, name in pct.items()}
     out[f"{prefix}predictions_per_s"] = round(run["latency"].size / duration_s, 1)
     out[f"{prefix}prediction_fraction"] = round(run["latency"].size / (duration_s * rate_hz), 3)
+    for key in ("ratio_to_hold", "windows_at_most_0.5_fraction", "window_ratio_max"):
+        for what in ("", "held_", "model_"):
+            out[f"{prefix}{what}{key}"] = round(run["skill"][what + key], 4)
     for key, values in (("", run["round_trip"]), ("server_", run["server"])):
         out.update({f"{prefix}rollout_k{candidates}_{key}{name}_ms": round(float(np.percentile(values, q)), 3)
                     for q, name in pct.items()})
@@ -190,16 +222,31 @@ def run_ros_latency_bench(duration_s: float = 60.0, rate_hz: float = 100.0, syst
                      f"round trip; in the server {figures[f'{k}_server_p50_ms']} / "
                      f"{figures[f'{k}_server_p99_ms']} ms p50 / p99"])
     print(text_table(header, rows))
+    skill_header = ["what the subscriber sees", "scheduling", "published", "baseline: last control held",
+                    "model error (applied controls)"]
+    skill_rows = []
+    for prefix, sched, _ in phases:
+        for key, what in (("ratio_to_hold", "MSE / hold-the-state MSE, whole run"),
+                          ("windows_at_most_0.5_fraction", "2 s windows with a ratio ≤ 0.5"),
+                          ("window_ratio_max", "worst 2 s window ratio")):
+            skill_rows.append([what, sched] + [figures[f"{prefix}{w}{key}"] for w in ("", "held_", "model_")])
+    print(text_table(skill_header, skill_rows))
     body = (f"{system} graph as `metasym launch {system}` starts it (simulator, predictor and learner with the "
-            f"config's model, separate processes, Fast DDS with config/fastdds.xml on localhost; no parameter "
-            f"change), horizon {horizon}, states at {rate_hz:g} Hz for {duration_s:g} s after a {WARMUP_S:g} s "
-            f"warm-up; the probe (this process, rclpy SingleThreadedExecutor) stamps arrival against the state's "
-            f"header stamp and calls `rollout_batch` {rollout_repeats} times as an MPC would, after the streaming "
-            f"phase while the graph keeps running. Two graphs, one after the other: `normal` with every process "
-            f"under normal scheduling (`realtime_priority:=0`, the baseline), then `SCHED_FIFO` with the "
-            f"predictor's `realtime_priority` and the probe (an MPC client) at that priority; simulator and "
-            f"learner stay normal. Targets: p99 ≤ {TARGETS['latency_p99_target_ms']} ms, K=1024 ≤ "
-            f"{TARGETS['rollout_k1024_target_ms']} ms.\n\n{markdown_table(header, rows)}")
+            f"config's model, separate processes, Fast DDS with config/fastdds.xml on localhost; the config's "
+            f"scheduled parameter change), horizon {horizon}, states at {rate_hz:g} Hz for {duration_s:g} s "
+            f"after a {WARMUP_S:g} s warm-up; the probe (this process, rclpy SingleThreadedExecutor) stamps "
+            f"arrival against the state's header stamp and calls `rollout_batch` {rollout_repeats} times as an "
+            f"MPC would, after the streaming phase while the graph keeps running. Two graphs, one after the "
+            f"other: `normal` with every process under normal scheduling (`realtime_priority:=0`, the baseline), "
+            f"then `SCHED_FIFO` with the predictor's `realtime_priority` and the probe (an MPC client) at that "
+            f"priority; simulator and learner stay normal. Targets: p99 ≤ {TARGETS['latency_p99_target_ms']} ms, "
+            f"K=1024 ≤ {TARGETS['rollout_k1024_target_ms']} ms.\n\n{markdown_table(header, rows)}\n\n"
+            f"What the probe saw on `/metasym/prediction`, scored against holding the last state over the "
+            f"horizon (`metasym_core.online.skill`; ratio < 1 beats it; the 2 s after the change are left out "
+            f"of the windows). The baseline reruns every scored prediction from the same context with the same "
+            f"parameter version but the last control held (what the predictor published before control plans); "
+            f"the model error reruns it under the controls that were then applied. Target: published ≤ 0.5 "
+            f"overall and in ≥ 90 % of the windows.\n\n{markdown_table(skill_header, skill_rows)}")
     update_section("ROS latency", body, command, doc=doc)
     return figures
 

@@ -1,15 +1,17 @@
-"""Helpers shared by the MetaSym nodes: typed, described parameters; float64[] fields;
-stamps; and a `main` that shuts down cleanly on SIGINT (exit code 0)."""
+"""Helpers shared by the MetaSym nodes: typed, described parameters (each read-only or live);
+float64[] fields; stamps; and a `main` that shuts down cleanly on SIGINT (exit code 0)."""
 
 from __future__ import annotations
 
 import array
+import math
+import signal
 import sys
 from collections.abc import Callable
 
 import numpy as np
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
@@ -17,10 +19,70 @@ from rclpy.node import Node
 from metasym_core.errors import MetaSymError
 
 
-def declare(node: Node, name: str, default, description: str, read_only: bool = False):
-    """Declare a parameter with a description (typed by its default) and return its value."""
-    descriptor = ParameterDescriptor(description=description, read_only=read_only)
-    return node.declare_parameter(name, default, descriptor).value
+def declare(node: Node, name: str, default, description: str, apply: Callable[[object], None] | None = None,
+            check: Callable[[object], None] | None = None):
+    """Declare a parameter with a description (typed by its default) and return its value.
+
+    A parameter is either read-only (read once at start; `ros2 param set` is refused) or live: with
+    `apply`, a new value takes effect at once. `check(value)` runs first for every value, the start
+    value included, and refuses a bad one by raising MetaSymError or ValueError: at start that is the
+    node's one-line error, later the reason `ros2 param set` prints (nothing changes then). `apply(value)`
+    runs after a set succeeded, on the executor thread that served it."""
+    descriptor = ParameterDescriptor(description=description, read_only=apply is None)
+    value = node.declare_parameter(name, default, descriptor).value
+    if check is not None:
+        try:
+            check(value)
+        except ValueError as exc:
+            raise MetaSymError(f"parameter {name}: {exc}") from None
+    if apply is not None:
+        live = getattr(node, "_metasym_live", None)
+        if live is None:
+            live = node._metasym_live = {}
+            node.add_on_set_parameters_callback(lambda params: _check_live(live, params))
+            node.add_post_set_parameters_callback(lambda params: _apply_live(live, params))
+        live[name] = (check, apply)
+    return value
+
+
+def _check_live(live: dict, params) -> SetParametersResult:
+    for param in params:
+        check = live.get(param.name, (None, None))[0]
+        if check is None:
+            continue
+        try:
+            check(param.value)
+        except (MetaSymError, ValueError) as exc:
+            return SetParametersResult(successful=False, reason=f"{param.name}: {exc}")
+    return SetParametersResult(successful=True)
+
+
+def _apply_live(live: dict, params) -> None:
+    for param in params:
+        if param.name in live:
+            live[param.name][1](param.value)
+
+
+def one_of(choices) -> Callable[[object], None]:
+    """`check` of a value in `choices`."""
+    def check(value) -> None:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(map(str, choices))}, got {value!r}")
+    return check
+
+
+def positive(value) -> None:
+    """`check` of a positive finite number."""
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"must be positive, got {value!r}")
+
+
+def at_least(low: float) -> Callable[[object], None]:
+    """`check` of a number >= `low`."""
+    def check(value) -> None:
+        if not (math.isfinite(value) and value >= low):
+            raise ValueError(f"must be >= {low:g}, got {value!r}")
+    return check
 
 
 def f64(values) -> array.array:
@@ -43,10 +105,11 @@ def seconds_stamp(msg_stamp, seconds: float) -> None:
 
 def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:
     """Init rclpy, spin the node from `factory` until SIGINT / shutdown, clean up. 0 on clean exit."""
-    rclpy.init(args=args)
     node = None
     code = 0
     try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on: KeyboardInterrupt, caught below
+        rclpy.init(args=args)
         node = factory()
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):

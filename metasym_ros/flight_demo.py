@@ -11,12 +11,14 @@ predictions and the states that arrive later (`RealisedErrorTracker`, keyed by t
 simulator's `step`), so the summary splits it exactly into: before the parameter
 change, after the change until the first accepted adaptation, and after it.
 
-A published prediction holds the last control over its horizon (the predictor
-cannot know what the MPC will do), and under waypoint-chasing MPC that guess, not
-the model, dominates its error. So after the flight every evaluated prediction is
-also re-run from the same context, with the same parameter version, under the
-controls that were then applied: the *model error*, the part adaptation can fix.
-The summary reports both, phase by phase.
+A published prediction rolls out under the simulator MPC's plan (`metasym/control_plan`),
+which is not quite what the MPC will then do: it re-plans at every step. So after the
+flight every evaluated prediction is also re-run from the same context, with the same
+parameter version, under the controls that were then applied (the *model error*, the
+part adaptation can fix) and with the last control held (what the predictor published
+before plans: the same-run baseline). The summary reports all three phase by phase, and
+each against holding the last state (`metasym_core.online.skill`), over the flight and
+per 2 s window.
 Writes `<out>/flight.png` (trajectory, error over time) and `<out>/flight.json`
 (summary figures and the series behind the plot); the nodes' output goes to
 `<out>/nodes.log`. rclpy is imported inside functions only.
@@ -85,10 +87,10 @@ class FlightRecorder:
     the state is observed first, then the predictions made from it are added.
     """
 
-    def __init__(self, horizon: int) -> None:
+    def __init__(self, horizon: int, system: str = SYSTEM) -> None:
         from metasym_core.online.realised import RealisedErrorTracker
 
-        self.horizon = horizon
+        self.horizon, self.system = horizon, system
         self.tracker = RealisedErrorTracker(max_pending=100_000, history=4 * horizon)
         self.lock = threading.Lock()
         self.states: dict[int, tuple[float, np.ndarray, np.ndarray, float]] = {}  # step -> stamp, x, params, dt
@@ -101,6 +103,8 @@ class FlightRecorder:
         self.adaptations: list[dict] = []
         self.evaluations: list[tuple[int, int, float]] = []  # base step, version, realised mse
         self.model_evaluations: list[tuple[int, int, float]] = []  # base step, version, model mse (hindcast)
+        self.held_evaluations: list[tuple[int, int, float]] = []  # ... the same, the last control held
+        self.control_sources: dict[str, int] = {}  # predictions received by Prediction.control_source
         self.latest_step = -1
         self._cursor = 0  # next step to replay
         self._late: list[tuple[tuple[int, int], np.ndarray, int, float]] = []
@@ -122,6 +126,7 @@ class FlightRecorder:
         key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
         with self.lock:
             self.prediction_count += 1
+            self.control_sources[msg.control_source] = self.control_sources.get(msg.control_source, 0) + 1
             self.prediction_stamps.append(key[0] + 1e-9 * key[1])
             self._late.append((key, states, int(msg.params_version), latency_ms))
 
@@ -177,14 +182,21 @@ class FlightRecorder:
             self.unmatched_predictions = len(self._late)
 
     def hindcast(self, checkpoint: str) -> None:
-        """The model error of every evaluated prediction (module doc): one batched rollout per version."""
+        """Rerun every evaluated prediction (module doc) from the same context with the same parameter
+        version, under the controls that were then applied (`model_evaluations`: the model error) and
+        with the newest control held (`held_evaluations`: what the predictor published before plans)."""
+        self.model_evaluations = self._rerun(checkpoint, held=False)
+        self.held_evaluations = self._rerun(checkpoint, held=True)
+
+    def _rerun(self, checkpoint: str, held: bool) -> list[tuple[int, int, float]]:
+        """One batched rollout per parameter version (see `hindcast`)."""
         import torch
 
         from metasym_core.online.local_params import load_local_params
         from metasym_core.online.predictor import OnlinePredictor, load_model
         from metasym_core.online.realised import Hindcast
 
-        predictor = OnlinePredictor(load_model(SYSTEM, checkpoint, "cpu")[0], self.horizon)
+        predictor = OnlinePredictor(load_model(self.system, checkpoint, "cpu")[0], self.horizon)
         c, H = predictor.context, self.horizon
         expected = {k: v.detach() for k, v in predictor.model.decoder.local_parameters().items()}
         paths = {a["version"]: a["params_path"] for a in self.adaptations if a["accepted"]}
@@ -204,9 +216,28 @@ class FlightRecorder:
             rows = [[self.states[s] for s in range(b - c + 1, b + H + 1)] for b in bases]
             x, u = (np.array([[r[i] for r in w] for w in rows]) for i in (1, 4))
             steps = np.array([[r[3] for r in w] for w in rows])
-            batch = Hindcast(bases, x[:, :c], u[:, :c], steps, u[:, c:], x[:, c:])
+            future = np.repeat(u[:, c - 1:c], H, axis=1) if held else u[:, c:]
+            batch = Hindcast(bases, x[:, :c], u[:, :c], steps, future, x[:, c:])
             out += [(b, version, float(m)) for b, m in zip(bases, predictor.hindcast(batch), strict=True)]
-        self.model_evaluations = sorted(out)
+        return sorted(out)
+
+    def skill(self, dt: float, change_s: float | None, window_s: float = 2.0) -> dict[str, float]:
+        """Published, held-control and model errors against holding the last state (`skill_summary`), over
+        the whole flight and per `window_s` window, the `window_s` after the change left out of the windows."""
+        from metasym_core.online.skill import hold_errors, skill_summary
+
+        states = {step: record[1] for step, record in self.states.items()}
+        exclude = (change_s, change_s + window_s) if change_s is not None else None
+        out: dict[str, float] = {}
+        for prefix, evaluations in (("", self.evaluations), ("held_", self.held_evaluations),
+                                    ("model_", self.model_evaluations)):
+            ev = np.array(evaluations, dtype=np.float64).reshape(-1, 3)
+            hold = hold_errors(states, ev[:, 0].astype(np.int64), self.horizon)
+            figures = skill_summary(ev[:, 0] * dt, ev[:, 2], hold, window_s, exclude)
+            out.update({prefix + k: v for k, v in figures.items()})
+            if not prefix:
+                out["hold_mse"] = float(np.nanmean(hold)) if np.isfinite(hold).any() else float("nan")
+        return out
 
 
 def _phase_errors(evaluations: list, horizon: int, change_step: int | None, first_version: int | None,
@@ -265,6 +296,10 @@ def summarise(rec: FlightRecorder, cfg: FlightConfig, wall_s: float) -> dict:
            "adaptations_accepted_after_change": len(post)}
     out.update(_phase_errors(rec.evaluations, rec.horizon, change_step, first_version))
     out.update(_phase_errors(rec.model_evaluations, rec.horizon, change_step, first_version, "model_"))
+    out.update(_phase_errors(rec.held_evaluations, rec.horizon, change_step, first_version, "held_"))
+    out.update(rec.skill(dt, change_t if change_step is not None else None))
+    out["predictions_under_plan"] = rec.control_sources.get("plan", 0)
+    out["predictions_under_held_control"] = rec.control_sources.get("held", 0)
     out["first_adaptation_after_change_sim_s"] = sim_time(first["stamp"]) - change_t if first else float("nan")
     adapted_steps = [s for s, preds in rec.predictions.items() if change_step is not None and s >= change_step
                      and first_version is not None and any(v >= first_version for _, v, _ in preds)]
@@ -323,7 +358,7 @@ def plot_flight(path: Path, rec: FlightRecorder, summary: dict) -> None:
     ev = np.array(rec.evaluations, dtype=np.float64).reshape(-1, 3)
     if len(ev):
         ax.semilogy(ev[:, 0] * dt, ev[:, 2], ".", ms=2.0, color="0.6",
-                    label=f"published prediction (last control held), MSE over H={rec.horizon}")
+                    label=f"published prediction, MSE over H={rec.horizon}")
     mev = np.array(rec.model_evaluations, dtype=np.float64).reshape(-1, 3)
     if len(mev):
         ax.semilogy(mev[:, 0] * dt, mev[:, 2], ".", ms=2.5, color="C0",
@@ -357,7 +392,8 @@ def summary_table(s: dict) -> str:
     from metasym_core.bench.report import text_table
 
     rows = []
-    for prefix, what in (("model_", "model error (applied controls)"), ("", "published predictions (held control)")):
+    for prefix, what in (("model_", "model error (applied controls)"), ("", "published predictions"),
+                         ("held_", "baseline: the same, last control held")):
         rows += [[f"{what}: MSE before the change", _fmt(s[prefix + "mse_before_change"]),
                   f"{s.get(prefix + 'evaluations_before_change', 0)} predictions"],
                  ["  after the change, before adaptation", _fmt(s[prefix + "mse_after_change"]),
@@ -365,7 +401,14 @@ def summary_table(s: dict) -> str:
                  ["  after adaptation", _fmt(s[prefix + "mse_after_adaptation"]),
                   f"{s.get(prefix + 'evaluations_after_adaptation', 0)} predictions; ratio "
                   f"{_fmt(s[prefix + 'error_ratio_after_adaptation_over_after_change'])}"]]
-    rows += [["change → first accepted adaptation", _fmt(s["first_adaptation_after_change_sim_s"], " s"),
+    rows += [["published MSE / hold-the-state MSE", _fmt(s["ratio_to_hold"]),
+              f"baseline, last control held: {_fmt(s['held_ratio_to_hold'])}; applied controls: "
+              f"{_fmt(s['model_ratio_to_hold'])}; {s['predictions_under_plan']} predictions under a plan, "
+              f"{s['predictions_under_held_control']} held"],
+             ["  2 s windows with a ratio ≤ 0.5", _fmt(s["windows_at_most_0.5_fraction"]),
+              f"of {s['windows']} (the 2 s after the change left out); worst {_fmt(s['window_ratio_max'])}; "
+              f"baseline: {_fmt(s['held_windows_at_most_0.5_fraction'])}"],
+             ["change → first accepted adaptation", _fmt(s["first_adaptation_after_change_sim_s"], " s"),
               f"simulated; adapted predictions from +{_fmt(s['first_adapted_prediction_after_change_sim_s'], ' s')}"],
              ["adaptation latency", _fmt(s["first_adaptation_latency_ms"], " ms"),
               f"first after the change; mean {_fmt(s['adaptation_latency_mean_ms'], ' ms')} over "
@@ -400,7 +443,7 @@ def _wait_for(what: str, done, procs: list[subprocess.Popen], timeout_s: float =
     while not done():
         dead = next((p for p in procs if p.poll() is not None), None)
         if dead is not None:
-            raise MetaSymError(f"node {dead.args[2]} exited with code {dead.returncode} (see nodes.log)")
+            raise MetaSymError(f"node {dead.args[3]} exited with code {dead.returncode} (see nodes.log)")
         if time.monotonic() > end:
             raise MetaSymError(f"timed out after {timeout_s:g} s waiting for {what}")
         time.sleep(0.05)
@@ -503,7 +546,7 @@ def _fly(cfg: FlightConfig, rec: FlightRecorder, procs: list[subprocess.Popen], 
         time.sleep(1.0)
         dead = next((p for p in procs if p.poll() is not None), None)
         if dead is not None:
-            raise MetaSymError(f"node {dead.args[2]} exited with code {dead.returncode} (see nodes.log)")
+            raise MetaSymError(f"node {dead.args[3]} exited with code {dead.returncode} (see nodes.log)")
         with rec.lock:
             latest = rec.latest_step
             dt = rec.states[latest][3] if latest >= 0 else 0.0

@@ -1,7 +1,8 @@
 """`metasym launch <system>`: start the node graph of metasym_ros.graph as subprocesses.
 
 The same nodes and parameters as launch/<system>.launch.py, without ros2 launch:
-each node runs as `python -m <module> --ros-args -r __node:=<name> --params-file <yaml>`
+each node runs as `python -m metasym_ros.start <module> --ros-args -r __node:=<name> --params-file <yaml>`
+(`metasym_ros.start`: SIGINT during its start-up ends it cleanly too)
 in its own session, so a terminal Ctrl-C reaches the launcher only, which forwards
 SIGINT to every node once, waits for them to exit (then SIGKILL after a grace
 period) and returns 0 when all of them exited cleanly. If a node dies on its own,
@@ -50,7 +51,7 @@ def die_with_parent(sig: int = signal.SIGINT):
 
 def node_command(spec: NodeSpec, params_file: str | Path) -> list[str]:
     """The command line that runs one node."""
-    return [sys.executable, "-m", spec.module, "--ros-args", "-r", f"__node:={spec.name}",
+    return [sys.executable, "-m", "metasym_ros.start", spec.module, "--ros-args", "-r", f"__node:={spec.name}",
             "--params-file", str(params_file)]
 
 
@@ -64,7 +65,7 @@ def stop_all(procs: list[subprocess.Popen], grace_s: float) -> list[int]:
         try:
             proc.wait(timeout=max(0.0, end - time.monotonic()))
         except subprocess.TimeoutExpired:
-            print(f"metasym launch: {proc.args[2]} did not exit after SIGINT; killing it", file=sys.stderr)
+            print(f"metasym launch: {proc.args[3]} did not exit after SIGINT; killing it", file=sys.stderr)
             proc.kill()
             proc.wait()
     return [proc.returncode for proc in procs]
@@ -103,7 +104,7 @@ def launch(system: str, overrides: Mapping[str, object] | None = None, duration_
         for s, handler in old.items():
             signal.signal(s, handler)
     if failed is not None:
-        print(f"metasym launch: {failed.args[2]} exited with code {failed.returncode}", file=sys.stderr)
+        print(f"metasym launch: {failed.args[3]} exited with code {failed.returncode}", file=sys.stderr)
         return failed.returncode or 1
     bad = [(spec.name, code) for spec, code in zip(specs, codes, strict=True) if code != 0]
     if bad:

@@ -75,7 +75,7 @@ from metasym_core.online.predictor import load_model
 from metasym_core.online.streams import STREAMS
 from metasym_core.systems.dataset import SystemDataset, generate, load_dataset, merge, save_dataset
 from metasym_core.train.trainer import Trainer
-from metasym_ros.common import declare, run_node, stamp_seconds
+from metasym_ros.common import at_least, declare, one_of, positive, run_node, stamp_seconds
 from metasym_ros.msg import AdaptationStatus, PredictionMetrics, SystemState
 from metasym_ros.predictor_node import model_tag
 from metasym_ros.qos import (
@@ -148,25 +148,20 @@ class LearnerNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("learner", **kwargs)
         self.system = declare(self, "system", "quadrotor", "System family: " + " | ".join(STREAMS),
-                              read_only=True)
+                              check=one_of(STREAMS))
         checkpoint = resolve_checkpoint(declare(self, "checkpoint", "", "Meta-trained model; pretrained = the "
                                                 "bundled model; empty = untrained (warning) or meta-train "
-                                                "first (train_at_start)", read_only=True), self.system)
-        device = declare(self, "device", "auto", "auto | cpu | cuda[:N]", read_only=True)
+                                                "first (train_at_start)"), self.system)
+        device = declare(self, "device", "auto", "auto | cpu | cuda[:N]")
         train_at_start = declare(self, "train_at_start", False, "Meta-train (or reuse/resume a run of train_dir) "
-                                 "at start when checkpoint is empty or missing", read_only=True)
+                                 "at start when checkpoint is empty or missing")
         self.train_data = declare(self, "train_data", "", "Training dataset .npz (empty: generate the family's "
-                                  "default into train_dir/data)", read_only=True)
+                                  "default into train_dir/data)")
         self.val_data = declare(self, "val_data", "", "Validation dataset .npz (empty: generate the family's "
-                                "default OOD set into train_dir/data)", read_only=True)
-        train_dir = declare(self, "train_dir", "", "Folder of the training runs (empty: runs/learner/<system>)",
-                            read_only=True)
+                                "default OOD set into train_dir/data)")
+        train_dir = declare(self, "train_dir", "", "Folder of the training runs (empty: runs/learner/<system>)")
         self.train_steps = declare(self, "train_steps", 0, "Most outer steps of one training (0: the config's "
-                                   "whole schedule)", read_only=True)
-        if self.system not in STREAMS:
-            raise MetaSymError(f"parameter system must be one of {', '.join(STREAMS)}, got {self.system!r}")
-        if self.train_steps < 0:
-            raise MetaSymError(f"parameter train_steps must be >= 0, got {self.train_steps}")
+                                   "whole schedule)", check=at_least(0))
         for name, value in (("train_data", self.train_data), ("val_data", self.val_data)):
             if value and not os.path.isfile(value):
                 raise MetaSymError(f"parameter {name}: dataset not found: {value}")
@@ -178,40 +173,39 @@ class LearnerNode(Node):
             self.get_logger().warning(warning)
         self._cfg = cfg
         training = cfg.get("training") or {}
-        window = declare(self, "window", 200, "Most recent samples used per adaptation", read_only=True)
-        inner_steps = declare(self, "inner_steps", int(training.get("inner_steps", 10)), "Adaptation SGD steps K")
-        lr = declare(self, "lr", float(training.get("inner_lr", 0.1)), "Adaptation SGD rate")
-        adapt_params = declare(self, "adapt_params", "all", "Part of φ adapted online: all | value_bias "
-                               "(the meta-attention value bias alone)", read_only=True)
-        holdout = declare(self, "holdout", 0.25, "Tail fraction of the window that scores an adaptation")
-        val_horizon = declare(self, "val_horizon", 0, "Score that accepts an adaptation: n-step rollouts on the "
-                              "held-out tail (0: the adaptation loss)", read_only=True)
-        horizon = declare(self, "horizon", int(training.get("rollout_horizon", 0)),
-                          "Adaptation loss: 0 = next step, n = n-step rollouts (training.rollout_horizon)")
-        period_s = declare(self, "period_s", 5.0, "Adapt at least this often [s]; <= 0: only on error rise")
-        error_rise = declare(self, "error_rise", 2.0, "Adapt early when the realised error rises by this factor")
-        min_interval_s = declare(self, "min_interval_s", 0.5, "Never adapt more often than this [s]")
-        min_gain = declare(self, "min_gain", 0.01, "Accept only this relative held-out improvement")
-        watch_rise = declare(self, "watch_rise", 0.0, "Adapt early when the next-step loss of the parameters in "
-                             "force on the newest window rises by this factor (0: off)", read_only=True)
-        burst_s = declare(self, "burst_s", 0.0, "After an alarm, adapt every min_interval_s for this long [s]",
-                          read_only=True)
-        params_dir = declare(self, "params_dir", "", "Folder of accepted parameter files (empty: temporary)",
-                             read_only=True)
-        self.max_age_s = declare(self, "max_age_s", 1.0, "States older than this [s] are stale and dropped")
+        params_dir = declare(self, "params_dir", "", "Folder of accepted parameter files (empty: temporary)")
         self.threads = declare(self, "threads", 1, "torch CPU threads of adaptation and training "
-                               "(0 = torch default)", read_only=True)
-        if not (math.isfinite(self.max_age_s) and self.max_age_s > 0):
-            raise MetaSymError(f"parameter max_age_s must be positive, got {self.max_age_s!r}")
-        if self.threads > 0:
-            torch.set_num_threads(self.threads)
+                               "(0 = torch default)")
+        self.max_age_s = declare(self, "max_age_s", 1.0, "States older than this [s] are stale and dropped",
+                                 apply=self._set_max_age, check=positive)
+        # the adaptation's settings (OnlineLearner.configure), all live: checked against the others in force
+        settings = {}
+        for name, key, default, text in (
+                ("window", "window", 200, "Most recent samples used per adaptation"),
+                ("inner_steps", "inner_steps", int(training.get("inner_steps", 10)), "Adaptation SGD steps K"),
+                ("lr", "lr", float(training.get("inner_lr", 0.1)), "Adaptation SGD rate"),
+                ("adapt_params", "params", "all", "Part of φ adapted online: all | value_bias (the "
+                 "meta-attention value bias alone)"),
+                ("holdout", "holdout", 0.25, "Tail fraction of the window that scores an adaptation"),
+                ("val_horizon", "val_horizon", 0, "Score that accepts an adaptation: n-step rollouts on the "
+                 "held-out tail (0: the adaptation loss)"),
+                ("horizon", "horizon", int(training.get("rollout_horizon", 0)),
+                 "Adaptation loss: 0 = next step, n = n-step rollouts (training.rollout_horizon)"),
+                ("period_s", "period_s", 5.0, "Adapt at least this often [s]; <= 0: only on error rise"),
+                ("error_rise", "error_rise", 2.0, "Adapt early when the realised error rises by this factor"),
+                ("min_interval_s", "min_interval_s", 0.5, "Never adapt more often than this [s]"),
+                ("min_gain", "min_gain", 0.01, "Accept only this relative held-out improvement"),
+                ("watch_rise", "watch_rise", 0.0, "Adapt early when the next-step loss of the parameters in force "
+                 "on the newest window rises by this factor (0: off)"),
+                ("burst_s", "burst_s", 0.0, "After an alarm, adapt every min_interval_s for this long [s]")):
+            value = declare(self, name, default, text, apply=self._setting_applier(key),
+                            check=self._setting_checker(key))
+            settings[key] = value
         self._tmp = None if params_dir else tempfile.TemporaryDirectory(prefix="metasym_learner_")
         self._params_root = Path(params_dir or self._tmp.name)
-        self._learner_kwargs = {"window": window, "inner_steps": inner_steps, "lr": lr, "holdout": holdout,
-                                "horizon": horizon, "params": adapt_params, "val_horizon": val_horizon,
-                                "period_s": period_s, "error_rise": error_rise, "min_interval_s": min_interval_s,
-                                "min_gain": min_gain, "watch_rise": watch_rise, "burst_s": burst_s}
+        self._learner_kwargs = settings
         self.learner = OnlineLearner(model, self.system, self._params_root, **self._learner_kwargs)
+        self.learner.buffer.max_age_s = self.max_age_s
         self.model_path, self.model_tag = ("" if train_first else checkpoint), ""
         self.outcomes: list[AdaptationOutcome] = []
         self.trainings: list[dict] = []  # summaries of the finished trainings
@@ -238,10 +232,32 @@ class LearnerNode(Node):
         self._busy.set()
         self._worker = threading.Thread(target=self._warm_up, name="metasym-learner", daemon=True)
         self._worker.start()
-        self.get_logger().info(f"learning {self.system}: window {window}, K={inner_steps}, lr {lr}, φ {adapt_params}, "
-                               f"period {period_s} s, error rise ×{error_rise}")
+        self.get_logger().info(f"learning {self.system}: window {settings['window']}, K={settings['inner_steps']}, "
+                               f"lr {settings['lr']}, φ {settings['params']}, period {settings['period_s']} s, "
+                               f"error rise ×{settings['error_rise']}")
         if train_first:
             self._start_training(at_start=True)
+
+    # -- live parameters -------------------------------------------------------------------------
+    def _setting_checker(self, key: str):
+        def check(value) -> None:
+            learner = getattr(self, "learner", None)  # at start the learner's constructor checks them all
+            if learner is not None:
+                with self._lock:
+                    learner.check_settings(**{key: value})
+        return check
+
+    def _setting_applier(self, key: str):
+        def apply(value) -> None:
+            with self._lock:
+                self._learner_kwargs[key] = value
+                self.learner.configure(**{key: value})
+            self.get_logger().info(f"adaptation setting {key} = {value!r}")
+        return apply
+
+    def _set_max_age(self, value: float) -> None:
+        with self._lock:
+            self.max_age_s = self.learner.buffer.max_age_s = float(value)
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -456,6 +472,9 @@ class LearnerNode(Node):
         self.get_logger().info(f"using model {path} ({tag}); published on {MODEL_TOPIC}")
 
     def destroy_node(self) -> None:
+        if not hasattr(self, "_train_stop"):  # the constructor failed (a bad parameter): nothing started
+            super().destroy_node()
+            return
         self._train_stop.set()
         if self._train_thread is not None and self._train_thread.is_alive():
             self._train_thread.join(timeout=STOP_WAIT_S)

@@ -7,6 +7,8 @@ Parameters (declared up front, validated; see `ros: predictor:` in config/<syste
   device       auto (cuda if present) | cpu | cuda[:N]
   max_age_s    states older than this (header stamp vs node clock) are stale and dropped
   max_rate_hz  at most this many predictions per second (flood guard)
+  plan_max_age_s  a control plan whose start state is more than this older than the state predicted
+               from is stale: the prediction holds the last control instead (default 0.5)
   path_rate_hz at most this many predicted paths per second (display only; 0 = none)
   metrics_period_s  period of the metrics report
   threads      torch CPU threads of the per-state prediction (default 1: latency-bound)
@@ -20,6 +22,12 @@ Parameters (declared up front, validated; see `ros: predictor:` in config/<syste
 
 Topics (QoS in metasym_ros.qos):
   sub ``metasym/state`` (SystemState, best effort, keep last 10)
+  sub ``metasym/control_plan`` (ControlPlan): a controller's plan (metasym_core.online.plan). Each
+      prediction rolls out under the newest plan that starts at or before its state and is at most
+      `plan_max_age_s` older, shifted by the steps elapsed since its start, its last control held
+      past its end; without one it holds the state's control. Prediction.control_source says which,
+      Prediction.controls gives the controls used. Bad plans (another system, wrong length, NaN,
+      dt <= 0, a stamp from the future, out of order) are dropped, counted and logged (throttled)
   sub ``metasym/adaptation`` (AdaptationStatus, reliable, transient local): an accepted
       status names a file of local parameters (metasym_core.online.local_params); it is
       loaded, checked and swapped in between two rollouts, so no prediction is dropped.
@@ -71,12 +79,13 @@ from std_msgs.msg import String
 
 from metasym_core.checkpoint import resolve_checkpoint
 from metasym_core.errors import MetaSymError
+from metasym_core.online.plan import PlanFollower
 from metasym_core.online.poses import quadrotor_poses
 from metasym_core.online.predictor import OnlinePredictor, load_model
 from metasym_core.online.realised import MetricsAccumulator, ModelErrorTracker, RealisedErrorTracker
 from metasym_core.online.streams import STREAMS
-from metasym_ros.common import declare, f64, run_node, seconds_stamp, stamp_seconds
-from metasym_ros.msg import AdaptationStatus, Prediction, PredictionMetrics, SystemState
+from metasym_ros.common import at_least, declare, f64, one_of, positive, run_node, seconds_stamp, stamp_seconds
+from metasym_ros.msg import AdaptationStatus, ControlPlan, Prediction, PredictionMetrics, SystemState
 from metasym_ros.qos import (
     ADAPTATION_QOS,
     ADAPTATION_TOPIC,
@@ -86,6 +95,8 @@ from metasym_ros.qos import (
     MODEL_TOPIC,
     PATH_QOS,
     PATH_TOPIC,
+    PLAN_QOS,
+    PLAN_TOPIC,
     PREDICTION_QOS,
     PREDICTION_TOPIC,
     STATE_QOS,
@@ -124,32 +135,32 @@ class PredictorNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("predictor", **kwargs)
         self.system = declare(self, "system", "quadrotor", "System family: " + " | ".join(STREAMS),
-                              read_only=True)
+                              check=one_of(STREAMS))
         checkpoint = resolve_checkpoint(declare(self, "checkpoint", "", "Model checkpoint; pretrained = the "
-                                                "bundled model; empty = untrained model (warning)",
-                                                read_only=True), self.system)
-        self.horizon = declare(self, "horizon", 30, "Predicted steps H", read_only=True)
-        device = declare(self, "device", "auto", "auto | cpu | cuda[:N]", read_only=True)
-        self.max_age_s = declare(self, "max_age_s", 1.0, "States older than this [s] are stale and dropped")
-        max_rate_hz = declare(self, "max_rate_hz", 200.0, "Most predictions per second (flood guard)")
-        metrics_period = declare(self, "metrics_period_s", 1.0, "Period of the metrics report [s]")
-        path_rate_hz = declare(self, "path_rate_hz", 10.0, "Most predicted paths per second (0 = none)")
-        threads = declare(self, "threads", 1, "torch CPU threads of the per-state prediction (0 = torch default)",
-                          read_only=True)
-        self.batch_threads = declare(self, "batch_threads", 1,
-                                     "torch CPU threads of the rollout_batch service (0 = torch default)")
-        self.frame_id = declare(self, "frame_id", "world", "Frame of the predicted path")
+                                                "bundled model; empty = untrained model (warning)"), self.system)
+        device = declare(self, "device", "auto", "auto | cpu | cuda[:N]")
+        threads = declare(self, "threads", 1, "torch CPU threads of the per-state prediction (0 = torch default)")
         realtime_priority = declare(self, "realtime_priority", 0, "SCHED_FIFO priority 1-99 of this node's "
-                                    "process (all its threads); 0 = normal scheduling", read_only=True)
+                                    "process (all its threads); 0 = normal scheduling")
         check_priority(realtime_priority)
-        if self.system not in STREAMS:
-            raise MetaSymError(f"parameter system must be one of {', '.join(STREAMS)}, got {self.system!r}")
-        if self.horizon < 1:
-            raise MetaSymError(f"parameter horizon must be >= 1, got {self.horizon}")
-        for name, value in (("max_age_s", self.max_age_s), ("max_rate_hz", max_rate_hz),
-                            ("metrics_period_s", metrics_period)):
-            if not (math.isfinite(value) and value > 0):
-                raise MetaSymError(f"parameter {name} must be positive, got {value!r}")
+        # live parameters: each takes effect at once (`ros2 param set`), a bad value is refused
+        self.horizon = declare(self, "horizon", 30, "Predicted steps H", apply=self._set_horizon, check=at_least(1))
+        self.max_age_s = declare(self, "max_age_s", 1.0, "States older than this [s] are stale and dropped",
+                                 apply=self._set_max_age, check=positive)
+        max_rate_hz = declare(self, "max_rate_hz", 200.0, "Most predictions per second (flood guard)",
+                              apply=self._set_max_rate, check=positive)
+        plan_max_age_s = declare(self, "plan_max_age_s", 0.5, "A control plan more than this [s] older than "
+                                 "the state predicted from is stale (the last control is held instead)",
+                                 apply=self._set_plan_max_age, check=positive)
+        metrics_period = declare(self, "metrics_period_s", 1.0, "Period of the metrics report [s]",
+                                 apply=self._set_metrics_period, check=positive)
+        path_rate_hz = declare(self, "path_rate_hz", 10.0, "Most predicted paths per second (0 = none)",
+                               apply=self._set_path_rate, check=at_least(0.0))
+        self.batch_threads = declare(self, "batch_threads", 1, "torch CPU threads of the rollout_batch "
+                                     "service (0 = torch default)", apply=self._set_batch_threads,
+                                     check=at_least(0))
+        self.frame_id = declare(self, "frame_id", "world", "Frame of the predicted path",
+                                apply=lambda value: setattr(self, "frame_id", value))
         self._default_threads = torch.get_num_threads()
         self.threads = threads if threads > 0 else self._default_threads
         torch.set_num_threads(self.threads)
@@ -165,6 +176,7 @@ class PredictorNode(Node):
         self._loading = False
         self._loader: threading.Thread | None = None
         self.window = self.predictor.make_window(self.max_age_s)
+        self.plans = PlanFollower(model.control_dim, self.system, plan_max_age_s)
         self.tracker = RealisedErrorTracker()
         self.hindcasts = ModelErrorTracker(self.predictor.context, self.horizon, every=HINDCAST_EVERY)
         self.metrics = MetricsAccumulator()
@@ -193,6 +205,7 @@ class PredictorNode(Node):
                           else None)
         self._metrics_pub = self.create_publisher(PredictionMetrics, METRICS_TOPIC, METRICS_QOS)
         self._state_sub = self.create_subscription(SystemState, STATE_TOPIC, self._on_state, STATE_QOS)
+        self._plan_sub = self.create_subscription(ControlPlan, PLAN_TOPIC, self._on_plan, PLAN_QOS)
         self._adapt_sub = self.create_subscription(AdaptationStatus, ADAPTATION_TOPIC, self._on_adaptation,
                                                    ADAPTATION_QOS)
         self._model_sub = self.create_subscription(String, MODEL_TOPIC, self._on_model, MODEL_QOS)
@@ -211,13 +224,52 @@ class PredictorNode(Node):
     # -- counters --------------------------------------------------------------------------------
     @property
     def dropped_total(self) -> int:
-        """Every dropped or skipped state so far (window rejections + node-level)."""
-        return self.window.dropped + sum(self.dropped.values())
+        """Every dropped or skipped message so far (window and plan rejections + node-level)."""
+        return self.window.dropped + self.plans.dropped + sum(self.dropped.values())
 
     def _drop(self, reason: str, detail: str) -> None:
         self.dropped[reason] += 1
         self.get_logger().warning(f"dropped state ({reason}): {detail}", throttle_duration_sec=WARN_EVERY_S)
 
+
+    # -- live parameters (declare(..., apply=...): run after `ros2 param set` succeeded) ----------
+    def _set_horizon(self, value: int) -> None:
+        with self._lock:
+            self.horizon = self.predictor.horizon = int(value)
+            self.hindcasts = ModelErrorTracker(self.predictor.context, self.horizon, every=HINDCAST_EVERY)
+
+    def _set_max_age(self, value: float) -> None:
+        with self._lock:
+            self.max_age_s = self.window.max_age_s = float(value)
+
+    def _set_max_rate(self, value: float) -> None:
+        with self._lock:
+            self._min_period = 1.0 / value
+
+    def _set_plan_max_age(self, value: float) -> None:
+        with self._lock:
+            self.plans.max_age_s = value
+
+    def _set_metrics_period(self, value: float) -> None:
+        self._metrics_timer.timer_period_ns = int(value * 1e9)
+
+    def _set_path_rate(self, value: float) -> None:
+        self._path_period = 1.0 / value if value > 0 else math.inf
+
+    def _set_batch_threads(self, value: int) -> None:
+        self.batch_threads = int(value)
+
+    # -- control plans ---------------------------------------------------------------------------
+    def _on_plan(self, msg: ControlPlan) -> None:
+        now = self.get_clock().now().nanoseconds * 1e-9
+        with self._lock:
+            reason = self.plans.push_flat(msg.step, stamp_seconds(msg.header.stamp), msg.dt,
+                                          np.frombuffer(msg.controls, dtype=np.float64), msg.horizon,
+                                          msg.control_dim, msg.system, now)
+        if reason is not None:
+            self.get_logger().warning(f"dropped control plan ({reason}): system {msg.system!r}, step {msg.step}, "
+                                      f"{len(msg.controls)} values for {msg.horizon}x{msg.control_dim}; "
+                                      f"{self.plans.dropped} dropped so far", throttle_duration_sec=WARN_EVERY_S)
 
     # -- states → predictions ----------------------------------------------------------------------
     def _on_state(self, msg: SystemState) -> None:
@@ -293,14 +345,17 @@ class PredictorNode(Node):
                 if msg is None:
                     return
                 arrays = self.window.arrays()
+                future, source, plan = self.plans.future_controls(msg.step, stamp_seconds(msg.header.stamp),
+                                                                  arrays[2][-1], self.predictor.horizon,
+                                                                  arrays[1][-1])
                 self._last_rollout = time.monotonic()
             try:
-                result = self.predictor.predict_arrays(*arrays)
+                result = self.predictor.predict_arrays(*arrays, future_controls=future)
             except (MetaSymError, RuntimeError) as exc:
                 self._drop("error", f"rollout failed: {exc}")
                 return
             try:
-                self._publish_prediction(msg, result)
+                self._publish_prediction(msg, result, source, plan.step if plan is not None else 0)
             except Exception:  # noqa: BLE001 - context shut down (SIGINT) while predicting: stop quietly
                 if self._stop.is_set() or not self.context.ok():
                     return
@@ -326,12 +381,14 @@ class PredictorNode(Node):
         with self._lock:
             self.metrics.model_mse.extend(float(e) for e in errors)
 
-    def _publish_prediction(self, state_msg: SystemState, result) -> None:
-        out = Prediction(system=self.system, horizon=self.horizon, state_dim=result.states.shape[1],
-                         params_version=result.version)
+    def _publish_prediction(self, state_msg: SystemState, result, source: str, plan_step: int) -> None:
+        out = Prediction(system=self.system, horizon=result.states.shape[0], state_dim=result.states.shape[1],
+                         params_version=result.version, control_source=source,
+                         control_dim=result.controls.shape[1], plan_step=plan_step)
         out.header = state_msg.header
         out.times = f64(result.times)
         out.states = f64(result.states)
+        out.controls = f64(result.controls)
         self._pub.publish(out)
         with self._lock:
             self.predictions += 1
@@ -486,6 +543,9 @@ class PredictorNode(Node):
 
 
     def destroy_node(self) -> None:
+        if not hasattr(self, "_worker"):  # the constructor failed (a bad parameter): nothing started
+            super().destroy_node()
+            return
         self._stop.set()
         self._wake.set()
         if self._worker.is_alive():

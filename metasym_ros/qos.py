@@ -5,6 +5,9 @@
   make the simulator block or queue without bound (a flood stays bounded by the depth).
 - ``metasym/prediction`` (Prediction): reliable, keep last 10, volatile. Consumers
   (controllers, loggers) should see every prediction; 10 absorbs short hiccups.
+- ``metasym/control_plan`` (ControlPlan): reliable, keep last 5, volatile. A controller's plan at
+  every solve; the predictor needs the newest one, and reliable delivery on the same host keeps
+  a plan from being lost to the state it starts from.
 - ``metasym/predicted_path`` (nav_msgs/Path): reliable, keep last 1 (display only).
 - ``metasym/metrics`` (PredictionMetrics): reliable, keep last 10.
 - ``metasym/adaptation`` (AdaptationStatus): reliable, keep last 1, transient local:
@@ -22,6 +25,8 @@ STATE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=Re
                        durability=DurabilityPolicy.VOLATILE)
 PREDICTION_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
                             durability=DurabilityPolicy.VOLATILE)
+PLAN_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.VOLATILE)
 PATH_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
 METRICS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
 ADAPTATION_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -31,6 +36,7 @@ MODEL_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=Rel
 
 STATE_TOPIC = "metasym/state"
 PREDICTION_TOPIC = "metasym/prediction"
+PLAN_TOPIC = "metasym/control_plan"
 PATH_TOPIC = "metasym/predicted_path"
 METRICS_TOPIC = "metasym/metrics"
 ADAPTATION_TOPIC = "metasym/adaptation"

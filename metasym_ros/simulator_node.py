@@ -12,7 +12,10 @@ Parameters (declared up front, validated; see `ros: simulator:` in config/<syste
   frame_id      header frame
   wait_for_subscribers  start the simulated clock only once this many subscribers match (default 0)
 
-Publishes ``metasym/state`` (QoS: metasym_ros.qos.STATE_QOS). Header stamps come
+Publishes ``metasym/state`` (QoS: metasym_ros.qos.STATE_QOS) and, for a system flown by a
+controller (the quadrotor's Crocoddyl MPC), that controller's plan on ``metasym/control_plan``
+(ControlPlan, QoS PLAN_QOS) before each state: the plan the state's control comes from, with
+the state's stamp and step. Header stamps come
 from the node clock at publish time; `dt` and `step` carry the simulated time, so
 simulated time runs at rate_hz·dt times wall time. Service ``~/change_parameter``
 (ChangeParameter) changes a parameter at any time.
@@ -26,10 +29,15 @@ from rclpy.node import Node
 
 from metasym_core.errors import MetaSymError
 from metasym_core.online.streams import STREAMS, make_stream
-from metasym_ros.common import declare, f64, run_node
-from metasym_ros.msg import SystemState
-from metasym_ros.qos import STATE_QOS, STATE_TOPIC
+from metasym_ros.common import at_least, declare, f64, one_of, positive, run_node, seconds_stamp, stamp_seconds
+from metasym_ros.msg import ControlPlan, SystemState
+from metasym_ros.qos import PLAN_QOS, PLAN_TOPIC, STATE_QOS, STATE_TOPIC
 from metasym_ros.srv import ChangeParameter
+
+
+def _rate(value: float) -> None:
+    if not (math.isfinite(value) and 0 < value <= 10_000):
+        raise ValueError(f"must be in (0, 10000], got {value!r}")
 
 
 class SimulatorNode(Node):
@@ -38,26 +46,25 @@ class SimulatorNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("simulator", **kwargs)
         self.system = declare(self, "system", "quadrotor", "System family: " + " | ".join(STREAMS),
-                              read_only=True)
-        self.rate_hz = declare(self, "rate_hz", 100.0, "Publish rate [Hz] (wall clock)")
-        dt = declare(self, "dt", 0.02, "Simulated time step per message [s]", read_only=True)
-        seed = declare(self, "seed", 0, "Random seed of the simulation", read_only=True)
-        self.change_param = declare(self, "change_param", "mass", "Parameter changed on schedule")
-        self.change_scale = declare(self, "change_scale", 1.3, "Factor on the nominal value at change_time")
-        self.change_time = declare(self, "change_time", 10.0,
-                                   "Simulated time [s] of the scheduled change; negative = never")
-        self.frame_id = declare(self, "frame_id", "world", "Header frame of the states")
+                              check=one_of(STREAMS))
+        dt = declare(self, "dt", 0.02, "Simulated time step per message [s]", check=positive)
+        seed = declare(self, "seed", 0, "Random seed of the simulation")
         self.wait_for_subscribers = declare(self, "wait_for_subscribers", 0,
                                             "Start the simulated clock only once this many subscribers listen "
-                                            "(0: at once)", read_only=True)
-        if self.system not in STREAMS:
-            raise MetaSymError(f"parameter system must be one of {', '.join(STREAMS)}, got {self.system!r}")
-        if not (math.isfinite(self.rate_hz) and 0 < self.rate_hz <= 10_000):
-            raise MetaSymError(f"parameter rate_hz must be in (0, 10000], got {self.rate_hz!r}")
-        if not (math.isfinite(dt) and dt > 0):
-            raise MetaSymError(f"parameter dt must be positive, got {dt!r}")
-        if self.wait_for_subscribers < 0:
-            raise MetaSymError(f"parameter wait_for_subscribers must be >= 0, got {self.wait_for_subscribers}")
+                                            "(0: at once)", check=at_least(0))
+        # live parameters: each takes effect at once (`ros2 param set`), a bad value is refused
+        self.rate_hz = declare(self, "rate_hz", 100.0, "Publish rate [Hz] (wall clock)", apply=self._set_rate,
+                               check=_rate)
+        self.change_param = declare(self, "change_param", "mass", "Parameter changed on schedule",
+                                    apply=lambda value: setattr(self, "change_param", value),
+                                    check=self._check_change_param)
+        self.change_scale = declare(self, "change_scale", 1.3, "Factor on the nominal value at change_time",
+                                    apply=lambda value: setattr(self, "change_scale", value), check=positive)
+        self.change_time = declare(self, "change_time", 10.0,
+                                   "Simulated time [s] of the scheduled change; negative = never",
+                                   apply=self._set_change_time)
+        self.frame_id = declare(self, "frame_id", "world", "Header frame of the states",
+                                apply=lambda value: setattr(self, "frame_id", value))
 
         self.stream = make_stream(self.system, dt=dt, seed=seed)
         if self.change_time >= 0 and self.change_param not in self.stream.param_names:
@@ -67,17 +74,31 @@ class SimulatorNode(Node):
         self._changed = False
         self.published = 0
         self._pub = self.create_publisher(SystemState, STATE_TOPIC, STATE_QOS)
+        self._plan_pub = self.create_publisher(ControlPlan, PLAN_TOPIC, PLAN_QOS)
         self._srv = self.create_service(ChangeParameter, "~/change_parameter", self._on_change_parameter)
         self._timer = self.create_timer(1.0 / self.rate_hz, self._on_timer)
         self.get_logger().info(f"simulating {self.system} at {self.rate_hz:g} Hz, dt={dt:g} s; change "
                                + (f"{self.change_param} x{self.change_scale:g} at t={self.change_time:g} s"
                                   if self.change_time >= 0 else "never"))
 
+    def _check_change_param(self, name: str) -> None:
+        stream = getattr(self, "stream", None)  # at start: checked against the stream once it exists
+        if stream is not None and name not in stream.param_names:
+            raise ValueError(f"must be one of {', '.join(stream.param_names)}, got {name!r}")
+
+    def _set_rate(self, value: float) -> None:
+        self.rate_hz = value
+        self._timer.timer_period_ns = int(1e9 / value)
+
+    def _set_change_time(self, value: float) -> None:
+        self.change_time, self._changed = value, False  # a new schedule: the change happens (again) then
+
     def _on_timer(self) -> None:
         if self.published == 0 and self._pub.get_subscription_count() < self.wait_for_subscribers:
             return  # states sent before the listeners matched would be lost to them
         try:
             sample = self.stream.advance()
+            plan = self.stream.plan()  # the plan this sample's control came from
         except MetaSymError as exc:  # a diverged simulation: say so, stop publishing, stay up
             self.get_logger().error(f"simulation stopped: {exc}")
             self._timer.cancel()
@@ -92,8 +113,21 @@ class SimulatorNode(Node):
         msg.state = f64(sample.state)
         msg.control = f64(sample.control)
         msg.param_values = f64(self.stream.param_values)
+        if plan is not None:  # first: a predictor that gets the state has its plan already
+            self._plan_pub.publish(self._plan_msg(plan, sample, msg.header))
         self._pub.publish(msg)
         self.published += 1
+
+    def _plan_msg(self, plan, sample, header) -> ControlPlan:
+        """The stream's plan (steps of the stream; its stamp is the state's of `plan.step`)."""
+        out = ControlPlan(system=self.system, step=int(plan.step), dt=float(plan.dt), horizon=len(plan.controls),
+                          control_dim=plan.controls.shape[1])
+        out.header.frame_id = header.frame_id
+        # a plan solved from this sample carries its stamp; an older one (re-solved every few steps)
+        # the stamp of its start, back by the simulated steps since then at this node's publish rate
+        seconds_stamp(out.header.stamp, stamp_seconds(header.stamp) - (sample.step - plan.step) / self.rate_hz)
+        out.controls = f64(plan.controls)
+        return out
 
     def _set(self, name: str, scale: float, why: str) -> float:
         value = self.stream.set_param(name, scale)

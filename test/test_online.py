@@ -265,7 +265,8 @@ def test_launcher_command_and_cli_need_no_rclpy(tmp_path):
 
     spec = node_graph("quantum")[0]
     cmd = node_command(spec, tmp_path / "p.yaml")
-    assert cmd[1:3] == ["-m", spec.module] and "--params-file" in cmd and f"__node:={spec.name}" in cmd
+    assert cmd[1:4] == ["-m", "metasym_ros.start", spec.module]
+    assert "--params-file" in cmd and f"__node:={spec.name}" in cmd
     code = ("import sys; from metasym_core.cli import build_parser; "
             "a = build_parser().parse_args(['launch', 'quantum', '--set', 'horizon=5']); "
             "assert a.overrides == [('horizon', 5)], a.overrides; "

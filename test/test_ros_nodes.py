@@ -234,6 +234,25 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.parametrize("delay_s", [0.3, 1.5])
+def test_sigint_during_start_up_exits_cleanly(tmp_path, delay_s):
+    """Ctrl-C while a node still imports torch or loads its model: exit code 0, no traceback."""
+    import yaml
+
+    from metasym_ros.graph import node_graph, params_yaml
+    from metasym_ros.launcher import node_command
+
+    specs = node_graph("quadrotor")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(params_yaml(specs)), encoding="utf-8")
+    spec = next(s for s in specs if s.name == "predictor")
+    proc = subprocess.Popen(node_command(spec, params), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(delay_s)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in out, out[-2000:]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGKILL], ids=["closed-terminal", "killed"])
 def test_no_node_outlives_its_launcher(sig):
     cmd = [sys.executable, "-m", "metasym_core.cli", "launch", "quadrotor", "--set", "horizon=5"]

@@ -40,6 +40,11 @@ class AdaptationOutcome:
     params_path: str = ""
 
 
+#: The settings `OnlineLearner.configure` changes (its constructor's keyword arguments).
+SETTINGS: tuple[str, ...] = ("window", "inner_steps", "lr", "holdout", "period_s", "error_rise", "min_interval_s",
+                             "min_gain", "horizon", "params", "val_horizon", "watch_rise", "burst_s")
+
+
 class OnlineLearner:
     """Buffer, trigger, adapt, validate, publish (see the module docstring).
 
@@ -71,38 +76,76 @@ class OnlineLearner:
                  params: str | Sequence[str] | None = None, val_horizon: int = 0, watch_rise: float = 0.0,
                  burst_s: float = 0.0):
         check_adaptable(model, "online learner")  # no meta-attention (ablation D.3): no φ to learn online
-        self.params = params if params is None or isinstance(params, str) else list(params)
-        local_subset(model, self.params)  # a bad subset fails here, not at the first adaptation
-        if window < max(8, model.context + 2):
-            raise MetaSymError(f"learner window must be >= {max(8, model.context + 2)} samples, got {window}")
-        if error_rise <= 1.0:
-            raise MetaSymError(f"error_rise must be > 1, got {error_rise}")
         self.model, self.system = model.eval(), system
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.buffer = ContextWindow(model.state_dim, model.control_dim, window)
-        self.inner_steps, self.lr, self.holdout = int(inner_steps), float(lr), float(holdout)
-        self.horizon, self.val_horizon = int(horizon), int(val_horizon) or int(horizon)
-        tail = int(round(self.holdout * window))
-        for name, n in (("horizon", self.horizon), ("val_horizon", self.val_horizon)):
-            if n < 0 or (n and (tail < n or window - tail < model.context + n)):
-                raise MetaSymError(f"learner {name} {n} does not fit the window: rollouts need its held-out "
-                                   f"tail ({tail} samples) >= {name} and the rest ({window - tail}) >= context + "
-                                   f"{name} ({model.context + n})")
-        self.period_s, self.error_rise, self.min_interval_s = float(period_s), float(error_rise), float(min_interval_s)
-        if not 0.0 <= min_gain < 1.0:
-            raise MetaSymError(f"min_gain must be in [0, 1), got {min_gain}")
-        self.min_gain = float(min_gain)
+        self.buffer = ContextWindow(model.state_dim, model.control_dim, max(int(window), 1))
+        self.settings: dict[str, object] = {}
+        self.configure(window=window, inner_steps=inner_steps, lr=lr, holdout=holdout, period_s=period_s,
+                       error_rise=error_rise, min_interval_s=min_interval_s, min_gain=min_gain, horizon=horizon,
+                       params=params, val_horizon=val_horizon, watch_rise=watch_rise, burst_s=burst_s)
         self.version = 0
         self.active: dict[str, torch.Tensor] | None = None  # None: the model's own φ₀
         self._last_attempt = -math.inf
         self._baseline: float | None = None  # running realised error while nothing changes
         self._alarm = False
-        if watch_rise and watch_rise <= 1.0 or burst_s < 0:
-            raise MetaSymError(f"watch_rise must be 0 (off) or > 1 and burst_s >= 0, got {watch_rise}, {burst_s}")
-        self.watch_rise, self.burst_s = float(watch_rise), float(burst_s)
         self._level: float | None = None  # running next-step loss of the parameters in force (watch)
         self._burst_until = -math.inf
+
+    def check_settings(self, **changes) -> dict[str, object]:
+        """The settings with `changes` applied, validated (MetaSymError naming the first bad one)."""
+        unknown = set(changes) - set(SETTINGS)
+        if unknown:
+            raise MetaSymError(f"unknown learner setting(s) {', '.join(sorted(unknown))}")
+        new = {**self.settings, **changes}
+        model = self.model
+        params = new["params"]
+        params = params if params is None or isinstance(params, str) else list(params)
+        local_subset(model, params)  # a bad subset fails here, not at the first adaptation
+        window = new["window"]
+        if isinstance(window, bool) or not isinstance(window, int) or window < max(8, model.context + 2):
+            raise MetaSymError(f"learner window must be >= {max(8, model.context + 2)} samples, got {window}")
+        if not new["error_rise"] > 1.0:
+            raise MetaSymError(f"error_rise must be > 1, got {new['error_rise']}")
+        if not (0.0 < new["holdout"] < 1.0):
+            raise MetaSymError(f"holdout must be in (0, 1), got {new['holdout']}")
+        if int(new["inner_steps"]) < 1 or not new["lr"] > 0:
+            raise MetaSymError(f"inner_steps must be >= 1 and lr > 0, got {new['inner_steps']}, {new['lr']}")
+        if not new["min_interval_s"] >= 0 or not math.isfinite(new["period_s"]):
+            raise MetaSymError(f"min_interval_s must be >= 0 and period_s finite, got {new['min_interval_s']}, "
+                               f"{new['period_s']}")
+        horizon, val_horizon = int(new["horizon"]), int(new["val_horizon"]) or int(new["horizon"])
+        tail = int(round(new["holdout"] * window))
+        for name, n in (("horizon", horizon), ("val_horizon", val_horizon)):
+            if n < 0 or (n and (tail < n or window - tail < model.context + n)):
+                raise MetaSymError(f"learner {name} {n} does not fit the window: rollouts need its held-out "
+                                   f"tail ({tail} samples) >= {name} and the rest ({window - tail}) >= context + "
+                                   f"{name} ({model.context + n})")
+        if not 0.0 <= new["min_gain"] < 1.0:
+            raise MetaSymError(f"min_gain must be in [0, 1), got {new['min_gain']}")
+        if (new["watch_rise"] and new["watch_rise"] <= 1.0) or new["watch_rise"] < 0 or new["burst_s"] < 0:
+            raise MetaSymError(f"watch_rise must be 0 (off) or > 1 and burst_s >= 0, got {new['watch_rise']}, "
+                               f"{new['burst_s']}")
+        return {**new, "params": params}
+
+    def configure(self, **changes) -> None:
+        """Change settings (the constructor's arguments) at once: validated first, nothing changes on an
+        error. A new window size keeps the newest samples; the next adaptation uses the new values."""
+        new = self.check_settings(**changes)
+        if new["window"] != self.buffer.capacity:
+            old = self.buffer
+            self.buffer = ContextWindow(old.state_dim, old.control_dim, new["window"], old.max_age_s)
+            for sample in list(old._samples)[-new["window"]:]:
+                self.buffer.push(sample.stamp, sample.state, sample.control, sample.dt, step=sample.step)
+            self.buffer.rejected, self.buffer.accepted = old.rejected, old.accepted
+        self.settings = new
+        self.params = new["params"]
+        self.inner_steps, self.lr, self.holdout = int(new["inner_steps"]), float(new["lr"]), float(new["holdout"])
+        self.horizon = int(new["horizon"])
+        self.val_horizon = int(new["val_horizon"]) or self.horizon
+        self.period_s, self.error_rise = float(new["period_s"]), float(new["error_rise"])
+        self.min_interval_s, self.min_gain = float(new["min_interval_s"]), float(new["min_gain"])
+        self.watch_rise, self.burst_s = float(new["watch_rise"]), float(new["burst_s"])
 
     # -- inputs ----------------------------------------------------------------------------------------
     def push(self, stamp: float, state, control, dt: float, now: float | None = None) -> str | None:

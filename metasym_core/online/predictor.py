@@ -55,6 +55,8 @@ class PredictionResult:
     times: np.ndarray  # [H], seconds after the newest sample
     version: int
     latency_ms: float
+    controls: np.ndarray | None = None  # [H, m]: entry k applied from predicted state k-1 (the newest sample
+    #                                     for k = 0) to predicted state k
 
 
 class OnlinePredictor:
@@ -108,20 +110,33 @@ class OnlinePredictor:
         c, D, m = self.model.context, self.model.state_dim, self.model.control_dim
         return self.predict_arrays(np.zeros((c, D)), np.zeros((c, m)), np.full(c, 0.01)).latency_ms
 
-    def predict(self, window: ContextWindow) -> PredictionResult:
-        """Roll out `horizon` steps after the newest sample of `window`, holding its control and step."""
-        return self.predict_arrays(*window.arrays())
+    def predict(self, window: ContextWindow, future_controls: np.ndarray | None = None) -> PredictionResult:
+        """Roll out `horizon` steps after the newest sample of `window` with its step; `future_controls`
+        `[horizon, m]` as in `MetaSym.rollout` (e.g. from `PlanFollower`), default: hold its control."""
+        return self.predict_arrays(*window.arrays(), future_controls=future_controls)
 
     @torch.inference_mode()
-    def predict_arrays(self, states: np.ndarray, controls: np.ndarray, steps: np.ndarray) -> PredictionResult:
-        """`predict` from a window snapshot `(states [T, D], controls [T, m], steps [T])`."""
+    def predict_arrays(self, states: np.ndarray, controls: np.ndarray, steps: np.ndarray,
+                       future_controls: np.ndarray | None = None) -> PredictionResult:
+        """`predict` from a window snapshot `(states [T, D], controls [T, m], steps [T])`; the horizon is
+        that of `future_controls` where given."""
         t0 = time.perf_counter()
         local, version = self.local, self.version  # one consistent snapshot
+        m = self.model.control_dim
+        if future_controls is None:
+            future = np.repeat(np.asarray(controls, dtype=np.float64)[-1:], self.horizon, axis=0)
+        else:  # its length is the horizon of this prediction
+            future = np.asarray(future_controls, dtype=np.float64)
+            if future.ndim != 2 or future.shape[0] < 1 or future.shape[1] != m:
+                raise MetaSymError(f"future controls must be [H>=1, {m}], got {list(future.shape)}")
+        H = future.shape[0]
         out = self.model.rollout(self._tensor(states)[None], self._tensor(controls)[None],
-                                 self._tensor(steps)[None], self.horizon, local_params=local)
+                                 self._tensor(steps)[None], H, future_controls=self._tensor(future)[None],
+                                 local_params=local)
         pred = self._numpy(out[0])
-        times = steps[-1] * np.arange(1, self.horizon + 1)
-        return PredictionResult(pred, times, version, 1e3 * (time.perf_counter() - t0))
+        times = steps[-1] * np.arange(1, H + 1)
+        applied = np.concatenate([np.asarray(controls, dtype=np.float64)[-1:], future[:-1]])
+        return PredictionResult(pred, times, version, 1e3 * (time.perf_counter() - t0), applied)
 
     @torch.inference_mode()
     def hindcast(self, batch: Hindcast) -> np.ndarray:

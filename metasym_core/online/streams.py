@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from metasym_core.errors import MetaSymError
+from metasym_core.online.plan import ControlPlan
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,11 @@ class SystemStream(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook, most streams hold nothing
         """Release background resources."""
 
+    def plan(self) -> ControlPlan | None:
+        """The controller's current plan (`metasym_core.online.plan`), for streams flown by one; its stamp
+        is simulated time. None: no controller (the default)."""
+        return None
+
     @abc.abstractmethod
     def _apply(self, name: str, scale: float) -> None:
         """Apply a validated change (raise MetaSymError to refuse it)."""
@@ -105,6 +111,11 @@ class QuadrotorStream(SystemStream):
     def _advance(self):
         t, x, u = self._sim.advance()
         return t, x, u, self._sim.dt
+
+    def plan(self) -> ControlPlan:
+        """The MPC's plan (thrusts at its 0.05 s nodes), from the state it was last solved from."""
+        step, dt, controls = self._sim.plan
+        return ControlPlan(step=step, stamp=step * self._sim.dt, dt=dt, controls=controls, system=self.system)
 
 
 class SpringMeshStream(SystemStream):

@@ -95,6 +95,14 @@ class FlightSimulator:
         """Current clean stored 12-D state."""
         return quad.to_stored(self._x)
 
+    @property
+    def plan(self) -> tuple[int, float, np.ndarray]:
+        """The MPC's current plan: (step of the state it was solved from, node duration [s], thrusts
+        [horizon, 4] clipped to the rotor limits). `advance` applies node ``int(elapsed / dt_node)`` of it
+        (zero-order hold), so a prediction under this plan sees the controls the simulator will apply
+        until the next re-solve."""
+        return self._plan_step, MPC_NODE_DT, np.clip(np.array(self._solver.us), 0.0, quad.MAX_THRUST)
+
     def set_param(self, name: str, scale: float) -> None:
         """Set a physical parameter's scale factor (relative to nominal hector) mid-flight.
 
@@ -117,6 +125,7 @@ class FlightSimulator:
         if phase == 0:
             self._set_goal(self._carrot())
             self._solve()
+            self._plan_step = self._k
         node = min(int(phase * self.dt / MPC_NODE_DT), self.horizon - 1)
         u = np.clip(np.asarray(self._solver.us[node]), 0.0, quad.MAX_THRUST)
         t, x12 = self.t, quad.to_stored(self._x)
@@ -153,6 +162,7 @@ class FlightSimulator:
             self._solver.solve([self._x.copy()] * (self.horizon + 1), [dyn.hover] * self.horizon, 50, False)
         else:
             self._solver.solve(problem.rollout(warm_us), warm_us, 50, True)
+        self._plan_step = self._k  # solved from the current state
 
     def _carrot(self) -> np.ndarray:
         """MPC target: the waypoint, or a point at most CARROT m / CARROT_YAW rad towards it.
