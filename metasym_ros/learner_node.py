@@ -70,7 +70,7 @@ from metasym_core.checkpoint import resolve_checkpoint
 from metasym_core.config import data_options, data_tag
 from metasym_core.errors import MetaSymError
 from metasym_core.meta.adapt import adapt
-from metasym_core.online.learner import AdaptationOutcome, OnlineLearner
+from metasym_core.online.learner import AdaptationOutcome, OnlineLearner, learner_parameters
 from metasym_core.online.predictor import load_model
 from metasym_core.online.streams import STREAMS
 from metasym_core.systems.dataset import SystemDataset, generate, load_dataset, merge, save_dataset
@@ -180,24 +180,7 @@ class LearnerNode(Node):
                                  apply=self._set_max_age, check=positive)
         # the adaptation's settings (OnlineLearner.configure), all live: checked against the others in force
         settings = {}
-        for name, key, default, text in (
-                ("window", "window", 200, "Most recent samples used per adaptation"),
-                ("inner_steps", "inner_steps", int(training.get("inner_steps", 10)), "Adaptation SGD steps K"),
-                ("lr", "lr", float(training.get("inner_lr", 0.1)), "Adaptation SGD rate"),
-                ("adapt_params", "params", "all", "Part of φ adapted online: all | value_bias (the "
-                 "meta-attention value bias alone)"),
-                ("holdout", "holdout", 0.25, "Tail fraction of the window that scores an adaptation"),
-                ("val_horizon", "val_horizon", 0, "Score that accepts an adaptation: n-step rollouts on the "
-                 "held-out tail (0: the adaptation loss)"),
-                ("horizon", "horizon", int(training.get("rollout_horizon", 0)),
-                 "Adaptation loss: 0 = next step, n = n-step rollouts (training.rollout_horizon)"),
-                ("period_s", "period_s", 5.0, "Adapt at least this often [s]; <= 0: only on error rise"),
-                ("error_rise", "error_rise", 2.0, "Adapt early when the realised error rises by this factor"),
-                ("min_interval_s", "min_interval_s", 0.5, "Never adapt more often than this [s]"),
-                ("min_gain", "min_gain", 0.01, "Accept only this relative held-out improvement"),
-                ("watch_rise", "watch_rise", 0.0, "Adapt early when the next-step loss of the parameters in force "
-                 "on the newest window rises by this factor (0: off)"),
-                ("burst_s", "burst_s", 0.0, "After an alarm, adapt every min_interval_s for this long [s]")):
+        for name, key, default, text in learner_parameters(training):
             value = declare(self, name, default, text, apply=self._setting_applier(key),
                             check=self._setting_checker(key))
             settings[key] = value
@@ -293,12 +276,15 @@ class LearnerNode(Node):
         return response
 
     def _tick(self) -> None:
-        """Start an adaptation on the worker thread when one is due and none is running."""
-        if self._busy.is_set() or self._paused:
+        """Watch the newest transitions (the change test sees every one, also while an adaptation or the
+        warm-up runs), and start an adaptation on the worker thread when one is due and none is running."""
+        if self._paused:
             return
         now = self._now()
         with self._lock:
-            self.learner.watch()  # one forward pass on the newest window when watch_rise is set
+            self.learner.watch()  # one forward pass on the newest window (bias_threshold, watch_rise)
+            if self._busy.is_set():
+                return
             due = (self._force and self.learner.buffer.full) or self.learner.should_adapt(now)
             self._force = False
         if due:

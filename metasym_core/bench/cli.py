@@ -57,6 +57,15 @@ def _table1(args: argparse.Namespace) -> int:
     return 0
 
 
+def _learner(args: argparse.Namespace) -> int:
+    from metasym_core.bench.learner import run_learner_bench
+
+    figures = run_learner_bench(args.seeds, args.steady, args.after, args.checkpoint, doc=args.doc)
+    if args.json:
+        print_json(figures)
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `bench` and its benchmarks."""
     bench = subparsers.add_parser("bench", help="run a benchmark", description=__doc__.splitlines()[0],
@@ -103,6 +112,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="where the models train: auto (CUDA when present), cpu or cuda[:N]; scoring runs on the CPU")
     common(p)
     p.set_defaults(func=_table1)
+
+    p = sub.add_parser("learner", help="online learner: false alarms in steady flight, time to adapt to a change")
+    p.add_argument("--seeds", type=int, default=5, help="flights per case (default 5)")
+    p.add_argument("--steady", type=float, default=80.0, help="simulated seconds of steady flight (default 80)")
+    p.add_argument("--after", type=float, default=10.0, help="simulated seconds after the change (default 10)")
+    p.add_argument("--checkpoint", default="pretrained", help="quadrotor model (default: the bundled one)")
+    common(p)
+    p.set_defaults(func=_learner)
 
     for name in _PLUGINS:
         try:

@@ -17,11 +17,22 @@ DEFAULT_DOC = Path("docs/benchmarks.md")
 _HEADER = "# MetaSym benchmarks\n\nEvery section is rewritten by the `metasym bench` command named in it.\n"
 
 
+def cpu_model() -> str:
+    """The CPU's model name, as `lscpu` prints it (from /proc/cpuinfo), else the platform's name."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_line() -> str:
     """One line naming the machine a figure was measured on."""
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-            f"{dev}, torch {torch.__version__}")
+    return f"{cpu_model()}, {torch.get_num_threads()} torch threads, {dev}, torch {torch.__version__}"
 
 
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:

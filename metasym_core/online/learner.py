@@ -23,6 +23,7 @@ from metasym_core.errors import MetaSymError
 from metasym_core.meta.adapt import adapt, check_adaptable, local_subset, prepare, split_point
 from metasym_core.meta.losses import window_loss
 from metasym_core.models.metasym import MetaSym
+from metasym_core.online.detector import BiasDetector
 from metasym_core.online.local_params import save_local_params
 from metasym_core.online.window import ContextWindow
 
@@ -40,9 +41,48 @@ class AdaptationOutcome:
     params_path: str = ""
 
 
+#: Refused attempts in a row after which an alarm is taken for normal operation: the burst ends and the
+#: residual-bias test learns its reference again (spreads included).
+GIVE_UP_AFTER = 3
+
 #: The settings `OnlineLearner.configure` changes (its constructor's keyword arguments).
 SETTINGS: tuple[str, ...] = ("window", "inner_steps", "lr", "holdout", "period_s", "error_rise", "min_interval_s",
-                             "min_gain", "horizon", "params", "val_horizon", "watch_rise", "burst_s")
+                             "min_gain", "horizon", "params", "val_horizon", "watch_rise", "burst_s", "bias_threshold",
+                             "bias_window")
+
+
+def learner_parameters(training: dict) -> list[tuple[str, str, object, str]]:
+    """The learner node's adaptation parameters: (ROS name, `OnlineLearner` setting, default, description);
+    `training` is the config's `training:` section (the defaults of the SGD steps, rate and loss)."""
+    return [
+        ("window", "window", 200, "Most recent samples used per adaptation"),
+        ("inner_steps", "inner_steps", int(training.get("inner_steps", 10)), "Adaptation SGD steps K"),
+        ("lr", "lr", float(training.get("inner_lr", 0.1)), "Adaptation SGD rate"),
+        ("adapt_params", "params", "all", "Part of φ adapted online: all | value_bias (the meta-attention value "
+         "bias alone)"),
+        ("holdout", "holdout", 0.25, "Tail fraction of the window that scores an adaptation"),
+        ("val_horizon", "val_horizon", 0, "Score that accepts an adaptation: n-step rollouts on the held-out tail "
+         "(0: the adaptation loss)"),
+        ("horizon", "horizon", int(training.get("rollout_horizon", 0)),
+         "Adaptation loss: 0 = next step, n = n-step rollouts (training.rollout_horizon)"),
+        ("period_s", "period_s", 5.0, "Adapt at least this often [s]; <= 0: only on error rise"),
+        ("error_rise", "error_rise", 2.0, "Adapt early when the realised error rises by this factor"),
+        ("min_interval_s", "min_interval_s", 0.5, "Never adapt more often than this [s]"),
+        ("min_gain", "min_gain", 0.01, "Accept only this relative held-out improvement"),
+        ("watch_rise", "watch_rise", 0.0, "Adapt early when the next-step loss of the parameters in force on the "
+         "newest window rises by this factor (0: off)"),
+        ("burst_s", "burst_s", 0.0, "After an alarm, adapt every min_interval_s for this long [s]"),
+        ("bias_threshold", "bias_threshold", 0.0, "Adapt early when the bias of the next-step residuals over "
+         "bias_window transitions leaves its reference by this many spreads (0: off)"),
+        ("bias_window", "bias_window", 25, "Transitions of the residual-bias test"),
+    ]
+
+
+def learner_settings(cfg: dict, overrides: dict | None = None) -> dict[str, object]:
+    """The `OnlineLearner` settings the learner node runs with for config `cfg` (its `ros: learner:` values
+    over the node's defaults), with `overrides` by ROS parameter name on top."""
+    section = {**((cfg.get("ros") or {}).get("learner") or {}), **(overrides or {})}
+    return {key: section.get(name, default) for name, key, default, _ in learner_parameters(cfg.get("training") or {})}
 
 
 class OnlineLearner:
@@ -59,13 +99,16 @@ class OnlineLearner:
         val_horizon: the held-out score that accepts or refuses: n-step rollouts (n > 0) or, with 0,
             `adapt`'s own loss (`horizon`). Rollouts refuse fits that help the next step but not the
             horizon the predictions are made for, at the price of one rollout pass per candidate.
+        bias_threshold: > 0: `watch` raises the alarm when the bias of the next-step residuals of the
+            parameters in force over `bias_window` transitions leaves its reference by this many
+            spreads (`detector.BiasDetector`: tells a new system from a manoeuvre); 0: off.
         watch_rise: > 1: `watch` also raises the alarm when the next-step loss of the parameters in
             force on the newest window exceeds this factor times its running level (0: off). It sees
             a change within a few tenths of a second, before the realised error (H steps later) does.
         burst_s: after an alarm, adapt every `min_interval_s` for this long (refinements while the
             window fills with the changed system), whatever `period_s` says.
         period_s: adapt at least this often (wall/sim seconds of the caller's clock); <= 0: never periodic.
-        error_rise: adapt early when the realised error exceeds this factor times its running baseline.
+        error_rise: adapt early when the realised error exceeds this factor times its running baseline (0: off).
         min_interval_s: never adapt more often than this.
         min_gain: accept only a relative held-out improvement of at least this (no churn on noise).
     """
@@ -74,7 +117,7 @@ class OnlineLearner:
                  inner_steps: int = 10, lr: float = 0.1, holdout: float = 0.25, period_s: float = 5.0,
                  error_rise: float = 2.0, min_interval_s: float = 0.5, min_gain: float = 0.01, horizon: int = 0,
                  params: str | Sequence[str] | None = None, val_horizon: int = 0, watch_rise: float = 0.0,
-                 burst_s: float = 0.0):
+                 burst_s: float = 0.0, bias_threshold: float = 0.0, bias_window: int = 25):
         check_adaptable(model, "online learner")  # no meta-attention (ablation D.3): no φ to learn online
         self.model, self.system = model.eval(), system
         self.out_dir = Path(out_dir)
@@ -83,7 +126,8 @@ class OnlineLearner:
         self.settings: dict[str, object] = {}
         self.configure(window=window, inner_steps=inner_steps, lr=lr, holdout=holdout, period_s=period_s,
                        error_rise=error_rise, min_interval_s=min_interval_s, min_gain=min_gain, horizon=horizon,
-                       params=params, val_horizon=val_horizon, watch_rise=watch_rise, burst_s=burst_s)
+                       params=params, val_horizon=val_horizon, watch_rise=watch_rise, burst_s=burst_s,
+                       bias_threshold=bias_threshold, bias_window=bias_window)
         self.version = 0
         self.active: dict[str, torch.Tensor] | None = None  # None: the model's own φ₀
         self._last_attempt = -math.inf
@@ -91,6 +135,7 @@ class OnlineLearner:
         self._alarm = False
         self._level: float | None = None  # running next-step loss of the parameters in force (watch)
         self._burst_until = -math.inf
+        self._refused = 0  # attempts refused in a row
 
     def check_settings(self, **changes) -> dict[str, object]:
         """The settings with `changes` applied, validated (MetaSymError naming the first bad one)."""
@@ -105,8 +150,8 @@ class OnlineLearner:
         window = new["window"]
         if isinstance(window, bool) or not isinstance(window, int) or window < max(8, model.context + 2):
             raise MetaSymError(f"learner window must be >= {max(8, model.context + 2)} samples, got {window}")
-        if not new["error_rise"] > 1.0:
-            raise MetaSymError(f"error_rise must be > 1, got {new['error_rise']}")
+        if not (new["error_rise"] == 0 or new["error_rise"] > 1.0):
+            raise MetaSymError(f"error_rise must be 0 (off) or > 1, got {new['error_rise']}")
         if not (0.0 < new["holdout"] < 1.0):
             raise MetaSymError(f"holdout must be in (0, 1), got {new['holdout']}")
         if int(new["inner_steps"]) < 1 or not new["lr"] > 0:
@@ -126,6 +171,12 @@ class OnlineLearner:
         if (new["watch_rise"] and new["watch_rise"] <= 1.0) or new["watch_rise"] < 0 or new["burst_s"] < 0:
             raise MetaSymError(f"watch_rise must be 0 (off) or > 1 and burst_s >= 0, got {new['watch_rise']}, "
                                f"{new['burst_s']}")
+        if not new["bias_threshold"] >= 0:
+            raise MetaSymError(f"bias_threshold must be >= 0 (0: off), got {new['bias_threshold']}")
+        if new["bias_threshold"] and (isinstance(new["bias_window"], bool) or not isinstance(new["bias_window"], int)
+                                      or not 2 <= new["bias_window"] <= window - model.context):
+            raise MetaSymError(f"bias_window must be an integer in [2, window - context = {window - model.context}], "
+                               f"got {new['bias_window']}")
         return {**new, "params": params}
 
     def configure(self, **changes) -> None:
@@ -146,6 +197,11 @@ class OnlineLearner:
         self.period_s, self.error_rise = float(new["period_s"]), float(new["error_rise"])
         self.min_interval_s, self.min_gain = float(new["min_interval_s"]), float(new["min_gain"])
         self.watch_rise, self.burst_s = float(new["watch_rise"]), float(new["burst_s"])
+        key = (float(new["bias_threshold"]), int(new["bias_window"]))
+        if getattr(self, "_bias_key", None) != key:
+            self._bias_key = key
+            self.detector = BiasDetector(key[1], key[0], reference=4 * key[1]) if key[0] > 0 else None
+            self._fed = self.buffer.accepted  # residuals from here on
 
     # -- inputs ----------------------------------------------------------------------------------------
     def push(self, stamp: float, state, control, dt: float, now: float | None = None) -> str | None:
@@ -154,18 +210,31 @@ class OnlineLearner:
 
     def observe_error(self, mse: float) -> None:
         """Feed the predictor's realised error; a jump over `error_rise` × baseline raises the alarm."""
+        if not self.error_rise:
+            return
         self._baseline = self._track(self._baseline, mse, self.error_rise)
 
     def watch(self) -> None:
-        """With `watch_rise`: score the parameters in force on the newest window (next-step loss, one
-        forward pass) and raise the alarm on a jump over their running level."""
-        if not self.watch_rise or not self.buffer.full:
+        """Score the parameters in force on the newest window (one forward pass): with `bias_threshold`
+        feed the new transitions' next-step residuals to the bias detector, with `watch_rise` track the
+        window's next-step loss; either raises the alarm."""
+        if not (self.watch_rise or self.detector is not None) or not self.buffer.full:
             return
         dtype = next(self.model.parameters()).dtype
         states, controls, steps = (torch.as_tensor(a, dtype=dtype) for a in self.buffer.arrays())
         with torch.no_grad():
-            loss = float(window_loss(self.model, prepare(self.model, states, controls, steps), self.active))
-        self._level = self._track(self._level, loss, self.watch_rise)
+            batch = prepare(self.model, states, controls, steps)
+            if self.watch_rise:
+                loss = float(window_loss(self.model, batch, self.active))
+                self._level = self._track(self._level, loss, self.watch_rise)
+            if self.detector is not None:
+                new = min(self.buffer.accepted - self._fed, self.buffer.capacity - self.model.context)
+                self._fed = self.buffer.accepted
+                if new > 0:
+                    delta = self.model.decoder(*batch.inputs(), local=self.active)
+                    residuals = (batch.target - delta[:, :-1])[0, -new:]
+                    if self.detector.update(residuals.cpu().numpy()):
+                        self._alarm = True
 
     def _track(self, level: float | None, value: float, rise: float) -> float | None:
         """Running level of an error signal: a value over `rise` × level raises the alarm (and leaves
@@ -216,11 +285,20 @@ class OnlineLearner:
         best_before = min(before, current)
         latency = 1000 * (time.perf_counter() - start)
         if not after < (1.0 - self.min_gain) * best_before:
+            self._refused += 1
+            if self._refused >= GIVE_UP_AFTER:  # an alarm no adaptation answers: not a new system
+                self._burst_until = -math.inf
+                self._refused = 0
+                if self.detector is not None:
+                    self.detector.rereference(spreads=True)
             return AdaptationOutcome(self.version, False, best_before, after, latency,
                                      f"refused: the held-out loss did not improve by {100 * self.min_gain:g}%")
+        self._refused = 0
         self.version += 1
         path = self.out_dir / f"{self.system}_local_v{self.version}.pt"
         save_local_params(path, result.local_params, self.version, self.system)
         self.active = result.local_params
         self._baseline = self._level = None  # the error level changes with new parameters: learn it again
+        if self.detector is not None:
+            self.detector.rereference()
         return AdaptationOutcome(self.version, True, best_before, after, latency, "accepted", str(path))

@@ -1,0 +1,99 @@
+"""The learner node's adaptation policy replayed on a recorded stream, lock-stepped: no ROS, no clock.
+
+`replay_learner` feeds an `OnlineLearner` one sample at a time, as the learner node does, with
+the node's clock standing in: sample k carries the stamp k / rate_hz (the simulator publishes
+at rate_hz). Every `tick_s` it runs the node's timer callback (`watch`, then an adaptation if
+`should_adapt`), and every `metrics_s` it feeds the predictor's model error
+(`PredictionMetrics.model_mse`: horizon-H rollouts under the applied controls from the
+contexts of the last period). Adaptations take no stream time here; in the node they run on a
+worker thread while states keep arriving. So the attempt count and the time from a change to
+the first accepted adaptation are those of the policy itself, free of scheduling noise (what
+`metasym bench learner` measures over several seeds).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from metasym_core.models.metasym import MetaSym
+from metasym_core.online.learner import OnlineLearner
+
+
+@dataclass(frozen=True)
+class Flight:
+    """A recorded stream: states `[N, D]`, controls `[N, m]`, step `dt` [s], the step of a parameter change."""
+
+    states: np.ndarray
+    controls: np.ndarray
+    dt: float
+    change_step: int | None = None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One adaptation attempt of a replay."""
+
+    t_s: float  # stream time [s] of the attempt
+    accepted: bool
+    version: int
+
+
+def fly_quadrotor(seed: int, seconds: float, change: tuple[str, float, float] | None = None,
+                  dt: float = 0.02) -> Flight:
+    """The simulator node's quadrotor flight (`QuadrotorStream`); `change` = (parameter, scale, time [s])."""
+    from metasym_core.online.streams import make_stream
+
+    stream = make_stream("quadrotor", dt=dt, seed=seed)
+    steps = int(round(seconds / dt))
+    change_step = int(round(change[2] / dt)) if change else None
+    xs, us = [], []
+    for k in range(steps):
+        if change_step is not None and k == change_step:
+            stream.set_param(change[0], change[1])  # as the simulator node: from this sample's control on
+        sample = stream.advance()
+        xs.append(sample.state)
+        us.append(sample.control)
+    return Flight(np.array(xs), np.array(us), dt, change_step)
+
+
+@torch.no_grad()
+def _model_error(model: MetaSym, flight: Flight, bases: list[int], horizon: int, local) -> float:
+    """Mean MSE of horizon-step rollouts from `bases` under the applied controls (the predictor's hindcast)."""
+    c = model.context
+    dtype = next(model.parameters()).dtype
+    rows = [b for b in bases if b - c + 1 >= 0 and b + horizon < len(flight.states)]
+    if not rows:
+        return float("nan")
+    xs = torch.as_tensor(np.stack([flight.states[b - c + 1:b + 1] for b in rows]), dtype=dtype)
+    us = torch.as_tensor(np.stack([flight.controls[b - c + 1:b + 1] for b in rows]), dtype=dtype)
+    fut = torch.as_tensor(np.stack([flight.controls[b + 1:b + 1 + horizon] for b in rows]), dtype=dtype)
+    truth = np.stack([flight.states[b + 1:b + 1 + horizon] for b in rows])
+    out = model.rollout(xs, us, flight.dt, horizon, future_controls=fut, local_params=local)
+    return float(np.mean((out.cpu().numpy() - truth) ** 2))
+
+
+def replay_learner(model: MetaSym, flight: Flight, settings: dict, rate_hz: float = 100.0, tick_s: float = 0.1,
+                   metrics_s: float = 1.0, horizon: int = 30, every: int = 10) -> list[Attempt]:
+    """Every adaptation attempt of an `OnlineLearner(model, **settings)` fed `flight` (module doc)."""
+    tick = max(1, int(round(tick_s * rate_hz)))
+    period = max(1, int(round(metrics_s * rate_hz)))
+    attempts: list[Attempt] = []
+    with tempfile.TemporaryDirectory(prefix="metasym-replay-") as out:
+        learner = OnlineLearner(model, "replay", out, **settings)
+        for k in range(len(flight.states)):
+            now = k / rate_hz
+            learner.push(now, flight.states[k], flight.controls[k], flight.dt)
+            if k and k % period == 0:  # the predictor's metrics: horizons that ended in the last period
+                last = k - 1 - horizon
+                bases = list(range(max(last - period + 1, 0), last + 1, every))
+                learner.observe_error(_model_error(model, flight, bases, horizon, learner.active))
+            if k % tick == 0:
+                learner.watch()
+                if learner.should_adapt(now):
+                    outcome = learner.adapt_now(now)
+                    attempts.append(Attempt(k * flight.dt, outcome.accepted, outcome.version))
+    return attempts
