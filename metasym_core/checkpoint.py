@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import zipfile
@@ -63,6 +64,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise MetaSymError(f"checkpoint {path} has format version {payload.get('version')}, "
                            f"this MetaSym reads version {VERSION}")
     return payload
+
+
+def content_tag(data: bytes) -> str:
+    """The identity of a checkpoint's bytes: "model-" + the first 12 hex digits of their sha256."""
+    return "model-" + hashlib.sha256(data).hexdigest()[:12]
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MetaSym, dict]:

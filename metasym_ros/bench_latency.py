@@ -34,10 +34,9 @@ WARMUP_S = 3.0  # first predictions include model warm-up; not timed
 START_TIMEOUT_S = 60.0
 
 
-def _launch(system: str, rate_hz: float, horizon: int, priority: int, params_dir: str, log) -> subprocess.Popen:
+def _launch(system: str, rate_hz: float, horizon: int, priority: int, log) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "metasym_core.cli", "launch", system, "--set", f"rate_hz={rate_hz}",
-           "--set", f"horizon={horizon}", "--set", f"realtime_priority={priority}",
-           "--set", f"learner.params_dir={params_dir}"]
+           "--set", f"horizon={horizon}", "--set", f"realtime_priority={priority}"]
     # the launcher stops its nodes on SIGTERM, which it gets if this process dies first
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent(signal.SIGTERM))
 
@@ -71,8 +70,7 @@ def _measure(system: str, cfg: dict, rate_hz: float, horizon: int, candidates: i
     label = f"SCHED_FIFO {priority}" if priority else "normal scheduling"
     print(f"[bench ros] starting the {system} graph ({label})", file=sys.stderr, flush=True)
     log = tempfile.TemporaryFile(mode="w+")  # the nodes' output; a pipe could fill up and block them
-    params_dir = tempfile.TemporaryDirectory(prefix="metasym-bench-ros-")  # kept for the held-control rerun
-    proc = _launch(system, rate_hz, horizon, priority, params_dir.name, log)
+    proc = _launch(system, rate_hz, horizon, priority, log)
     recorder = FlightRecorder(horizon, system)
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -143,10 +141,7 @@ def _measure(system: str, cfg: dict, rate_hz: float, horizon: int, candidates: i
                 proc.wait()
         log.close()
     print("[bench ros] scoring the predictions against holding the state", file=sys.stderr, flush=True)
-    try:
-        skill = _skill(recorder, cfg)
-    finally:
-        params_dir.cleanup()
+    skill = _skill(recorder, cfg)
     return {"skill": skill, "latency": sample, "round_trip": np.array(round_trip), "server": np.array(server),
             "priority": predictor_priority if probe_refused is None else 0, "refused": probe_refused}
 

@@ -142,7 +142,8 @@ class FlightRecorder:
                                      "version": int(msg.version), "accepted": bool(msg.accepted),
                                      "latency_ms": float(msg.latency_ms), "loss_before": float(msg.loss_before),
                                      "loss_after": float(msg.loss_after), "reason": msg.reason,
-                                     "params_path": msg.params_path})
+                                     "params_path": msg.params_path, "model_tag": msg.model_tag,
+                                     "params": [(p.name, list(p.shape), np.array(p.values)) for p in msg.params]})
 
     # -- replay ----------------------------------------------------------------------------------
     def _file_predictions(self) -> None:
@@ -192,14 +193,14 @@ class FlightRecorder:
         """One batched rollout per parameter version (see `hindcast`)."""
         import torch
 
-        from metasym_core.online.local_params import load_local_params
+        from metasym_core.online.local_params import from_entries, load_local_params
         from metasym_core.online.predictor import OnlinePredictor, load_model
         from metasym_core.online.realised import Hindcast
 
         predictor = OnlinePredictor(load_model(self.system, checkpoint, "cpu")[0], self.horizon)
         c, H = predictor.context, self.horizon
         expected = {k: v.detach() for k, v in predictor.model.decoder.local_parameters().items()}
-        paths = {a["version"]: a["params_path"] for a in self.adaptations if a["accepted"]}
+        accepted = {a["version"]: a for a in self.adaptations if a["accepted"] and not a.get("model_tag")}
         by_version: dict[int, list[int]] = {}
         for base, version, _ in self.evaluations:
             if all(s in self.states for s in range(base - c + 1, base + H + 1)):
@@ -209,7 +210,9 @@ class FlightRecorder:
             local = None
             if version:
                 try:
-                    local = load_local_params(paths[version], expected, torch.device("cpu"))[0]
+                    status = accepted[version]
+                    local = (from_entries(status["params"], expected) if status["params"] else
+                             load_local_params(status["params_path"], expected, torch.device("cpu"))[0])
                 except (KeyError, MetaSymError):
                     continue  # announced before this recorder listened, or its file is gone
             predictor.set_local(local, version)
@@ -359,6 +362,10 @@ def plot_flight(path: Path, rec: FlightRecorder, summary: dict) -> None:
     if len(ev):
         ax.semilogy(ev[:, 0] * dt, ev[:, 2], ".", ms=2.0, color="0.6",
                     label=f"published prediction, MSE over H={rec.horizon}")
+    hev = np.array(rec.held_evaluations, dtype=np.float64).reshape(-1, 3)
+    if len(hev):
+        ax.semilogy(hev[:, 0] * dt, hev[:, 2], ".", ms=1.5, color="C1", alpha=0.4,
+                    label="baseline: same prediction, last control held")
     mev = np.array(rec.model_evaluations, dtype=np.float64).reshape(-1, 3)
     if len(mev):
         ax.semilogy(mev[:, 0] * dt, mev[:, 2], ".", ms=2.5, color="C0",
@@ -425,8 +432,7 @@ def _graph_specs(cfg: FlightConfig) -> tuple[list, int]:
 
     overrides = {"checkpoint": cfg.checkpoint, "change_param": cfg.change_param,
                  "change_scale": float(cfg.change_scale), "change_time": float(cfg.change_time_s),
-                 # kept after the flight: the model-error hindcast reruns every parameter version
-                 "learner.params_dir": str(Path(cfg.out).resolve() / "params"), **cfg.overrides}
+                 **cfg.overrides}
     specs = [s for s in node_graph(SYSTEM, overrides) if cfg.adapt or s.name != "learner"]
     return specs, int(next(s for s in specs if s.name == "predictor").parameters.get("horizon", 30))
 
@@ -527,7 +533,7 @@ def run_flight(cfg: FlightConfig, log=print) -> dict:
               "prediction_version": ev[:, 1].astype(int).tolist(), "realised_mse": ev[:, 2].tolist(),
               "model_sim_s": (mev[:, 0] * summary["dt_s"]).round(4).tolist(),
               "model_version": mev[:, 1].astype(int).tolist(), "model_mse": mev[:, 2].tolist(),
-              "adaptations": rec.adaptations}
+              "adaptations": [{k: v for k, v in a.items() if k != "params"} for a in rec.adaptations]}
     figures = {k: v for k, v in summary.items() if not k.startswith("_")}
     atomic_write_text(out / "flight.json", json.dumps({"figures": figures, "series": series}, indent=1,
                                                       default=float))

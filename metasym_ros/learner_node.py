@@ -11,7 +11,8 @@ Parameters (declared up front, validated; see `ros: learner:` in config/<system>
   period_s      adapt at least this often [s]; <= 0: only when the error rises
   error_rise    adapt early when the realised error exceeds this factor × its baseline
   min_interval_s, min_gain   no more often than this; accept only this relative gain
-  params_dir    where accepted parameter files go (empty: a fresh temporary folder)
+  params_dir    also write accepted parameters to files here (empty, the default: no files; the
+                tensors travel in AdaptationStatus.params either way)
   max_age_s     states older than this are stale and dropped
   threads       torch CPU threads of adaptation and training (default 1: small models, latency-bound)
   train_at_start  when `checkpoint` is empty or names a missing file: use the newest finished
@@ -29,9 +30,10 @@ Topics (QoS in metasym_ros.qos):
   sub ``metasym/metrics`` (PredictionMetrics): the predictor's model error (`model_mse`; the
       realised error until that is measured), the trigger
   pub ``metasym/adaptation`` (AdaptationStatus, transient local): every attempt; an
-      accepted one names the file of the new local parameters (version + 1)
-  pub ``metasym/model`` (std_msgs/String, transient local): the absolute path of each model
-      this node meta-trained (`<run>/final.pt`) once it is in use here
+      accepted one carries the new local parameters themselves (version + 1; with
+      `params_dir` also their file)
+  pub ``metasym/model`` (ModelCheckpoint, transient local): the bytes (with sha256, tag and
+      path) of each model this node meta-trained (`<run>/final.pt`) once it is in use here
 Services:
   ``~/adapt_now`` (std_srvs/Trigger): adapt at once on the buffered window.
   ``~/train`` (std_srvs/Trigger): meta-train a new run on a background thread; answers at
@@ -42,20 +44,20 @@ node keeps buffering states (and the predictor keeps predicting) meanwhile;
 `metasym_core.online.learner` holds the adaptation policy (trigger, validate against φ₀
 and the parameters in force, version) and `metasym_core.train.trainer` the training.
 While the start-up training makes the first model, adaptation is paused. A trained model
-replaces the learner's model at once; its versions start again at 0 and its parameter
-files go to `<params_dir>/<model tag>/` (`predictor_node.model_tag`: a hash of the
-checkpoint's path and mtime), so a predictor never applies parameters of one model to
-another. On shutdown (SIGINT) a training stops at the next outer step and saves
-`last.pt` (`train_at_start` resumes it; or `metasym train --resume`).
+replaces the learner's model at once; its versions start again at 0 and its statuses
+carry its tag (`checkpoint.content_tag`: a hash of the checkpoint's bytes; files go to
+`<params_dir>/<tag>/`), so a predictor never applies parameters of one model to another.
+On shutdown (SIGINT) a training stops at the next outer step and saves `last.pt`
+(`train_at_start` resumes it; or `metasym train --resume`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
 import sys
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -63,21 +65,20 @@ from pathlib import Path
 import numpy as np
 import torch
 from rclpy.node import Node
-from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from metasym_core.checkpoint import resolve_checkpoint
+from metasym_core.checkpoint import content_tag, resolve_checkpoint
 from metasym_core.config import data_options, data_tag
 from metasym_core.errors import MetaSymError
 from metasym_core.meta.adapt import adapt
 from metasym_core.online.learner import AdaptationOutcome, OnlineLearner, learner_parameters
+from metasym_core.online.local_params import to_entries
 from metasym_core.online.predictor import load_model
 from metasym_core.online.streams import STREAMS
 from metasym_core.systems.dataset import SystemDataset, generate, load_dataset, merge, save_dataset
 from metasym_core.train.trainer import Trainer
-from metasym_ros.common import at_least, declare, one_of, positive, run_node, stamp_seconds
-from metasym_ros.msg import AdaptationStatus, PredictionMetrics, SystemState
-from metasym_ros.predictor_node import model_tag
+from metasym_ros.common import at_least, declare, f64, one_of, positive, run_node, stamp_seconds
+from metasym_ros.msg import AdaptationStatus, LocalParameter, ModelCheckpoint, PredictionMetrics, SystemState
 from metasym_ros.qos import (
     ADAPTATION_QOS,
     ADAPTATION_TOPIC,
@@ -173,7 +174,8 @@ class LearnerNode(Node):
             self.get_logger().warning(warning)
         self._cfg = cfg
         training = cfg.get("training") or {}
-        params_dir = declare(self, "params_dir", "", "Folder of accepted parameter files (empty: temporary)")
+        params_dir = declare(self, "params_dir", "", "Folder to also write accepted parameters to (empty: none; "
+                             "they travel in the AdaptationStatus messages)")
         self.threads = declare(self, "threads", 1, "torch CPU threads of adaptation and training "
                                "(0 = torch default)")
         self.max_age_s = declare(self, "max_age_s", 1.0, "States older than this [s] are stale and dropped",
@@ -184,8 +186,7 @@ class LearnerNode(Node):
             value = declare(self, name, default, text, apply=self._setting_applier(key),
                             check=self._setting_checker(key))
             settings[key] = value
-        self._tmp = None if params_dir else tempfile.TemporaryDirectory(prefix="metasym_learner_")
-        self._params_root = Path(params_dir or self._tmp.name)
+        self._params_root = Path(params_dir) if params_dir else None  # files: an optional extra
         self._learner_kwargs = settings
         self.learner = OnlineLearner(model, self.system, self._params_root, **self._learner_kwargs)
         self.learner.buffer.max_age_s = self.max_age_s
@@ -203,7 +204,7 @@ class LearnerNode(Node):
         self._last_val = math.nan  # newest validation loss of the running training (progress lines)
 
         self._pub = self.create_publisher(AdaptationStatus, ADAPTATION_TOPIC, ADAPTATION_QOS)
-        self._model_pub = self.create_publisher(String, MODEL_TOPIC, MODEL_QOS)
+        self._model_pub = self.create_publisher(ModelCheckpoint, MODEL_TOPIC, MODEL_QOS)
         self._state_sub = self.create_subscription(SystemState, STATE_TOPIC, self._on_state, STATE_QOS)
         self._metrics_sub = self.create_subscription(PredictionMetrics, METRICS_TOPIC, self._on_metrics,
                                                      METRICS_QOS)
@@ -319,7 +320,11 @@ class LearnerNode(Node):
         self.outcomes.append(outcome)
         msg = AdaptationStatus(system=self.system, version=outcome.version, loss_before=outcome.loss_before,
                                loss_after=outcome.loss_after, latency_ms=outcome.latency_ms,
-                               accepted=outcome.accepted, reason=outcome.reason, params_path=outcome.params_path)
+                               accepted=outcome.accepted, reason=outcome.reason, params_path=outcome.params_path,
+                               model_tag=self.model_tag)
+        if outcome.params is not None:  # the tensors travel in the message: no shared filesystem needed
+            msg.params = [LocalParameter(name=name, shape=shape, values=f64(values))
+                          for name, shape, values in to_entries(outcome.params)]
         msg.header.stamp = self.get_clock().now().to_msg()
         try:
             self._pub.publish(msg)
@@ -445,14 +450,19 @@ class LearnerNode(Node):
         """Swap a trained model in (versions restart, files in <params_dir>/<tag>) and announce it."""
         path = os.path.abspath(checkpoint)
         model, _, _ = load_model(self.system, path, self._device)  # refuses dims other than the config's
-        tag = model_tag(path)
-        learner = OnlineLearner(model, self.system, self._params_root / tag, **self._learner_kwargs)
+        data = Path(path).read_bytes()
+        tag = content_tag(data)
+        out_dir = self._params_root / tag if self._params_root is not None else None
+        learner = OnlineLearner(model, self.system, out_dir, **self._learner_kwargs)
         with self._lock:
             learner.buffer = self.learner.buffer  # the buffered window stays valid for the new model
             self.learner, self.model_path, self.model_tag = learner, path, tag
             self._paused = False
         try:
-            self._model_pub.publish(String(data=path))
+            msg = ModelCheckpoint(system=self.system, tag=tag, path=path, data=data,
+                                  sha256=hashlib.sha256(data).hexdigest())
+            msg.header.stamp = self.get_clock().now().to_msg()
+            self._model_pub.publish(msg)
         except Exception:  # noqa: BLE001 - shut down meanwhile: nothing to announce to
             return
         self.get_logger().info(f"using model {path} ({tag}); published on {MODEL_TOPIC}")
@@ -469,8 +479,6 @@ class LearnerNode(Node):
         if self._worker is not None and self._worker.is_alive():
             self._worker.join(timeout=10.0)
         super().destroy_node()
-        if self._tmp is not None:
-            self._tmp.cleanup()
 
 
 def main(args: list[str] | None = None) -> int:

@@ -29,12 +29,13 @@ Topics (QoS in metasym_ros.qos):
       Prediction.controls gives the controls used. Bad plans (another system, wrong length, NaN,
       dt <= 0, a stamp from the future, out of order) are dropped, counted and logged (throttled)
   sub ``metasym/adaptation`` (AdaptationStatus, reliable, transient local): an accepted
-      status names a file of local parameters (metasym_core.online.local_params); it is
-      loaded, checked and swapped in between two rollouts, so no prediction is dropped.
-      Only files of the model in use count: those of a model the learner trained lie in a
-      folder named by its `model_tag`; the model from `checkpoint` takes the other files
-  sub ``metasym/model`` (std_msgs/String, reliable, transient local): the path of a checkpoint
-      the learner meta-trained. It is loaded and warmed up on a loader thread, then swapped in
+      status carries the new local parameters (metasym_core.online.local_params; an older
+      learner's status names a file instead); they are checked and swapped in between two
+      rollouts, so no prediction is dropped. Only parameters of the model in use count: the
+      status's `model_tag` is "" for the model of `checkpoint`, else a learner-trained model's tag
+  sub ``metasym/model`` (ModelCheckpoint, reliable, transient local): the bytes of a checkpoint
+      the learner meta-trained, checked against their sha256 and loaded (weights_only) and
+      warmed up on a loader thread, then swapped in
       between two rollouts (`model_path`, `model_swaps`); a checkpoint that does not load or
       whose state/control dimensions or context differ from the running model's is refused
       with a throttled warning (`models_refused`). The new model starts at parameter
@@ -63,9 +64,7 @@ and are counted as "lost"; states superseded before their rollout as "skipped".
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 import threading
 import time
 from collections import Counter
@@ -75,17 +74,16 @@ import torch
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Path
 from rclpy.node import Node
-from std_msgs.msg import String
 
 from metasym_core.checkpoint import resolve_checkpoint
 from metasym_core.errors import MetaSymError
 from metasym_core.online.plan import PlanFollower
 from metasym_core.online.poses import quadrotor_poses
-from metasym_core.online.predictor import OnlinePredictor, load_model
+from metasym_core.online.predictor import OnlinePredictor, load_model, load_model_bytes
 from metasym_core.online.realised import MetricsAccumulator, ModelErrorTracker, RealisedErrorTracker
 from metasym_core.online.streams import STREAMS
 from metasym_ros.common import at_least, declare, f64, one_of, positive, run_node, seconds_stamp, stamp_seconds
-from metasym_ros.msg import AdaptationStatus, ControlPlan, Prediction, PredictionMetrics, SystemState
+from metasym_ros.msg import AdaptationStatus, ControlPlan, ModelCheckpoint, Prediction, PredictionMetrics, SystemState
 from metasym_ros.qos import (
     ADAPTATION_QOS,
     ADAPTATION_TOPIC,
@@ -107,26 +105,6 @@ from metasym_ros.srv import RolloutBatch
 
 WARN_EVERY_S = 2.0  # throttle of the drop warnings
 HINDCAST_EVERY = 10  # states per batched hindcast of the model error (PredictionMetrics.model_mse)
-MODEL_TAG_PREFIX = "model-"
-
-
-def model_tag(checkpoint: str | os.PathLike) -> str:
-    """Identity of a checkpoint announced on ``metasym/model``: a hash of its path and mtime.
-
-    The learner writes the local parameters of that model into ``<params_dir>/<tag>/``, so a
-    parameter file names the model it belongs to (see `params_tag`)."""
-    try:
-        mtime = os.stat(checkpoint).st_mtime_ns
-    except OSError:
-        mtime = 0
-    digest = hashlib.sha1(f"{os.fspath(checkpoint)}\0{mtime}".encode()).hexdigest()[:12]
-    return MODEL_TAG_PREFIX + digest
-
-
-def params_tag(params_path: str) -> str:
-    """The model tag of a local parameter file ("" = the model from the `checkpoint` parameter)."""
-    folder = os.path.basename(os.path.dirname(params_path))
-    return folder if folder.startswith(MODEL_TAG_PREFIX) else ""
 
 
 class PredictorNode(Node):
@@ -208,7 +186,7 @@ class PredictorNode(Node):
         self._plan_sub = self.create_subscription(ControlPlan, PLAN_TOPIC, self._on_plan, PLAN_QOS)
         self._adapt_sub = self.create_subscription(AdaptationStatus, ADAPTATION_TOPIC, self._on_adaptation,
                                                    ADAPTATION_QOS)
-        self._model_sub = self.create_subscription(String, MODEL_TOPIC, self._on_model, MODEL_QOS)
+        self._model_sub = self.create_subscription(ModelCheckpoint, MODEL_TOPIC, self._on_model, MODEL_QOS)
         self._srv = self.create_service(RolloutBatch, "~/rollout_batch", self._on_rollout_batch)
         self._metrics_timer = self.create_timer(metrics_period, self._publish_metrics)
         self._worker.start()
@@ -438,15 +416,19 @@ class PredictorNode(Node):
         self._apply_status(msg)
 
     def _apply_status(self, msg: AdaptationStatus) -> None:
-        """Swap in the local parameters of `msg` if they belong to the model in use and are newer."""
+        """Swap in the local parameters of `msg` if they belong to the model in use and are newer: those in
+        the message, else (an older learner) the file it names."""
         with self._lock:
             predictor, tag = self.predictor, self.model_tag
-        if params_tag(msg.params_path) != tag:
+        if msg.model_tag != tag:
             return  # parameters of another model (an older one, or one not loaded yet)
         if msg.version <= predictor.version:
             return  # already in use (transient-local replay) or older
         try:
-            predictor.load_local(msg.params_path, msg.version)
+            if msg.params:
+                predictor.set_local_entries([(p.name, p.shape, p.values) for p in msg.params], msg.version)
+            else:
+                predictor.load_local(msg.params_path, msg.version)
         except MetaSymError as exc:
             self.get_logger().warning(f"adaptation v{msg.version} not used: {exc}")
             return
@@ -454,13 +436,12 @@ class PredictorNode(Node):
                                f"(loss {msg.loss_before:.4g} -> {msg.loss_after:.4g})")
 
     # -- new models ------------------------------------------------------------------------------
-    def _on_model(self, msg: String) -> None:
-        """A checkpoint announced by the learner: load it on the loader thread (never here)."""
-        path = msg.data
-        if not path or (path == self.model_path and model_tag(path) == self.model_tag):
-            return  # transient-local replay of the model in use
+    def _on_model(self, msg: ModelCheckpoint) -> None:
+        """A checkpoint the learner sent: load it on the loader thread (never here)."""
+        if msg.system != self.system or not msg.data or msg.tag == self.model_tag:
+            return  # another system's, empty, or a transient-local replay of the model in use
         with self._lock:
-            self._model_request = path
+            self._model_request = msg
             start, self._loading = not self._loading, True
         if start:
             self._loader = threading.Thread(target=self._load_models, name="metasym-model-loader", daemon=True)
@@ -471,21 +452,22 @@ class PredictorNode(Node):
         torch.set_num_threads(self.threads)
         while not self._stop.is_set():
             with self._lock:
-                path, self._model_request = self._model_request, None
-                if path is None:
+                msg, self._model_request = self._model_request, None
+                if msg is None:
                     self._loading = False
                     return
             try:
-                self._swap_model(path)
+                self._swap_model(msg)
             except (MetaSymError, RuntimeError, OSError) as exc:
                 self.models_refused += 1
-                self.get_logger().warning(f"model {path} not used: {exc}", throttle_duration_sec=WARN_EVERY_S)
+                self.get_logger().warning(f"model {msg.tag} ({msg.path}) not used: {exc}",
+                                          throttle_duration_sec=WARN_EVERY_S)
         with self._lock:
             self._loading = False
 
-    def _swap_model(self, path: str) -> None:
-        tag = model_tag(path)
-        model, _, _ = load_model(self.system, path, self._device)
+    def _swap_model(self, msg: ModelCheckpoint) -> None:
+        path, tag = msg.path, msg.tag
+        model, _ = load_model_bytes(self.system, msg.data, msg.sha256, self._device)
         old = self.predictor.model
         if (model.state_dim, model.control_dim, model.context) != (old.state_dim, old.control_dim, old.context):
             raise MetaSymError(f"state/control dims and context {model.state_dim}/{model.control_dim}/"

@@ -12,9 +12,9 @@
 - ``metasym/metrics`` (PredictionMetrics): reliable, keep last 10.
 - ``metasym/adaptation`` (AdaptationStatus): reliable, keep last 1, transient local:
   a predictor that starts (or restarts) after the learner still gets the latest
-  accepted parameters (the message names their file, see metasym_core.online.local_params).
-- ``metasym/model`` (std_msgs/String): reliable, keep last 1, transient local: the path of
-  the checkpoint the learner meta-trained last; a predictor that starts late still gets it.
+  accepted parameters (the message carries them, see metasym_core.online.local_params).
+- ``metasym/model`` (ModelCheckpoint): reliable, keep last 1, transient local: the bytes of the
+  checkpoint the learner meta-trained last; a predictor that starts late still gets it.
 """
 
 from __future__ import annotations

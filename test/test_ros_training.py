@@ -114,16 +114,17 @@ def test_prepare_datasets_generates_once_and_stops(tmp_path):
 @pytest.mark.ros
 @pytest.mark.timeout(120)
 def test_learner_trains_at_start_and_predictor_switches(tiny_data, tmp_path):
-    from metasym_ros.msg import AdaptationStatus, Prediction
-    from std_msgs.msg import String
+    import hashlib
+
+    from metasym_ros.msg import AdaptationStatus, LocalParameter, ModelCheckpoint, Prediction
     from std_srvs.srv import Trigger
 
-    from metasym_core.checkpoint import save_checkpoint
+    from metasym_core.checkpoint import content_tag, save_checkpoint
     from metasym_core.config import build_model
-    from metasym_core.online.local_params import save_local_params
+    from metasym_core.online.local_params import to_entries
     from metasym_ros import qos
     from metasym_ros.learner_node import LearnerNode
-    from metasym_ros.predictor_node import PredictorNode, model_tag
+    from metasym_ros.predictor_node import PredictorNode
     from metasym_ros.simulator_node import SimulatorNode
 
     with ros_context() as (ns, make, thread):
@@ -132,20 +133,22 @@ def test_learner_trains_at_start_and_predictor_switches(tiny_data, tmp_path):
         learner = make(LearnerNode, _learner_params(tiny_data, tmp_path, train_at_start=True, train_steps=4))
         probe = make("probe")
         models, preds = [], []
-        probe.create_subscription(String, qos.MODEL_TOPIC, models.append, qos.MODEL_QOS)
+        probe.create_subscription(ModelCheckpoint, qos.MODEL_TOPIC, models.append, qos.MODEL_QOS)
         probe.create_subscription(Prediction, qos.PREDICTION_TOPIC, preds.append, qos.PREDICTION_QOS)
         adapt_pub = probe.create_publisher(AdaptationStatus, qos.ADAPTATION_TOPIC, qos.ADAPTATION_QOS)
-        model_pub = probe.create_publisher(String, qos.MODEL_TOPIC, qos.MODEL_QOS)
+        model_pub = probe.create_publisher(ModelCheckpoint, qos.MODEL_TOPIC, qos.MODEL_QOS)
         thread.start()
 
         # start-up training -> final.pt -> metasym/model -> learner and predictor use it
         final = tmp_path / "train" / "run001" / "final.pt"
         wait_for(lambda: models, "the trained model on metasym/model", DEADLINE_S)
-        assert models[0].data == str(final) and final.is_file()
+        data = final.read_bytes()  # the checkpoint travels whole, with its checksum
+        assert models[0].path == str(final) and bytes(models[0].data) == data
+        assert models[0].sha256 == hashlib.sha256(data).hexdigest()
         assert learner.trainings[0]["steps"] == 4
         trained, _ = load_checkpoint(final)
         assert _same_weights(learner.learner.model, trained)
-        tag = model_tag(final)
+        tag = content_tag(data)
         assert learner.model_tag == tag and learner.learner.version == 0
         assert learner.learner.out_dir == tmp_path / "phi" / tag  # versions restart, in the model's own folder
         wait_for(lambda: pred.model_swaps == 1, "the predictor to switch models", DEADLINE_S)
@@ -154,13 +157,12 @@ def test_learner_trains_at_start_and_predictor_switches(tiny_data, tmp_path):
         n = len(preds)
         wait_for(lambda: len(preds) > n + 3, "predictions of the new model")
 
-        # parameter files of the previous model are not applied to the new one; its own files are
+        # parameters of the previous model are not applied to the new one; its own are
         local = {k: torch.zeros_like(v) for k, v in trained.decoder.local_parameters().items()}
-        old = save_local_params(tmp_path / "phi" / "quadrotor_local_v5.pt", local, 5, "quadrotor")
-        new = save_local_params(tmp_path / "phi" / tag / "quadrotor_local_v1.pt", local, 1, "quadrotor")
-        for version, path in ((5, old), (1, new)):
+        entries = [LocalParameter(name=n, shape=shape, values=v.tolist()) for n, shape, v in to_entries(local)]
+        for version, owner in ((5, ""), (1, tag)):
             status = AdaptationStatus(system="quadrotor", version=version, accepted=True, reason="test",
-                                      params_path=str(path), loss_before=1.0, loss_after=0.5)
+                                      model_tag=owner, params=entries, loss_before=1.0, loss_after=0.5)
             adapt_pub.publish(status)
             if version == 5:
                 time.sleep(0.5)
@@ -171,8 +173,14 @@ def test_learner_trains_at_start_and_predictor_switches(tiny_data, tmp_path):
 
         # a checkpoint of other dimensions is refused; the model in use stays
         other = build_model(load_config("quantum"))
-        model_pub.publish(String(data=str(save_checkpoint(tmp_path / "quantum.pt", other))))
+        bad = save_checkpoint(tmp_path / "quantum.pt", other).read_bytes()
+        model_pub.publish(ModelCheckpoint(system="quadrotor", tag=content_tag(bad), path="quantum.pt", data=bad,
+                                          sha256=hashlib.sha256(bad).hexdigest()))
         wait_for(lambda: pred.models_refused == 1, "the quantum checkpoint to be refused")
+        # bytes that do not match their checksum are refused too
+        model_pub.publish(ModelCheckpoint(system="quadrotor", tag="model-x", path="x.pt", data=data[:-1],
+                                          sha256=hashlib.sha256(data).hexdigest()))
+        wait_for(lambda: pred.models_refused == 2, "the damaged checkpoint to be refused")
         assert pred.model_swaps == 1 and pred.model_path == str(final)
 
         # ~/train: a new run, announced and swapped in again

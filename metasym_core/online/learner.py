@@ -5,7 +5,8 @@ local parameters φ (`metasym_core.meta.adapt`) periodically or as soon as the
 realised prediction error rises, and *refuses* an adaptation unless it beats both
 the meta-learned init φ₀ and the currently published φ on the held-out tail of
 the window. Accepted parameters get the next version number and are written
-atomically to a file that the predictor loads (`local_params`).
+to the caller (the node puts them into its AdaptationStatus) and, with an `out_dir`, atomically
+to a file too (`local_params`).
 """
 
 from __future__ import annotations
@@ -38,11 +39,13 @@ class AdaptationOutcome:
     loss_after: float  # held-out loss of the candidate
     latency_ms: float
     reason: str
-    params_path: str = ""
+    params_path: str = ""  # the file of the accepted parameters, when the learner writes files
+    params: dict[str, torch.Tensor] | None = None  # the accepted parameters themselves
 
 
-#: Refused attempts in a row after which an alarm is taken for normal operation: the burst ends and the
-#: residual-bias test learns its reference again (spreads included).
+#: With the residual-bias test: refused attempts in a row, once the window holds only data from after the
+#: alarm, after which the alarm is taken for normal operation: the burst ends and the test learns its
+#: reference again.
 GIVE_UP_AFTER = 3
 
 #: The settings `OnlineLearner.configure` changes (its constructor's keyword arguments).
@@ -91,7 +94,7 @@ class OnlineLearner:
     Args:
         model: a (meta-)trained MetaSym; never modified.
         system: system name written into the parameter files.
-        out_dir: where accepted parameters are written (`<system>_local_v<version>.pt`).
+        out_dir: where accepted parameters are written (`<system>_local_v<version>.pt`); None: no files.
         window: samples used per adaptation (the most recent ones).
         inner_steps, lr, holdout, horizon: `adapt` settings (the config's training values;
             horizon = `training.rollout_horizon`).
@@ -113,15 +116,16 @@ class OnlineLearner:
         min_gain: accept only a relative held-out improvement of at least this (no churn on noise).
     """
 
-    def __init__(self, model: MetaSym, system: str, out_dir: str | os.PathLike, window: int = 200,
+    def __init__(self, model: MetaSym, system: str, out_dir: str | os.PathLike | None, window: int = 200,
                  inner_steps: int = 10, lr: float = 0.1, holdout: float = 0.25, period_s: float = 5.0,
                  error_rise: float = 2.0, min_interval_s: float = 0.5, min_gain: float = 0.01, horizon: int = 0,
                  params: str | Sequence[str] | None = None, val_horizon: int = 0, watch_rise: float = 0.0,
                  burst_s: float = 0.0, bias_threshold: float = 0.0, bias_window: int = 25):
         check_adaptable(model, "online learner")  # no meta-attention (ablation D.3): no φ to learn online
         self.model, self.system = model.eval(), system
-        self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         self.buffer = ContextWindow(model.state_dim, model.control_dim, max(int(window), 1))
         self.settings: dict[str, object] = {}
         self.configure(window=window, inner_steps=inner_steps, lr=lr, holdout=holdout, period_s=period_s,
@@ -135,7 +139,8 @@ class OnlineLearner:
         self._alarm = False
         self._level: float | None = None  # running next-step loss of the parameters in force (watch)
         self._burst_until = -math.inf
-        self._refused = 0  # attempts refused in a row
+        self._refused = 0  # attempts refused in a row (once the window holds only data from after the alarm)
+        self._alarm_at: int | None = None  # samples accepted when the unanswered alarm was first raised
 
     def check_settings(self, **changes) -> dict[str, object]:
         """The settings with `changes` applied, validated (MetaSymError naming the first bad one)."""
@@ -272,6 +277,8 @@ class OnlineLearner:
         self._last_attempt = now
         if self._alarm:  # an alarm opens a burst of refinements
             self._burst_until = now + self.burst_s
+            if self._alarm_at is None:
+                self._alarm_at = self.buffer.accepted
         self._alarm = False
         start = time.perf_counter()
         dtype = next(self.model.parameters()).dtype
@@ -285,20 +292,27 @@ class OnlineLearner:
         best_before = min(before, current)
         latency = 1000 * (time.perf_counter() - start)
         if not after < (1.0 - self.min_gain) * best_before:
-            self._refused += 1
+            # refusals count against an alarm only once the window holds nothing from before it: until then
+            # a real change may be too fresh in the window for an adaptation to pay
+            if (self.detector is not None and self._alarm_at is not None
+                    and self.buffer.accepted - self._alarm_at >= self.buffer.capacity):
+                self._refused += 1
             if self._refused >= GIVE_UP_AFTER:  # an alarm no adaptation answers: not a new system
                 self._burst_until = -math.inf
-                self._refused = 0
+                self._refused, self._alarm_at = 0, None
                 if self.detector is not None:
                     self.detector.rereference(spreads=True)
             return AdaptationOutcome(self.version, False, best_before, after, latency,
                                      f"refused: the held-out loss did not improve by {100 * self.min_gain:g}%")
-        self._refused = 0
+        self._refused, self._alarm_at = 0, None
         self.version += 1
-        path = self.out_dir / f"{self.system}_local_v{self.version}.pt"
-        save_local_params(path, result.local_params, self.version, self.system)
+        path = ""
+        if self.out_dir is not None:
+            path = str(save_local_params(self.out_dir / f"{self.system}_local_v{self.version}.pt",
+                                         result.local_params, self.version, self.system))
         self.active = result.local_params
         self._baseline = self._level = None  # the error level changes with new parameters: learn it again
         if self.detector is not None:
             self.detector.rereference()
-        return AdaptationOutcome(self.version, True, best_before, after, latency, "accepted", str(path))
+        return AdaptationOutcome(self.version, True, best_before, after, latency, "accepted", path,
+                                 result.local_params)

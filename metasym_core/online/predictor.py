@@ -7,7 +7,9 @@ keeps the dict it started with and no prediction is ever dropped for a swap.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -19,7 +21,7 @@ from metasym_core.config import build_model, load_config
 from metasym_core.device import resolve_device
 from metasym_core.errors import MetaSymError
 from metasym_core.models.metasym import MetaSym
-from metasym_core.online.local_params import load_local_params
+from metasym_core.online.local_params import from_entries, load_local_params
 from metasym_core.online.realised import Hindcast
 from metasym_core.online.window import ContextWindow
 
@@ -45,6 +47,22 @@ def load_model(system: str, checkpoint: str | os.PathLike = "", device: str = "a
         model = build_model(cfg).to(dev)
         warning = f"no checkpoint given: using an UNTRAINED {system} model (predictions are meaningless)"
     return model.eval(), cfg, warning
+
+
+def load_model_bytes(system: str, data: bytes, sha256: str, device: str = "auto") -> tuple[MetaSym, dict]:
+    """`load_model` from a checkpoint's bytes (as a ModelCheckpoint message carries them): refused unless
+    their sha256 is `sha256`; read through a private temporary file with `weights_only=True`."""
+    data = bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256:
+        raise MetaSymError(f"checkpoint bytes do not match their checksum ({len(data)} bytes, sha256 "
+                           f"{digest[:12]}…, announced {sha256[:12]}…)")
+    with tempfile.TemporaryDirectory(prefix="metasym-model-") as tmp:
+        path = os.path.join(tmp, "model.pt")
+        with open(path, "wb") as f:
+            f.write(data)
+        model, cfg, _ = load_model(system, path, device)
+    return model, cfg
 
 
 @dataclass
@@ -83,6 +101,12 @@ class OnlinePredictor:
         """Use `params` from the next rollout on (validated by the model on use)."""
         self.model.check_local_params(params)
         self.local, self.version = params, int(version)
+
+    def set_local_entries(self, entries, version: int) -> None:
+        """Swap in local parameters as a message carries them (`local_params.to_entries`), checked against
+        the model (errors leave the old ones)."""
+        expected = {k: v.detach() for k, v in self.model.decoder.local_parameters().items()}
+        self.set_local(from_entries(entries, expected, self.device), version)
 
     def load_local(self, path: str | os.PathLike, version: int) -> None:
         """Load a learner's local parameter file and swap it in (errors leave the old ones)."""

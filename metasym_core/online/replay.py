@@ -76,9 +76,20 @@ def _model_error(model: MetaSym, flight: Flight, bases: list[int], horizon: int,
     return float(np.mean((out.cpu().numpy() - truth) ** 2))
 
 
+def model_errors(model: MetaSym, flight: Flight, bases, versions: list[int], params: dict,
+                 horizon: int = 30) -> np.ndarray:
+    """The model error (horizon-step rollout MSE under the applied controls) of a prediction from each of
+    `bases` with the parameters in force then (`replay_learner`'s `versions` and `params`)."""
+    return np.array([_model_error(model, flight, [int(b)], horizon, params.get(versions[int(b)]))
+                     for b in bases])
+
+
 def replay_learner(model: MetaSym, flight: Flight, settings: dict, rate_hz: float = 100.0, tick_s: float = 0.1,
-                   metrics_s: float = 1.0, horizon: int = 30, every: int = 10) -> list[Attempt]:
-    """Every adaptation attempt of an `OnlineLearner(model, **settings)` fed `flight` (module doc)."""
+                   metrics_s: float = 1.0, horizon: int = 30, every: int = 10,
+                   versions: list[int] | None = None, params: dict | None = None) -> list[Attempt]:
+    """Every adaptation attempt of an `OnlineLearner(model, **settings)` fed `flight` (module doc). With
+    `versions`, append the parameter version in force at each sample (what a prediction from it would use);
+    with `params`, fill version -> the accepted local parameters (see `model_errors`)."""
     tick = max(1, int(round(tick_s * rate_hz)))
     period = max(1, int(round(metrics_s * rate_hz)))
     attempts: list[Attempt] = []
@@ -96,4 +107,8 @@ def replay_learner(model: MetaSym, flight: Flight, settings: dict, rate_hz: floa
                 if learner.should_adapt(now):
                     outcome = learner.adapt_now(now)
                     attempts.append(Attempt(k * flight.dt, outcome.accepted, outcome.version))
+                    if outcome.accepted and params is not None:
+                        params[outcome.version] = outcome.params
+            if versions is not None:
+                versions.append(learner.version)
     return attempts
