@@ -154,12 +154,10 @@ def _skill(recorder, cfg: dict) -> dict[str, float]:
     ros = cfg.get("ros") or {}
     checkpoint = str((ros.get("predictor") or {}).get("checkpoint", ""))
     recorder.hindcast(checkpoint)
-    steps = sorted(recorder.states)
-    if not steps:
+    if not recorder.states:
         raise MetaSymError("no states were recorded")
-    dt = recorder.states[steps[0]][3]
-    params = [recorder.states[s][2] for s in steps]
-    change = next((s for s, p in zip(steps, params, strict=True) if not np.allclose(p, params[0])), None)
+    dt = recorder.states[min(recorder.states)][3]
+    change = recorder.change_step()
     return recorder.skill(dt, change * dt if change is not None else None)
 
 

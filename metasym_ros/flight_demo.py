@@ -185,12 +185,8 @@ class FlightRecorder:
     def hindcast(self, checkpoint: str) -> None:
         """Rerun every evaluated prediction (module doc) from the same context with the same parameter
         version, under the controls that were then applied (`model_evaluations`: the model error) and
-        with the newest control held (`held_evaluations`: what the predictor published before plans)."""
-        self.model_evaluations = self._rerun(checkpoint, held=False)
-        self.held_evaluations = self._rerun(checkpoint, held=True)
-
-    def _rerun(self, checkpoint: str, held: bool) -> list[tuple[int, int, float]]:
-        """One batched rollout per parameter version (see `hindcast`)."""
+        with the newest control held (`held_evaluations`: what the predictor published before plans):
+        per parameter version, one batch of contexts and two batched rollouts."""
         import torch
 
         from metasym_core.online.local_params import from_entries, load_local_params
@@ -205,7 +201,7 @@ class FlightRecorder:
         for base, version, _ in self.evaluations:
             if all(s in self.states for s in range(base - c + 1, base + H + 1)):
                 by_version.setdefault(version, []).append(base)
-        out = []
+        model_out, held_out = [], []
         for version, bases in sorted(by_version.items()):
             local = None
             if version:
@@ -219,10 +215,16 @@ class FlightRecorder:
             rows = [[self.states[s] for s in range(b - c + 1, b + H + 1)] for b in bases]
             x, u = (np.array([[r[i] for r in w] for w in rows]) for i in (1, 4))
             steps = np.array([[r[3] for r in w] for w in rows])
-            future = np.repeat(u[:, c - 1:c], H, axis=1) if held else u[:, c:]
-            batch = Hindcast(bases, x[:, :c], u[:, :c], steps, future, x[:, c:])
-            out += [(b, version, float(m)) for b, m in zip(bases, predictor.hindcast(batch), strict=True)]
-        return sorted(out)
+            for out, future in ((model_out, u[:, c:]), (held_out, np.repeat(u[:, c - 1:c], H, axis=1))):
+                batch = Hindcast(bases, x[:, :c], u[:, :c], steps, future, x[:, c:])
+                out += [(b, version, float(m)) for b, m in zip(bases, predictor.hindcast(batch), strict=True)]
+        self.model_evaluations, self.held_evaluations = sorted(model_out), sorted(held_out)
+
+    def change_step(self) -> int | None:
+        """The first recorded step whose physical parameters differ from the first state's (None: no change)."""
+        steps = sorted(self.states)
+        first = self.states[steps[0]][2] if steps else None
+        return next((s for s in steps if not np.allclose(self.states[s][2], first)), None)
 
     def skill(self, dt: float, change_s: float | None, window_s: float = 2.0) -> dict[str, float]:
         """Published, held-control and model errors against holding the last state (`skill_summary`), over
@@ -278,8 +280,7 @@ def summarise(rec: FlightRecorder, cfg: FlightConfig, wall_s: float) -> dict:
         raise MetaSymError("no states were received")
     dt = rec.states[int(steps[0])][3]
     stamps = np.array([rec.states[int(s)][0] for s in steps])
-    params = [rec.states[int(s)][2] for s in steps]
-    change_step = next((int(s) for s, p in zip(steps, params, strict=True) if not np.allclose(p, params[0])), None)
+    change_step = rec.change_step()
     change_t = change_step * dt if change_step is not None else float("nan")
     change_stamp = rec.states[change_step][0] if change_step is not None else math.inf
 

@@ -128,6 +128,9 @@ class OnlineLearner:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         self.buffer = ContextWindow(model.state_dim, model.control_dim, max(int(window), 1))
         self.settings: dict[str, object] = {}
+        self.detector: BiasDetector | None = None
+        self._bias_key: tuple[float, int] | None = None  # the detector's (threshold, window)
+        self._fed = 0  # samples whose transitions the detector has seen
         self.configure(window=window, inner_steps=inner_steps, lr=lr, holdout=holdout, period_s=period_s,
                        error_rise=error_rise, min_interval_s=min_interval_s, min_gain=min_gain, horizon=horizon,
                        params=params, val_horizon=val_horizon, watch_rise=watch_rise, burst_s=burst_s,
@@ -203,7 +206,7 @@ class OnlineLearner:
         self.min_interval_s, self.min_gain = float(new["min_interval_s"]), float(new["min_gain"])
         self.watch_rise, self.burst_s = float(new["watch_rise"]), float(new["burst_s"])
         key = (float(new["bias_threshold"]), int(new["bias_window"]))
-        if getattr(self, "_bias_key", None) != key:
+        if self._bias_key != key:
             self._bias_key = key
             self.detector = BiasDetector(key[1], key[0], reference=4 * key[1]) if key[0] > 0 else None
             self._fed = self.buffer.accepted  # residuals from here on

@@ -13,14 +13,14 @@ the first accepted adaptation are those of the policy itself, free of scheduling
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from metasym_core.models.metasym import MetaSym
 from metasym_core.online.learner import OnlineLearner
+from metasym_core.online.predictor import OnlinePredictor
+from metasym_core.online.realised import Hindcast
 
 
 @dataclass(frozen=True)
@@ -60,27 +60,28 @@ def fly_quadrotor(seed: int, seconds: float, change: tuple[str, float, float] | 
     return Flight(np.array(xs), np.array(us), dt, change_step)
 
 
-@torch.no_grad()
-def _model_error(model: MetaSym, flight: Flight, bases: list[int], horizon: int, local) -> float:
-    """Mean MSE of horizon-step rollouts from `bases` under the applied controls (the predictor's hindcast)."""
-    c = model.context
-    dtype = next(model.parameters()).dtype
-    rows = [b for b in bases if b - c + 1 >= 0 and b + horizon < len(flight.states)]
+def _model_error(predictor: OnlinePredictor, flight: Flight, bases, horizon: int, local, version: int) -> float:
+    """Mean MSE of horizon-step rollouts from `bases` under the applied controls: the predictor's hindcast
+    (`OnlinePredictor.hindcast`) with the local parameters `local`."""
+    c = predictor.context
+    rows = [int(b) for b in bases if b - c + 1 >= 0 and b + horizon < len(flight.states)]
     if not rows:
         return float("nan")
-    xs = torch.as_tensor(np.stack([flight.states[b - c + 1:b + 1] for b in rows]), dtype=dtype)
-    us = torch.as_tensor(np.stack([flight.controls[b - c + 1:b + 1] for b in rows]), dtype=dtype)
-    fut = torch.as_tensor(np.stack([flight.controls[b + 1:b + 1 + horizon] for b in rows]), dtype=dtype)
-    truth = np.stack([flight.states[b + 1:b + 1 + horizon] for b in rows])
-    out = model.rollout(xs, us, flight.dt, horizon, future_controls=fut, local_params=local)
-    return float(np.mean((out.cpu().numpy() - truth) ** 2))
+    batch = Hindcast(rows, np.stack([flight.states[b - c + 1:b + 1] for b in rows]),
+                     np.stack([flight.controls[b - c + 1:b + 1] for b in rows]),
+                     np.full((len(rows), c + horizon), flight.dt),
+                     np.stack([flight.controls[b + 1:b + 1 + horizon] for b in rows]),
+                     np.stack([flight.states[b + 1:b + 1 + horizon] for b in rows]))
+    predictor.set_local(local, version)
+    return float(predictor.hindcast(batch).mean())
 
 
 def model_errors(model: MetaSym, flight: Flight, bases, versions: list[int], params: dict,
                  horizon: int = 30) -> np.ndarray:
     """The model error (horizon-step rollout MSE under the applied controls) of a prediction from each of
     `bases` with the parameters in force then (`replay_learner`'s `versions` and `params`)."""
-    return np.array([_model_error(model, flight, [int(b)], horizon, params.get(versions[int(b)]))
+    predictor = OnlinePredictor(model, horizon)
+    return np.array([_model_error(predictor, flight, [b], horizon, params.get(versions[int(b)]), versions[int(b)])
                      for b in bases])
 
 
@@ -93,22 +94,23 @@ def replay_learner(model: MetaSym, flight: Flight, settings: dict, rate_hz: floa
     tick = max(1, int(round(tick_s * rate_hz)))
     period = max(1, int(round(metrics_s * rate_hz)))
     attempts: list[Attempt] = []
-    with tempfile.TemporaryDirectory(prefix="metasym-replay-") as out:
-        learner = OnlineLearner(model, "replay", out, **settings)
-        for k in range(len(flight.states)):
-            now = k / rate_hz
-            learner.push(now, flight.states[k], flight.controls[k], flight.dt)
-            if k and k % period == 0:  # the predictor's metrics: horizons that ended in the last period
-                last = k - 1 - horizon
-                bases = list(range(max(last - period + 1, 0), last + 1, every))
-                learner.observe_error(_model_error(model, flight, bases, horizon, learner.active))
-            if k % tick == 0:
-                learner.watch()
-                if learner.should_adapt(now):
-                    outcome = learner.adapt_now(now)
-                    attempts.append(Attempt(k * flight.dt, outcome.accepted, outcome.version))
-                    if outcome.accepted and params is not None:
-                        params[outcome.version] = outcome.params
-            if versions is not None:
-                versions.append(learner.version)
+    learner = OnlineLearner(model, "replay", None, **settings)  # no files: the outcomes carry the parameters
+    predictor = OnlinePredictor(model, horizon)
+    for k in range(len(flight.states)):
+        now = k / rate_hz
+        learner.push(now, flight.states[k], flight.controls[k], flight.dt)
+        if k and k % period == 0:  # the predictor's metrics: horizons that ended in the last period
+            last = k - 1 - horizon
+            bases = list(range(max(last - period + 1, 0), last + 1, every))
+            learner.observe_error(_model_error(predictor, flight, bases, horizon, learner.active,
+                                               learner.version))
+        if k % tick == 0:
+            learner.watch()
+            if learner.should_adapt(now):
+                outcome = learner.adapt_now(now)
+                attempts.append(Attempt(k * flight.dt, outcome.accepted, outcome.version))
+                if outcome.accepted and params is not None:
+                    params[outcome.version] = outcome.params
+        if versions is not None:
+            versions.append(learner.version)
     return attempts
