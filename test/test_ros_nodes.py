@@ -92,7 +92,7 @@ def test_quadrotor_graph_predicts_changes_adapts_and_serves_rollouts(tmp_path):
         _wait(lambda: got["state"][-1].param_values[1] == pytest.approx(1.2), "inertia change in the states")
 
         # adaptation: accepted local parameters travel as a file named by the (transient-local) status
-        local = {k: torch.zeros_like(v) for k, v in pred.predictor.model.decoder.local_parameters().items()}
+        local = {k: torch.zeros_like(v) for k, v in pred.live.predictor.model.decoder.local_parameters().items()}
         path_v1 = save_local_params(tmp_path / "phi_v1.pt", local, version=1, system="quadrotor")
         status = AdaptationStatus(system="quadrotor", version=1, accepted=True, reason="test",
                                   params_path=str(path_v1), loss_before=1.0, loss_after=0.5)
@@ -100,7 +100,7 @@ def test_quadrotor_graph_predicts_changes_adapts_and_serves_rollouts(tmp_path):
         adapt_pub.publish(status)
         n_before = len(got["prediction"])
         _wait(lambda: any(p.params_version == 1 for p in got["prediction"][n_before:]), "predictions of v1")
-        assert pred.dropped["error"] == 0
+        assert pred.live.dropped["error"] == 0
 
         # batched rollout service: K candidates -> K x H x D in one call
         rollout = probe.create_client(RolloutBatch, f"{ns}/predictor/rollout_batch")
@@ -116,7 +116,7 @@ def test_quadrotor_graph_predicts_changes_adapts_and_serves_rollouts(tmp_path):
         assert res.success, res.message
         assert (res.candidates, res.horizon, res.state_dim, res.params_version) == (K, H, D, 1)
         out = np.asarray(res.states).reshape(K, H, D)
-        ref, version = pred.predictor.rollout_batch(  # the same single batched call, in process
+        ref, version = pred.live.predictor.rollout_batch(  # the same single batched call, in process
             np.asarray(req.context_states).reshape(L, D), np.asarray(req.context_controls).reshape(L, m),
             np.asarray(req.context_dt), np.asarray(req.candidate_controls).reshape(K, H, m), 0.02)
         assert version == 1 and np.isfinite(out).all()
@@ -172,11 +172,11 @@ def test_bad_states_are_dropped_and_counted_while_predictions_continue():
                 time.sleep(0.01)
                 pub.publish(state())
                 time.sleep(0.02)
-        rejected = pred.window.rejected
+        rejected = pred.live.window.rejected
         _wait(lambda: all(rejected[r] >= 1 for r in ("dimension", "nonfinite", "stale", "out_of_order")),
               "every kind of bad state to be counted")
 
-        dropped_before = pred.dropped_total
+        dropped_before = pred.live.dropped_total
         for _ in range(10_000):  # flood
             pub.publish(state())
         n_after_flood = len(preds)
@@ -184,13 +184,14 @@ def test_bad_states_are_dropped_and_counted_while_predictions_continue():
         while len(preds) <= n_after_flood + 5:  # keep streaming: states sent while the predictor still
             assert time.monotonic() < end, "timed out waiting for predictions after the flood"
             good_stream(0.1)  # drains the flood are older than max_age_s by the time it reads them
-        assert pred.dropped_total > dropped_before, "the flood must be throttled and counted"
+        assert pred.live.dropped_total > dropped_before, "the flood must be throttled and counted"
         # every state sent is accounted for: accepted, rejected, skipped or lost (gaps in `step`)
-        received = pred.window.accepted + pred.window.dropped
-        assert step[0] - 5 <= received + pred.dropped["lost"] <= step[0]  # a lost last state leaves no gap
-        _wait(lambda: sum(m.dropped_messages for m in metrics) == pred.dropped_total,
+        received = pred.live.window.accepted + pred.live.window.dropped
+        assert step[0] - 5 <= received + pred.live.dropped["lost"] <= step[0]  # a lost last state leaves no gap
+        _wait(lambda: sum(m.dropped_messages for m in metrics) == pred.live.dropped_total,
               "every dropped/skipped state reported in the metrics", deadline=5)
-        print(f"flood: {dict(pred.dropped)} {dict(pred.window.rejected)} accepted {pred.window.accepted}")
+        live = pred.live
+        print(f"flood: {dict(live.dropped)} {dict(live.window.rejected)} accepted {live.window.accepted}")
         assert all(len(p.states) == 5 * 12 for p in preds)
 
 
@@ -267,8 +268,8 @@ def test_no_node_outlives_its_launcher(sig):
         time.sleep(3.0)  # the nodes are up
         assert all(_alive(pid) for pid in pids)
         proc.send_signal(sig)  # SIGHUP: stopped like SIGINT; SIGKILL: the kernel signals the nodes
-        proc.communicate(timeout=30)
-        assert proc.returncode == (0 if sig == signal.SIGHUP else -signal.SIGKILL)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == (0 if sig == signal.SIGHUP else -signal.SIGKILL), out[-3000:]
         _wait(lambda: not any(_alive(pid) for pid in pids), "every node gone after its launcher", deadline=15)
     finally:
         for pid in pids:
@@ -331,11 +332,11 @@ def test_learner_adapts_online_and_predictor_swaps_in_its_parameters(tmp_path):
         assert first.version == 1 and first.loss_after <= first.loss_before and first.latency_ms > 0
         assert os.path.isfile(first.params_path)
         _wait(lambda: any(p.params_version >= 1 for p in preds), "predictions with the adapted parameters")
-        assert pred.predictor.version >= 1
+        assert pred.live.predictor.version >= 1
         versions = [s.version for s in statuses if s.accepted]
         assert versions == sorted(versions) and len(set(versions)) == len(versions)
         client = probe.create_client(Trigger, f"{ns}/learner/adapt_now")
         _wait(client.service_is_ready, "adapt_now service")
         assert client.call(Trigger.Request(), timeout_sec=DEADLINE_S).success
-        n = len(learner.outcomes)
-        _wait(lambda: len(learner.outcomes) > n, "the requested adaptation")
+        n = len(learner.live.outcomes)
+        _wait(lambda: len(learner.live.outcomes) > n, "the requested adaptation")

@@ -44,7 +44,7 @@ def test_predictions_follow_the_simulator_mpc_plan():
         thread.start()
         wait_for(lambda: sum(p.control_source == "plan" for p in preds) >= 20, "predictions under the MPC plan",
                  DEADLINE_S)
-        assert pred.plans.accepted > 0 and pred.plans.dropped == 0
+        assert pred.live.plans.accepted > 0 and pred.live.plans.dropped == 0
         checked = 0
         for p in list(preds):
             assert p.control_source in ("plan", "held") and p.control_dim == 4 and len(p.controls) == H * 4
@@ -117,14 +117,14 @@ def test_bad_plans_are_dropped_counted_and_predictions_go_on():
                "future": plan(step[0], now() + 30.0, good)}
         for msg in bad.values():
             plan_pub.publish(msg)
-        wait_for(lambda: all(pred.plans.rejected[r] >= 1 for r in bad), lambda: f"bad plans counted: "
-                 f"{dict(pred.plans.rejected)}", DEADLINE_S)
-        assert pred.plans.accepted == 0
+        wait_for(lambda: all(pred.live.plans.rejected[r] >= 1 for r in bad), lambda: f"bad plans counted: "
+                 f"{dict(pred.live.plans.rejected)}", DEADLINE_S)
+        assert pred.live.plans.accepted == 0
 
         # a good plan from the next state: predictions from that state on roll out under it
         base, t = step[0], now()
         plan_pub.publish(plan(base, t, good))
-        wait_for(lambda: pred.plans.accepted == 1, "the good plan", DEADLINE_S)
+        wait_for(lambda: pred.live.plans.accepted == 1, "the good plan", DEADLINE_S)
         n = len(preds)
         end = time.monotonic() + DEADLINE_S
         while not any(p.control_source == "plan" for p in preds[n:]):
@@ -144,7 +144,7 @@ def test_bad_plans_are_dropped_counted_and_predictions_go_on():
             assert time.monotonic() < end, "timed out waiting for a prediction after the plan went stale"
             send_state()
             time.sleep(0.02)
-        assert pred.dropped_total >= len(bad)
+        assert pred.live.dropped_total >= len(bad)
 
 
 def _set(probe, node_name: str, **values):
@@ -180,13 +180,13 @@ def test_live_parameters_take_effect_and_bad_values_are_refused(tmp_path):
         # live: at once
         (r1, r2, r3) = _set(probe, f"{ns}/predictor", horizon=5, max_rate_hz=20.0, plan_max_age_s=0.25)
         assert r1.successful and r2.successful and r3.successful
-        assert pred.predictor.horizon == 5 and pred._min_period == pytest.approx(0.05)
-        assert pred.plans.max_age_s == 0.25
+        assert pred.live.predictor.horizon == 5 and pred.live.max_rate_hz == pytest.approx(20.0)
+        assert pred.live.plans.max_age_s == 0.25
         (r,) = _set(probe, f"{ns}/simulator", rate_hz=50.0)
         assert r.successful and sim._timer.timer_period_ns == 20_000_000
         results = _set(probe, f"{ns}/learner", lr=3.0, window=60, adapt_params="all", min_gain=0.1)
         assert all(r.successful for r in results), [r.reason for r in results]
-        core = learner.learner
+        core = learner.live.learner
         assert (core.lr, core.buffer.capacity, core.params, core.min_gain) == (3.0, 60, "all", 0.1)
         # bad values: refused with a reason that names the parameter, nothing changes
         for node, name, value, words in (("predictor", "horizon", 0, "horizon"),
@@ -198,5 +198,5 @@ def test_live_parameters_take_effect_and_bad_values_are_refused(tmp_path):
                                          ("learner", "min_gain", 1.5, "min_gain")):
             (result,) = _set(probe, f"{ns}/{node}", **{name: value})
             assert not result.successful and words in result.reason, (name, result.reason)
-        assert pred.predictor.horizon == 5 and core.buffer.capacity == 60 and core.params == "all"
+        assert pred.live.predictor.horizon == 5 and core.buffer.capacity == 60 and core.params == "all"
         assert sim.rate_hz == 50.0 and sim.change_param == "mass"

@@ -57,10 +57,6 @@ def _same_weights(a, b):
     return sa.keys() == sb.keys() and all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
 
 
-def _training_step(learner) -> int:
-    """The step of the learner's running training (0 before the first)."""
-    state = learner._train_state
-    return int(state.split()[1].split("/")[0]) if state.startswith("step ") else 0
 
 
 def test_trainer_should_stop_saves_last_and_resumes(tmp_path):
@@ -93,9 +89,8 @@ def _stop_and_resume(tmp_path):
     assert _same_weights(full.model, again.model)
 
 
-@pytest.mark.ros
 def test_prepare_datasets_generates_once_and_stops(tmp_path):
-    from metasym_ros.learner_node import prepare_datasets
+    from metasym_core.train.runs import prepare_datasets
 
     assert prepare_datasets("quadrotor", "", "", tmp_path, should_stop=lambda: True) is None
     train, val = prepare_datasets("quadrotor", "", "", tmp_path / "data", systems=2, steps=40)  # made
@@ -145,15 +140,15 @@ def test_learner_trains_at_start_and_predictor_switches(tiny_data, tmp_path):
         data = final.read_bytes()  # the checkpoint travels whole, with its checksum
         assert models[0].path == str(final) and bytes(models[0].data) == data
         assert models[0].sha256 == hashlib.sha256(data).hexdigest()
-        assert learner.trainings[0]["steps"] == 4
+        assert learner.trainer.summaries[0]["steps"] == 4
         trained, _ = load_checkpoint(final)
-        assert _same_weights(learner.learner.model, trained)
+        assert _same_weights(learner.live.learner.model, trained)
         tag = content_tag(data)
-        assert learner.model_tag == tag and learner.learner.version == 0
-        assert learner.learner.out_dir == tmp_path / "phi" / tag  # versions restart, in the model's own folder
-        wait_for(lambda: pred.model_swaps == 1, "the predictor to switch models", DEADLINE_S)
-        assert pred.model_path == str(final) and pred.model_tag == tag
-        assert _same_weights(pred.predictor.model, trained)
+        assert learner.live.model_tag == tag and learner.live.learner.version == 0
+        assert learner.live.learner.out_dir == tmp_path / "phi" / tag  # versions restart, in the model's own folder
+        wait_for(lambda: pred.live.model_swaps == 1, "the predictor to switch models", DEADLINE_S)
+        assert pred.live.model_path == str(final) and pred.live.model_tag == tag
+        assert _same_weights(pred.live.predictor.model, trained)
         n = len(preds)
         wait_for(lambda: len(preds) > n + 3, "predictions of the new model")
 
@@ -166,8 +161,8 @@ def test_learner_trains_at_start_and_predictor_switches(tiny_data, tmp_path):
             adapt_pub.publish(status)
             if version == 5:
                 time.sleep(0.5)
-                assert pred.predictor.version == 0, "parameters of the old model must not be applied"
-        wait_for(lambda: pred.predictor.version == 1, "the new model's parameters")
+                assert pred.live.predictor.version == 0, "parameters of the old model must not be applied"
+        wait_for(lambda: pred.live.predictor.version == 1, "the new model's parameters")
         n = len(preds)
         wait_for(lambda: any(p.params_version == 1 for p in preds[n:]), "predictions with them")
 
@@ -176,21 +171,22 @@ def test_learner_trains_at_start_and_predictor_switches(tiny_data, tmp_path):
         bad = save_checkpoint(tmp_path / "quantum.pt", other).read_bytes()
         model_pub.publish(ModelCheckpoint(system="quadrotor", tag=content_tag(bad), path="quantum.pt", data=bad,
                                           sha256=hashlib.sha256(bad).hexdigest()))
-        wait_for(lambda: pred.models_refused == 1, "the quantum checkpoint to be refused")
+        wait_for(lambda: pred.live.models_refused == 1, "the quantum checkpoint to be refused")
         # bytes that do not match their checksum are refused too
         model_pub.publish(ModelCheckpoint(system="quadrotor", tag="model-x", path="x.pt", data=data[:-1],
                                           sha256=hashlib.sha256(data).hexdigest()))
-        wait_for(lambda: pred.models_refused == 2, "the damaged checkpoint to be refused")
-        assert pred.model_swaps == 1 and pred.model_path == str(final)
+        wait_for(lambda: pred.live.models_refused == 2, "the damaged checkpoint to be refused")
+        assert pred.live.model_swaps == 1 and pred.live.model_path == str(final)
 
         # ~/train: a new run, announced and swapped in again
         res = _call(probe.create_client(Trigger, f"{ns}/learner/train"), "the train service")
         assert res.success and "run002" in res.message
         final2 = tmp_path / "train" / "run002" / "final.pt"
-        wait_for(lambda: pred.model_swaps == 2, lambda: f"the predictor to switch to the second run (learner: "
-                 f"{learner._train_state}, {len(learner.trainings)} trainings, refused {pred.models_refused})",
+        wait_for(lambda: pred.live.model_swaps == 2, lambda: f"the predictor to switch to the second run (learner: "
+                 f"{learner.trainer.state}, {len(learner.trainer.summaries)} trainings, refused "
+                 f"{pred.live.models_refused})",
                  DEADLINE_S)
-        assert pred.model_path == str(final2) == learner.model_path and pred.predictor.version == 0
+        assert pred.live.model_path == str(final2) == learner.live.model_path and pred.live.predictor.version == 0
 
 
 @pytest.mark.ros
@@ -211,10 +207,10 @@ def test_train_service_refuses_while_training_and_stops_on_shutdown(tiny_data, t
         second = _call(client, "the train service again")
         assert first.success and str(run) in first.message, first.message
         assert not second.success and "already running" in second.message, second.message
-        wait_for(lambda: _training_step(learner) >= 5, "a few training steps", DEADLINE_S)
+        wait_for(lambda: learner.trainer.step >= 5, "a few training steps", DEADLINE_S)
         t0 = time.monotonic()
     assert time.monotonic() - t0 < 10, "shutdown must stop the training within a few seconds"
-    assert not learner.training and not (run / "final.pt").exists()
+    assert not learner.trainer.running and not (run / "final.pt").exists()
     step = read_checkpoint(run / "last.pt")["extra"]["step"]
     assert step >= 5
     load_checkpoint(run / "last.pt")
@@ -224,9 +220,9 @@ def test_train_service_refuses_while_training_and_stops_on_shutdown(tiny_data, t
         learner = make(LearnerNode, _learner_params(tiny_data, tmp_path, train_at_start=True,
                                                     train_steps=step + 2))
         thread.start()
-        wait_for(lambda: learner.trainings, "the resumed training", DEADLINE_S)
-    assert learner.trainings[0]["steps"] == step + 2 and (run / "final.pt").is_file()
-    assert learner.model_path == str(run / "final.pt")
+        wait_for(lambda: learner.trainer.summaries, "the resumed training", DEADLINE_S)
+    assert learner.trainer.summaries[0]["steps"] == step + 2 and (run / "final.pt").is_file()
+    assert learner.live.model_path == str(run / "final.pt")
 
 
 @pytest.mark.ros

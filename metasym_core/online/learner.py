@@ -271,6 +271,16 @@ class OnlineLearner:
             cut = split_point(batch.x.shape[1], self.holdout)
             return float(window_loss(self.model, batch, local, start=cut - 1, horizon=self.val_horizon))
 
+    def warm_up(self) -> None:
+        """One throw-away adaptation on a synthetic window: the first one pays ~1 s of lazy initialisation,
+        better before the window fills than at the first (possibly post-change) adaptation. Nothing is
+        versioned, kept or timed."""
+        n, p = self.buffer.capacity, next(self.model.parameters())
+        zeros = {"dtype": p.dtype, "device": p.device}
+        adapt(self.model, torch.zeros(n, self.model.state_dim, **zeros),
+              torch.zeros(n, self.model.control_dim, **zeros), torch.full((n,), 0.02, **zeros),
+              self.inner_steps, self.lr, self.holdout, self.horizon, self.params)
+
     def adapt_now(self, now: float) -> AdaptationOutcome:
         """Adapt on the buffered window; accept only an improvement over φ₀ and the active φ."""
         return self.adapt_window(*self.buffer.arrays(), now=now)
