@@ -8,8 +8,9 @@ import contextlib
 import os
 import random
 import threading
-import time
 import uuid
+
+from _wait import wait_for  # noqa: F401 - re-exported for the ROS tests
 
 os.environ["ROS_DOMAIN_ID"] = str(random.randint(100, 200))
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
@@ -55,9 +56,3 @@ def ros_context():
         context.try_shutdown()
 
 
-def wait_for(done, what, deadline: float = 20.0) -> None:
-    """Poll `done()` until true; fail naming `what` (a string, or a callable giving one) after `deadline` s."""
-    end = time.monotonic() + deadline
-    while not done():
-        assert time.monotonic() < end, f"timed out waiting for {what() if callable(what) else what}"
-        time.sleep(0.02)

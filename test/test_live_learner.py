@@ -1,11 +1,11 @@
 """LiveLearner and BackgroundTraining: the learner node's work without DDS."""
 
 import threading
-import time
 
 import numpy as np
 import pytest
 from _models import perturbed_system, random_model
+from _wait import wait_for
 
 from metasym_core.checkpoint import content_tag, save_checkpoint
 from metasym_core.errors import MetaSymError
@@ -19,11 +19,7 @@ SETTINGS = {"window": 60, "inner_steps": 10, "lr": 0.1, "period_s": 0.0, "error_
 
 
 def _wait(condition, what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+    wait_for(condition, what, DEADLINE_S)
 
 
 class _Sink:

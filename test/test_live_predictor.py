@@ -3,12 +3,12 @@
 import hashlib
 import io
 import threading
-import time
 
 import numpy as np
 import pytest
 import torch
 from _models import random_model
+from _wait import wait_for
 
 from metasym_core.checkpoint import content_tag, save_checkpoint
 from metasym_core.errors import MetaSymError
@@ -21,11 +21,7 @@ DEADLINE_S = 30.0
 
 
 def _wait(condition, what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+    wait_for(condition, what, DEADLINE_S)
 
 
 class _Sink:

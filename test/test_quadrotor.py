@@ -216,6 +216,34 @@ def test_flight_simulator_is_reproducible_and_noise_only_touches_the_output():
     assert 0.005 < np.std(noisy[0] - a[0]) < 0.015
 
 
+def test_control_noise_perturbs_the_applied_thrusts_smoothly_and_reproducibly():
+    """Exploration data: applied thrusts = the MPC's plus a smooth perturbation of the stated std; the flight
+    without it is the one made before the option existed (its random streams are untouched)."""
+    def fly(control_noise, steps=300):
+        sim = FlightSimulator(NOMINAL, seed=4, control_noise=control_noise)
+        states, extra = [], []
+        for _ in range(steps):
+            _, x, u = sim.advance()
+            states.append(x)
+            extra.append(u - sim.plan[2][0])  # the applied thrusts minus the MPC's (re-solved every step)
+        return np.array(states), np.array(extra), sim
+
+    calm, calm_extra, _ = fly(0.0)
+    np.testing.assert_array_equal(calm_extra, 0.0)
+    a, _, _ = fly(0.5)
+    shaken, extra, sim = fly(0.5)
+    np.testing.assert_array_equal(a, shaken)  # reproducible
+    np.testing.assert_array_equal(calm[0], shaken[0])  # the same start: only the thrusts differ
+    inside = np.all(np.abs(extra) < 3.0, axis=1)  # rows not clipped at a rotor limit
+    e = extra[inside]
+    assert 0.35 < e.std() < 0.65  # the stated 0.5 N
+    lag1 = np.mean([np.corrcoef(extra[1:, i], extra[:-1, i])[0, 1] for i in range(4)])
+    assert lag1 > 0.8  # smooth: AR(1) with correlation 0.9
+    assert sim.waypoints_reached >= 1 and np.abs(shaken[:, 9:]).max() < 8.0  # still flies
+    family = quad.Quadrotor(source="flight", control_noise=0.5)
+    assert family.options()["control_noise"] == 0.5 and "control_noise" not in quad.Quadrotor().options()
+
+
 def test_flight_simulator_can_resolve_every_few_steps():
     sim = FlightSimulator(NOMINAL, seed=2, resolve_every=5)
     states = np.array([sim.advance()[1] for _ in range(150)])
@@ -243,6 +271,9 @@ def test_flight_simulator_can_resolve_every_few_steps():
     (lambda f: quad.Quadrotor(source="lqr"), "source"),
     (lambda f: quad.Quadrotor(fixed=["weight"]), "fixed"),
     (lambda f: quad.Quadrotor(fixed="mass"), "fixed"),
+    (lambda f: quad.Quadrotor(control_noise=0.5), "source flight"),
+    (lambda f: quad.Quadrotor(source="flight", control_noise=-1.0), "control_noise"),
+    (lambda f: FlightSimulator(NOMINAL, control_noise=float("nan")), "control_noise"),
     (lambda f: FlightSimulator(NOMINAL, dt=-0.01), "dt"),
     (lambda f: FlightSimulator(NOMINAL, horizon=1), "horizon"),
     (lambda f: FlightSimulator({**NOMINAL, "mass_scale": 2.5}), "mass_scale"),

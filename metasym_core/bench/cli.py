@@ -66,6 +66,18 @@ def _learner(args: argparse.Namespace) -> int:
     return 0
 
 
+def _control(args: argparse.Namespace) -> int:
+    from metasym_core.bench.control import run_control_bench
+
+    command = (f"metasym bench control --seeds {args.seeds} --seconds {args.seconds:g} --samples {args.samples} "
+               f"--horizon {args.horizon} --checkpoint {args.checkpoint}")
+    figures = run_control_bench(args.seeds, args.seconds, args.change_at, args.scale, args.samples, args.horizon,
+                                args.checkpoint, plot=args.plot or None, doc=args.doc, command=command)
+    if args.json:
+        print_json(figures)
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `bench` and its benchmarks."""
     bench = subparsers.add_parser("bench", help="run a benchmark", description=__doc__.splitlines()[0],
@@ -120,6 +132,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default="pretrained", help="quadrotor model (default: the bundled one)")
     common(p)
     p.set_defaults(func=_learner)
+
+    p = sub.add_parser("control", help="closed loop: MPPI on MetaSym vs the nominal and oracle MPC, mass change")
+    p.add_argument("--seeds", type=int, default=5, help="flights per controller (default 5)")
+    p.add_argument("--seconds", type=float, default=30.0, help="simulated seconds per flight (default 30)")
+    p.add_argument("--change-at", type=float, default=10.0, help="time of the mass change [s] (default 10)")
+    p.add_argument("--scale", type=float, default=1.3, help="mass factor of the change (default 1.3)")
+    p.add_argument("--samples", type=int, default=512, help="MPPI candidates K (default 512)")
+    p.add_argument("--horizon", type=int, default=25, help="MPPI horizon H in control steps (default 25)")
+    p.add_argument("--checkpoint", default="pretrained", help="quadrotor model (default: the bundled one)")
+    p.add_argument("--plot", default="runs/bench_control.png", help="PNG of seed 0's flights ('' = none)")
+    common(p)
+    p.set_defaults(func=_control)
 
     for name in _PLUGINS:
         try:

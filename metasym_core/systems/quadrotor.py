@@ -386,7 +386,8 @@ class Quadrotor(SystemFamily):
     default_steps = 200
 
     def __init__(self, noise_std: float = 0.01, dt: float = 0.02,
-                 box: Sequence[Sequence[float]] = DEFAULT_BOX, source: str = "ocp", fixed: Sequence[str] = ()):
+                 box: Sequence[Sequence[float]] = DEFAULT_BOX, source: str = "ocp", fixed: Sequence[str] = (),
+                 control_noise: float = 0.0):
         if isinstance(fixed, str) or not all(isinstance(k, str) for k in fixed):
             raise MetaSymError(f"quadrotor fixed must be a list of parameter names, got {fixed!r}")
         names = [k.removesuffix("_scale") for k in PARAM_NAMES]
@@ -397,6 +398,11 @@ class Quadrotor(SystemFamily):
         if source not in SOURCES:
             raise MetaSymError(f"quadrotor source must be one of {', '.join(SOURCES)}, got {source!r}")
         self.source = source
+        self.control_noise = float(control_noise)
+        if not (math.isfinite(self.control_noise) and self.control_noise >= 0):
+            raise MetaSymError(f"quadrotor control_noise must be >= 0 and finite, got {control_noise!r}")
+        if self.control_noise and source != "flight":
+            raise MetaSymError("quadrotor control_noise perturbs the MPC flights: it needs source flight")
         noise_std = float(noise_std)
         if not (math.isfinite(noise_std) and noise_std >= 0):
             raise MetaSymError(f"quadrotor noise_std must be >= 0 and finite, got {noise_std!r}")
@@ -411,6 +417,8 @@ class Quadrotor(SystemFamily):
         out = {"noise_std": self.noise_std, "dt": self.dt, "box": self.box.tolist(), "source": self.source}
         if self.fixed:  # only when set: datasets made before the option keep their options (and cache names)
             out["fixed"] = [k.removesuffix("_scale") for k in self.fixed]
+        if self.control_noise:
+            out["control_noise"] = self.control_noise
         return out
 
     def param_ranges(self, split: str) -> dict[str, tuple[float, float]]:
@@ -481,7 +489,8 @@ class Quadrotor(SystemFamily):
         """
         from metasym_core.systems.quadrotor_flight import FlightSimulator
 
-        sim = FlightSimulator(params, dt=self.dt, seed=int(rng.integers(2**31)), box=self.box)
+        sim = FlightSimulator(params, dt=self.dt, seed=int(rng.integers(2**31)), box=self.box,
+                              control_noise=self.control_noise)
         clean = np.empty((steps + 1, 12))
         controls = np.empty((steps, 4))
         for k in range(steps):

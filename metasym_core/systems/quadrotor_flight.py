@@ -11,7 +11,9 @@ MPC (chosen): 20 nodes of 0.05 s (1 s look-ahead), the costs of
 10 iterations, warm-started from the previous thrusts rolled out from the
 current state). It chases a target at most 1 m and 0.5 rad (yaw) from the
 current pose along the way to the waypoint; a waypoint counts as reached within
-0.3 m. This runs at roughly 1,000-1,500 steps per CPU second, so 100 Hz is
+0.3 m. With `control_noise` > 0 the applied thrusts carry a smooth random perturbation
+(AR(1), that standard deviation in N): exploration data for models that a sampling controller
+will drive beyond the MPC's gentle manoeuvres. This runs at roughly 1,000-1,500 steps per CPU second, so 100 Hz is
 faster than real time with a wide margin and `resolve_every` stays 1.
 """
 
@@ -35,6 +37,7 @@ _ALIASES = {name.removesuffix("_scale"): name for name in quad.PARAM_NAMES}
 MPC_NODE_DT = 0.05
 CARROT = 1.0  # the MPC chases a target at most this far [m] along the line to the waypoint
 CARROT_YAW = 0.5  # ... and at most this far [rad] in yaw from the current heading
+EXCITATION_CORRELATION = 0.9  # step-to-step correlation of the `control_noise` perturbation (AR(1))
 MPC_WEIGHTS: dict[str, float] = {
     "running_pose": 1.0,
     "state_reg": 0.3,
@@ -58,7 +61,8 @@ class FlightSimulator:
 
     def __init__(self, params: Mapping[str, float], dt: float = 0.01, seed: int = 0, horizon: int = 20,
                  box: Sequence[Sequence[float]] = quad.DEFAULT_BOX, noise_std: float = 0.0,
-                 resolve_every: int = 1, max_iter: int = 10, waypoint_tolerance: float = 0.3):
+                 resolve_every: int = 1, max_iter: int = 10, waypoint_tolerance: float = 0.3,
+                 control_noise: float = 0.0):
         self._params = dict(zip(quad.PARAM_NAMES, quad.check_scales(params), strict=True))
         for key, value in self._params.items():
             _check_scale(key, value)
@@ -70,11 +74,16 @@ class FlightSimulator:
         if not (math.isfinite(self.noise_std) and self.noise_std >= 0):
             raise MetaSymError(f"noise_std must be >= 0 and finite, got {noise_std!r}")
         self.waypoint_tolerance = _positive("waypoint_tolerance", waypoint_tolerance)
+        self.control_noise = float(control_noise)
+        if not (math.isfinite(self.control_noise) and self.control_noise >= 0):
+            raise MetaSymError(f"control_noise must be >= 0 and finite, got {control_noise!r}")
         self.box = quad.box_array(box)
-        # Separate streams, so the flight (start, waypoints) does not depend on noise_std.
-        flight_seq, noise_seq = np.random.SeedSequence(seed).spawn(2)
+        # Separate streams, so the flight (start, waypoints) depends on neither noise.
+        flight_seq, noise_seq, excite_seq = np.random.SeedSequence(seed).spawn(3)
         self._rng = np.random.default_rng(flight_seq)
         self._noise_rng = np.random.default_rng(noise_seq)
+        self._excite_rng = np.random.default_rng(excite_seq)
+        self._excite = np.zeros(4)
         start = quad.random_pose(self._rng, self.box, 0.0)
         self._x = np.concatenate([start, np.zeros(6)])
         self.waypoint = self._new_waypoint()
@@ -127,7 +136,12 @@ class FlightSimulator:
             self._solve()
             self._plan_step = self._k
         node = min(int(phase * self.dt / MPC_NODE_DT), self.horizon - 1)
-        u = np.clip(np.asarray(self._solver.us[node]), 0.0, quad.MAX_THRUST)
+        u = np.asarray(self._solver.us[node])
+        if self.control_noise > 0:  # exploration: a smooth random perturbation of every rotor's thrust
+            a = EXCITATION_CORRELATION
+            self._excite = a * self._excite + math.sqrt(1 - a * a) * self._excite_rng.normal(0.0, self.control_noise, 4)
+            u = u + self._excite
+        u = np.clip(u, 0.0, quad.MAX_THRUST)
         t, x12 = self.t, quad.to_stored(self._x)
         self._plant.calc(self._plant_data, self._x, u)
         self._x = np.array(self._plant_data.xnext)

@@ -1,0 +1,102 @@
+"""MPPI on MetaSym rollouts, adapting online: the controller the product exists to feed.
+
+Each control period (`control(t, x12)`) it rolls K candidate thrust sequences out on the model
+from its context window (the last `context` states and the controls applied), the first
+candidate control applied from the current state on, scores them with `tracking_cost` and
+applies the MPPI average's first control. With a learner (`OnlineLearner`), every applied
+transition is buffered, the change tests tick every `tick_s` and an accepted adaptation reaches
+the rollouts `adapt_delay_s` later in closed-loop time: a learner node running beside the
+controller takes about that long (150-200 ms on a 2-core AMD EPYC, `metasym bench train`). A
+fixed delay, not the measured one, keeps the closed loop reproducible.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import numpy as np
+import torch
+
+from metasym_core.control.cost import TrackingWeights, tracking_cost
+from metasym_core.control.mppi import MPPI, MPPIConfig
+from metasym_core.control.reference import FigureEight
+from metasym_core.models.metasym import MetaSym
+from metasym_core.online.learner import OnlineLearner
+from metasym_core.online.predictor import OnlinePredictor
+from metasym_core.systems import quadrotor as quad
+
+
+class MetaSymMPPI:
+    """`control(t, x12)` → thrusts [4]; `observe(x12, u)` is called by the loop after each applied control."""
+
+    def __init__(self, model: MetaSym, reference: FigureEight, dt: float, config: MPPIConfig | None = None,
+                 learner_settings: dict | None = None, seed: int = 0, weights: TrackingWeights | None = None,
+                 tick_s: float = 0.1, adapt_delay_s: float = 0.2):
+        config = config or MPPIConfig()
+        self.model, self.reference, self.dt, self.weights = model, reference, dt, weights or TrackingWeights()
+        self.predictor = OnlinePredictor(model, config.horizon)
+        dyn, _, _ = quad.step_model(quad.check_scales({k: 1.0 for k in quad.PARAM_NAMES}), dt)
+        self.hover = float(dyn.hover[0])  # nominal thrust per rotor: the thrust cost's centre
+        self.mppi = MPPI(config, np.zeros(model.control_dim), np.full(model.control_dim, quad.MAX_THRUST),
+                         np.full(model.control_dim, self.hover), seed=seed)
+        # (state, control applied from it) of the last context - 1 steps; the current state completes the context
+        self.history: deque = deque(maxlen=model.context - 1)
+        self.learner = (OnlineLearner(model, "quadrotor", None, **learner_settings)
+                        if learner_settings is not None else None)
+        self.tick = max(1, int(round(tick_s / dt)))
+        self.adapt_delay_s = float(adapt_delay_s)
+        self._k = 0
+        self._pending: list[tuple[float, dict, int]] = []  # (closed-loop time it takes effect, params, version)
+        self.solve_ms: list[float] = []
+        self.adaptations: list[tuple[float, bool, int]] = []  # (t, accepted, version)
+
+    def _rollout(self, x12: np.ndarray):
+        states = [s for s, _ in self.history] + [x12]
+        controls = [u for _, u in self.history]
+        L = len(states)
+        predictor, model = self.predictor, self.model
+        xs = predictor._tensor(np.asarray(states))
+        us_past = np.asarray(controls).reshape(L - 1, model.control_dim)
+
+        def rollout(candidates: np.ndarray) -> np.ndarray:
+            K, H, m = candidates.shape
+            ctx_u = np.concatenate([np.broadcast_to(us_past, (K, L - 1, m)), candidates[:, :1]], axis=1)
+            future = np.concatenate([candidates[:, 1:], candidates[:, -1:]], axis=1)
+            steps = torch.full((K, L + H), self.dt, dtype=predictor.dtype)
+            with torch.inference_mode():
+                out = model.rollout(xs[None].expand(K, L, model.state_dim), predictor._tensor(ctx_u), steps, H,
+                                    future_controls=predictor._tensor(future), local_params=predictor.local)
+            return predictor._numpy(out)
+
+        return rollout
+
+    def control(self, t: float, x12: np.ndarray) -> np.ndarray:
+        while self._pending and self._pending[0][0] <= t:  # adaptations that have finished by now
+            _, params, version = self._pending.pop(0)
+            self.predictor.set_local(params, version)
+        start = time.perf_counter()
+        if len(self.history) < 1:
+            u = self.mppi.plan[0].copy()  # no context yet: the initial plan (hover)
+        else:
+            plan = self.mppi.solve(self._rollout(x12), lambda s, c: tracking_cost(
+                s, c, self.reference, t, self.dt, self.hover, self.weights))
+            u = plan[0].copy()
+        self.solve_ms.append(1e3 * (time.perf_counter() - start))
+        self.mppi.shift()
+        return u
+
+    def observe(self, t: float, x12: np.ndarray, u: np.ndarray) -> None:
+        """The transition applied at time t: state `x12` and the control applied from it."""
+        self.history.append((np.asarray(x12, dtype=np.float64), np.asarray(u, dtype=np.float64)))
+        if self.learner is None:
+            return
+        self.learner.push(t, x12, u, self.dt)
+        self._k += 1
+        if self._k % self.tick == 0:
+            self.learner.watch()
+            if self.learner.should_adapt(t):
+                outcome = self.learner.adapt_now(t)
+                self.adaptations.append((t, outcome.accepted, outcome.version))
+                if outcome.accepted:
+                    self._pending.append((t + self.adapt_delay_s, outcome.params, outcome.version))

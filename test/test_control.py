@@ -1,0 +1,119 @@
+"""Closed-loop control pieces: SE(3) poses of stored states, references, MPPI, the Crocoddyl tracker, the loop."""
+
+import numpy as np
+import pytest
+
+from metasym_core.control.closed_loop import Change, fly
+from metasym_core.control.cost import TrackingWeights, tracking_cost
+from metasym_core.control.crocoddyl_mpc import CrocoddylTracker
+from metasym_core.control.mppi import MPPI, MPPIConfig
+from metasym_core.control.pose import pose_arrays
+from metasym_core.control.reference import FigureEight
+from metasym_core.errors import MetaSymError
+from metasym_core.systems import quadrotor as quad
+
+NOMINAL = {k: 1.0 for k in quad.PARAM_NAMES}
+
+
+def test_pose_arrays_match_pinocchio_to_round_off():
+    rng = np.random.default_rng(0)
+    states = rng.normal(size=(40, 12)) * 0.8
+    states[0, 3:6] = 1e-9  # the small-angle series
+    p, R = pose_arrays(states.reshape(4, 10, 12))
+    np.testing.assert_allclose(p.reshape(40, 3), quad.position_of(states), atol=1e-12)
+    for i in (0, 7, 39):
+        np.testing.assert_allclose(R.reshape(40, 3, 3)[i], quad.pose_of(states[i]).rotation, atol=1e-12)
+
+
+def test_figure_eight_starts_at_its_centre_and_its_velocity_is_the_derivative():
+    ref = FigureEight(a=1.5, b=1.0, period_s=8.0, altitude=1.5)
+    np.testing.assert_allclose(ref.position(0.0), [0.0, 0.0, 1.5])
+    t = np.linspace(0, 8, 33)
+    numeric = (ref.position(t + 1e-6) - ref.position(t - 1e-6)) / 2e-6
+    np.testing.assert_allclose(ref.velocity(t), numeric, atol=1e-6)
+    np.testing.assert_allclose(ref.position(8.0), ref.position(0.0), atol=1e-12)
+    with pytest.raises(MetaSymError, match="period_s"):
+        FigureEight(period_s=0.0)
+
+
+def test_tracking_cost_ranks_the_state_on_the_reference_first():
+    ref = FigureEight()
+    on = np.zeros((1, 3, 12))
+    on[0, :, :3] = ref.position(0.02 * np.arange(1, 4))  # level: log6 linear part = position
+    on[0, :, 6:9] = ref.velocity(0.02 * np.arange(1, 4))
+    off = on.copy()
+    off[0, :, 2] -= 0.3
+    hover = np.full((2, 3, 4), 3.6)
+    costs = tracking_cost(np.concatenate([on, off]), hover, ref, 0.0, 0.02, 3.6, TrackingWeights())
+    assert costs[0] < 1e-9 < costs[1]
+    below = on.copy()
+    below[0, :, 2] = 0.0  # under the floor: a crash costs more than any tracking error
+    assert tracking_cost(below, hover[:1], ref, 0.0, 0.02, 3.6)[0] > 1e4
+
+
+def test_mppi_steers_a_double_integrator_to_its_target():
+    """x'' = u, u in [-1, 1]: MPPI with the exact whole-horizon rollout drives x from 0 to 1."""
+    dt, H = 0.05, 20
+    mppi = MPPI(MPPIConfig(samples=256, horizon=H, noise_std=0.5, temperature=0.2), [-1.0], [1.0], [0.0], seed=0)
+    x = np.zeros(2)
+
+    def rollout(cands):
+        pos, vel = np.full(len(cands), x[0]), np.full(len(cands), x[1])
+        out = np.empty(cands.shape[:2] + (2,))
+        for h in range(H):
+            vel = vel + dt * cands[:, h, 0]
+            pos = pos + dt * vel
+            out[:, h] = np.stack([pos, vel], -1)
+        return out
+
+    def cost(states, cands):
+        return np.sum((states[..., 0] - 1.0) ** 2 + 0.1 * states[..., 1] ** 2, axis=1)
+
+    for _ in range(120):
+        u = mppi.solve(rollout, cost)[0, 0]
+        assert -1.0 <= u <= 1.0
+        x = np.array([x[0] + dt * (x[1] + dt * u), x[1] + dt * u])
+        mppi.shift()
+    assert abs(x[0] - 1.0) < 0.05 and abs(x[1]) < 0.1
+    assert mppi.last_costs.shape == (256,)
+    with pytest.raises(MetaSymError, match="NaN"):
+        mppi.solve(lambda c: np.full(c.shape[:2] + (2,), np.nan), cost)
+
+
+def test_nominal_mpc_sinks_after_the_mass_change_and_the_oracle_does_not():
+    ref = FigureEight()
+    change = {"param": "mass", "scale": 1.3, "time": 2.0}
+    nominal = fly(CrocoddylTracker(NOMINAL, ref, 0.02), ref, 6.0, change=Change(**change))
+    oracle = fly(CrocoddylTracker(NOMINAL, ref, 0.02), ref, 6.0, change=Change(**change, tell=True))
+    assert not nominal.crashed and not oracle.crashed and len(nominal.times) == 300
+    assert nominal.altitude_error(4.0) < -0.2 and abs(oracle.altitude_error(4.0)) < 0.1  # it sinks; the oracle holds
+    assert nominal.rmse(4.0) > oracle.rmse(4.0)
+    assert np.all(np.isfinite(nominal.solve_ms))
+
+
+def test_a_flight_that_falls_is_a_crash_and_ends_there():
+    class Off:
+        solve_ms: list = []
+
+        def control(self, t, x13):
+            self.solve_ms.append(0.0)
+            return np.zeros(4)
+
+    flight = fly(Off(), FigureEight(), 10.0)
+    assert flight.crashed and flight.times[-1] < 2.0  # free fall from 1.75 m takes 0.6 s
+
+
+def test_bench_control_reports_every_controller_beside_the_nominal_mpc(tmp_path, one_thread):
+    from metasym_core.bench.control import CONTROLLERS, run_control_bench
+
+    doc, png = tmp_path / "bench.md", tmp_path / "plots" / "control.png"
+    figures = run_control_bench(seeds=1, seconds=4.5, change_at=2.2, samples=16, horizon=5, plot=str(png), doc=doc)
+    for name in CONTROLLERS:
+        for key in ("rmse_before_change_m", "crashes", "solve_p50_ms", "solve_p99_ms", "first_crash_s"):
+            assert f"{name}_{key}" in figures
+    assert figures["nominal_mpc_crashes"] == figures["oracle_mpc_crashes"] == 0
+    assert figures["nominal_mpc_altitude_error_after_change_m"] < figures["oracle_mpc_altitude_error_after_change_m"]
+    assert "metasym_mppi_over_nominal_after_change" in figures
+    assert png.stat().st_size > 10_000 and "## Closed loop" in doc.read_text()
+    with pytest.raises(MetaSymError, match="change-at"):
+        run_control_bench(seeds=1, seconds=3.0, change_at=2.5, doc=doc)
