@@ -39,11 +39,16 @@ setup(
         "dev": ["pytest", "pytest-timeout", "ruff"],
     },
     # the per-system configs, where metasym_core.config looks for them after `pip install .`
-    data_files=[("share/metasym_ros/config", sorted(glob("config/*.yaml") + glob("config/*.xml")))],
-    entry_points={"console_scripts": [
-        "metasym = metasym_core.cli:main",
-        "metasym-simulator = metasym_ros.start:simulator",
-        "metasym-predictor = metasym_ros.start:predictor",
-        "metasym-learner = metasym_ros.start:learner",
-    ]},
+    data_files=[("share/metasym/config", sorted(glob("config/*.yaml") + glob("config/*.xml")))],
+    entry_points={
+        "console_scripts": [
+            "metasym = metasym_core.cli:main",
+            "metasym-simulator = metasym_ros.start:simulator",
+            "metasym-predictor = metasym_ros.start:predictor",
+            "metasym-learner = metasym_ros.start:learner",
+        ],
+        # subcommands and benchmarks other packages add to `metasym` (metasym_core names none of them)
+        "metasym.commands": ["ros = metasym_ros.cli"],
+        "metasym.bench": ["ros = metasym_ros.bench_latency", "flight = metasym_ros.bench_flight"],
+    },
 )

@@ -1,7 +1,9 @@
 """The `metasym` command: one parser, subcommands registered by feature modules.
 
-Each module in `_COMMAND_MODULES` exposes `register(subparsers)` which adds its
-subcommands with `set_defaults(func=...)`; `func(args) -> int` is the exit code.
+Each module in `_COMMAND_MODULES`, and each module another package declares in the entry-point
+group `metasym.commands` (`metasym_core.plugins`; the ROS package adds `launch` and `flight`),
+exposes `register(subparsers)`, which adds its subcommands with `set_defaults(func=...)`;
+`func(args) -> int` is the exit code.
 """
 
 from __future__ import annotations
@@ -17,16 +19,22 @@ _COMMAND_MODULES = [
     "metasym_core.systems.cli",
     "metasym_core.train.cli",
     "metasym_core.demo",
-    "metasym_ros.cli",
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (all subcommands)."""
-    parser = argparse.ArgumentParser(prog="metasym", description=__doc__.splitlines()[0])
+    from metasym_core.plugins import COMMANDS, load
+
+    plugins, failed = load(COMMANDS)
+    epilog = ("Commands from other packages that could not be loaded (install them to use these): "
+              + "; ".join(failed)) if failed else None
+    parser = argparse.ArgumentParser(prog="metasym", description=__doc__.splitlines()[0], epilog=epilog)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    for module in plugins:
+        module.register(sub)
     return parser
 
 

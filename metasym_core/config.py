@@ -17,9 +17,9 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
 def config_dirs() -> list[Path]:
     """Where bare system names are looked up, in order: this checkout's `config/`, then
-    `share/metasym_ros/config` of the Python prefix (`pip install .`) and of each ament prefix (colcon)."""
+    `share/metasym/config` of the Python prefix (`pip install .`) and of each ament prefix (colcon)."""
     prefixes = [sys.prefix] + [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
-    return [CONFIG_DIR] + [Path(p) / "share" / "metasym_ros" / "config" for p in prefixes]
+    return [CONFIG_DIR] + [Path(p) / "share" / "metasym" / "config" for p in prefixes]
 
 
 def _find(name: str) -> Path | None:

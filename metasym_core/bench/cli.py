@@ -5,13 +5,9 @@ carry their unit, each beside its baseline measured in the same run."""
 from __future__ import annotations
 
 import argparse
-import importlib
 
 from metasym_core.bench.report import DEFAULT_DOC, print_json
-
-# Benchmarks that live in other packages (ROS): module with `register_bench(sub, common)`.
-# They must not load ROS client libraries at import time; a missing package leaves its benchmark out.
-_PLUGINS = ["metasym_ros.bench_latency", "metasym_ros.bench_flight"]
+from metasym_core.plugins import BENCHES, load
 
 
 def _rollout(args: argparse.Namespace) -> int:
@@ -145,9 +141,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common(p)
     p.set_defaults(func=_control)
 
-    for name in _PLUGINS:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
+    # benchmarks of other packages (entry-point group `metasym.bench`, e.g. the ROS package's `ros` and
+    # `flight`): each module's `register_bench(sub, common)`; one that cannot be imported is left out
+    plugins, _ = load(BENCHES)
+    for module in plugins:
         module.register_bench(sub, common)
