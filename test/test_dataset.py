@@ -209,3 +209,11 @@ def test_cli_bad_input_is_one_line_and_leaves_no_file(tiny, tmp_path, capsys, ar
     err = capsys.readouterr().err.strip()
     assert err.startswith("metasym: error:") and message in err and "\n" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_set_values_parse_numbers_booleans_and_lists():
+    from metasym_core.systems.cli import parse_options
+
+    assert parse_options(["grid=4", "damped=false", "scale=1e-3", "fixed=[mass]", "pair=[1, x]", "none=[]",
+                          "source=flight"]) == {"grid": 4, "damped": False, "scale": 1e-3, "fixed": ["mass"],
+                                                "pair": [1, "x"], "none": [], "source": "flight"}

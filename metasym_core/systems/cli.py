@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--shard", help="k/n: only the systems i with i %% n == k")
     p.add_argument("--workers", help="processes (default: all cores)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="family option, e.g. --set grid=4 --set damped=false (repeatable)")
+                   help="family option, e.g. --set grid=4 --set damped=false --set fixed=[mass] (repeatable)")
     p.add_argument("--merge", nargs="+", metavar=("OUT", "PART"), help="merge shard files PART... into OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -61,7 +61,10 @@ def _int(name: str, text: str | None, default: int, minimum: int) -> int:
 
 
 def _value(text: str) -> object:
-    """A --set value: true/false, int, float, else the string."""
+    """A --set value: true/false, int, float, a list `[a, b]` of such values, else the string."""
+    if text.startswith("[") and text.endswith("]"):
+        inner = text[1:-1].strip()
+        return [_value(part.strip()) for part in inner.split(",")] if inner else []
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
     for cast in (int, float):
@@ -73,7 +76,7 @@ def _value(text: str) -> object:
 
 
 def parse_options(items: list[str]) -> dict[str, object]:
-    """["grid=4", "damped=false"] -> {"grid": 4, "damped": False}."""
+    """["grid=4", "damped=false", "fixed=[mass]"] -> {"grid": 4, "damped": False, "fixed": ["mass"]}."""
     options = {}
     for item in items:
         key, sep, value = item.partition("=")
