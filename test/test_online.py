@@ -302,3 +302,23 @@ def test_model_error_tracker_hands_out_past_contexts_with_the_applied_controls()
     assert late.due() is None
     with pytest.raises(ValueError, match="horizon"):
         ModelErrorTracker(3, 0)
+
+
+def test_rollout_candidates_apply_their_first_control_from_the_newest_state():
+    model = random_model(state_dim=4, control_dim=2, d_model=8, context=5)
+    predictor = OnlinePredictor(model, horizon=3)
+    rng = np.random.default_rng(2)
+    L, K, H = 5, 3, 6
+    xs, past, cand = rng.normal(size=(L, 4)), rng.normal(size=(L - 1, 2)), rng.normal(size=(K, H, 2))
+    out = predictor.rollout_candidates(xs, past, cand, 0.02)
+    assert out.shape == (K, H, 4)
+    for k in range(K):
+        ctx_u = np.concatenate([past, cand[k, :1]])
+        future = np.concatenate([cand[k, 1:], cand[k, -1:]])
+        ref = model.rollout(torch.as_tensor(xs)[None], torch.as_tensor(ctx_u)[None], 0.02, H,
+                            future_controls=torch.as_tensor(future)[None])[0].detach().numpy()
+        np.testing.assert_allclose(out[k], ref, rtol=1e-9, atol=1e-12)
+    with pytest.raises(MetaSymError, match="past controls"):
+        predictor.rollout_candidates(xs, past[:-1], cand, 0.02)
+    with pytest.raises(MetaSymError, match="candidates"):
+        predictor.rollout_candidates(xs, past, cand[..., :1], 0.02)

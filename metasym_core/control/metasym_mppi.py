@@ -16,7 +16,6 @@ import time
 from collections import deque
 
 import numpy as np
-import torch
 
 from metasym_core.control.cost import TrackingWeights, tracking_cost
 from metasym_core.control.mppi import MPPI, MPPIConfig
@@ -28,7 +27,7 @@ from metasym_core.systems import quadrotor as quad
 
 
 class MetaSymMPPI:
-    """`control(t, x12)` → thrusts [4]; `observe(x12, u)` is called by the loop after each applied control."""
+    """`control(t, x12)` → thrusts [4]; `observe(t, x12, u)` is called by the loop after each applied control."""
 
     def __init__(self, model: MetaSym, reference: FigureEight, dt: float, config: MPPIConfig | None = None,
                  learner_settings: dict | None = None, seed: int = 0, weights: TrackingWeights | None = None,
@@ -52,24 +51,10 @@ class MetaSymMPPI:
         self.adaptations: list[tuple[float, bool, int]] = []  # (t, accepted, version)
 
     def _rollout(self, x12: np.ndarray):
-        states = [s for s, _ in self.history] + [x12]
-        controls = [u for _, u in self.history]
-        L = len(states)
-        predictor, model = self.predictor, self.model
-        xs = predictor._tensor(np.asarray(states))
-        us_past = np.asarray(controls).reshape(L - 1, model.control_dim)
-
-        def rollout(candidates: np.ndarray) -> np.ndarray:
-            K, H, m = candidates.shape
-            ctx_u = np.concatenate([np.broadcast_to(us_past, (K, L - 1, m)), candidates[:, :1]], axis=1)
-            future = np.concatenate([candidates[:, 1:], candidates[:, -1:]], axis=1)
-            steps = torch.full((K, L + H), self.dt, dtype=predictor.dtype)
-            with torch.inference_mode():
-                out = model.rollout(xs[None].expand(K, L, model.state_dim), predictor._tensor(ctx_u), steps, H,
-                                    future_controls=predictor._tensor(future), local_params=predictor.local)
-            return predictor._numpy(out)
-
-        return rollout
+        """The candidates' rollout from the context window ending at the current state `x12`."""
+        states = np.asarray([s for s, _ in self.history] + [x12])
+        past = np.asarray([u for _, u in self.history]).reshape(len(self.history), self.model.control_dim)
+        return lambda candidates: self.predictor.rollout_candidates(states, past, candidates, self.dt)
 
     def control(self, t: float, x12: np.ndarray) -> np.ndarray:
         while self._pending and self._pending[0][0] <= t:  # adaptations that have finished by now

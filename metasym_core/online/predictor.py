@@ -172,6 +172,29 @@ class OnlinePredictor:
         return batch.mse(self._numpy(out))
 
     @torch.inference_mode()
+    def rollout_candidates(self, context_states: np.ndarray, past_controls: np.ndarray, candidates: np.ndarray,
+                           dt: float) -> np.ndarray:
+        """A controller's rollout: K control sequences [K, H, m] applied from the newest context state on, so
+        `candidates[:, 0]` is what would be applied now → trajectories [K, H, D]. `context_states` [L, D] at
+        steps of `dt`; `past_controls` [L - 1, m]: those applied from the first L − 1 of them."""
+        D, m = self.model.state_dim, self.model.control_dim
+        xs, us = np.asarray(context_states, dtype=np.float64), np.asarray(past_controls, dtype=np.float64)
+        cand = np.asarray(candidates, dtype=np.float64)
+        L = xs.shape[0]
+        if xs.ndim != 2 or xs.shape[1] != D or L < 1 or us.reshape(-1, m).shape != (L - 1, m):
+            raise MetaSymError(f"context states must be [L>=1, {D}] and past controls [L-1, {m}], got "
+                               f"{list(xs.shape)} and {list(us.shape)}")
+        if cand.ndim != 3 or cand.shape[0] < 1 or cand.shape[1] < 1 or cand.shape[2] != m:
+            raise MetaSymError(f"candidates must be [K>=1, H>=1, {m}], got {list(cand.shape)}")
+        K, H = cand.shape[:2]
+        ctx_u = np.concatenate([np.broadcast_to(us.reshape(L - 1, m), (K, L - 1, m)), cand[:, :1]], axis=1)
+        future = np.concatenate([cand[:, 1:], cand[:, -1:]], axis=1)  # entry k applied from predicted state k
+        steps = torch.full((K, L + H), float(dt), dtype=self.dtype, device=self.device)
+        out = self.model.rollout(self._tensor(xs)[None].expand(K, L, D), self._tensor(ctx_u), steps, H,
+                                 future_controls=self._tensor(future), local_params=self.local)
+        return self._numpy(out)
+
+    @torch.inference_mode()
     def rollout_batch(self, context_states: np.ndarray, context_controls: np.ndarray, context_dt: np.ndarray,
                       candidate_controls: np.ndarray, dt: float) -> tuple[np.ndarray, int]:
         """K candidate control sequences [K, H, m] from one context → trajectories [K, H, D] (one call)."""
