@@ -117,3 +117,10 @@ def test_bench_control_reports_every_controller_beside_the_nominal_mpc(tmp_path,
     assert png.stat().st_size > 10_000 and "## Closed loop" in doc.read_text()
     with pytest.raises(MetaSymError, match="change-at"):
         run_control_bench(seeds=1, seconds=3.0, change_at=2.5, doc=doc)
+
+
+def test_a_figure_eight_started_into_its_lap_is_the_same_path_shifted_in_time():
+    ref, later = FigureEight(), FigureEight(start_s=2.0)
+    t = np.linspace(0.0, 8.0, 17)
+    np.testing.assert_array_equal(later.position(t), ref.position(t + 2.0))
+    np.testing.assert_array_equal(later.velocity(t), ref.velocity(t + 2.0))

@@ -7,7 +7,7 @@ through the same +30 % mass change, lock-stepped (`control.closed_loop.fly`), ov
   (what a user without learning has);
 - `metasym_mppi_no_adapt`: MPPI on the MetaSym model, its meta-learned φ₀ throughout;
 - `metasym_mppi`: the same, adapting online with the config's learner (an accepted adaptation
-  reaches the rollouts after the time the adaptation took);
+  reaches the rollouts 0.2 s later, `MetaSymMPPI.adapt_delay_s`);
 - `oracle_mpc`: the Crocoddyl tracking MPC told of the change (the floor).
 
 A seed varies the MPPI sampling and the phase of the figure-8 (its start time). Figures: position
@@ -63,8 +63,7 @@ def run_control_bench(seeds: int = 5, seconds: float = 30.0, change_at: float = 
     flights = {name: [] for name in CONTROLLERS}
     runs = [(seed, name) for seed in range(seeds) for name in CONTROLLERS]
     for seed, name in tqdm(runs, desc="closed-loop flights", unit="flight"):
-        phase = FigureEight().period_s * seed / max(seeds, 1)
-        reference = _Shifted(FigureEight(), phase)
+        reference = FigureEight(start_s=FigureEight().period_s * seed / max(seeds, 1))
         controller = _controller(name, model, cfg, reference, dt, samples, horizon, seed)
         change = Change("mass", scale, change_at, tell=name == "oracle_mpc")
         flights[name].append(fly(controller, reference, seconds, dt, change))
@@ -114,19 +113,6 @@ def run_control_bench(seeds: int = 5, seconds: float = 30.0, change_at: float = 
             f"\n\n{markdown_table(header, rows)}")
     update_section("Closed loop: MPPI on MetaSym against the nominal MPC", body, command, doc=doc)
     return figures
-
-
-class _Shifted:
-    """A reference started `phase` seconds into its lap (the vehicle starts where it then is)."""
-
-    def __init__(self, reference, phase: float):
-        self.reference, self.phase = reference, phase
-
-    def position(self, t):
-        return self.reference.position(np.asarray(t, dtype=np.float64) + self.phase)
-
-    def velocity(self, t):
-        return self.reference.velocity(np.asarray(t, dtype=np.float64) + self.phase)
 
 
 def _mean(values) -> float:

@@ -19,13 +19,14 @@ from metasym_core.errors import MetaSymError
 @dataclass(frozen=True)
 class FigureEight:
     """A figure-8 of half-width `a` [m] (x) and half-height `b` [m] (y) flown once every `period_s`,
-    at `altitude` [m] around `center` (x, y), heading 0."""
+    at `altitude` [m] around `center` (x, y), heading 0; time 0 is `start_s` into the lap."""
 
     a: float = 1.5
     b: float = 1.5
     period_s: float = 8.0
     altitude: float = 1.75
     center: tuple[float, float] = (0.0, 0.0)
+    start_s: float = 0.0
 
     def __post_init__(self):
         for name in ("a", "b", "period_s", "altitude"):
@@ -35,7 +36,7 @@ class FigureEight:
 
     def position(self, t) -> np.ndarray:
         """Reference positions [..., 3] at times `t` [s] (an array or a number)."""
-        t = np.asarray(t, dtype=np.float64)
+        t = np.asarray(t, dtype=np.float64) + self.start_s
         w = 2.0 * math.pi / self.period_s
         x = self.center[0] + self.a * np.sin(w * t)
         y = self.center[1] + 0.5 * self.b * np.sin(2.0 * w * t)
@@ -43,7 +44,7 @@ class FigureEight:
 
     def velocity(self, t) -> np.ndarray:
         """Reference velocities [..., 3] at times `t`."""
-        t = np.asarray(t, dtype=np.float64)
+        t = np.asarray(t, dtype=np.float64) + self.start_s
         w = 2.0 * math.pi / self.period_s
         return np.stack([self.a * w * np.cos(w * t), self.b * w * np.cos(2.0 * w * t), np.zeros_like(t)], axis=-1)
 
