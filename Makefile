@@ -21,6 +21,8 @@ $(DEPS_STAMP):
 		--config-settings editable_mode=compat -e .
 	@rm -f $(VENV)/.deps-*
 	@touch $@
+	@# `pip install -e .` just compiled the rollout kernel in place: `make native` need not do it again
+	@touch $(NATIVE_STAMP)
 
 # The compiled rollout kernel (metasym_core/models/csrc), rebuilt in place when its sources change.
 NATIVE_STAMP := $(VENV)/.native-stamp

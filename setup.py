@@ -23,8 +23,10 @@ setup(
     # the compiled rollout kernel (metasym_core/models/native.py): plain C called through ctypes (the module
     # itself is empty); optional, so an install without a C compiler still works (rollouts: NumPy / torch)
     ext_modules=[Extension("metasym_core.models._native", sources=["metasym_core/models/csrc/rollout.c"],
-                           depends=["metasym_core/models/csrc/rollout_body.h"],
-                           extra_compile_args=["-O3", "-std=c11", "-fno-math-errno", "-Wno-psabi"], optional=True)],
+                           depends=["metasym_core/models/csrc/rollout_body.h",
+                                    "metasym_core/models/csrc/rollout_types.h"],
+                           extra_compile_args=["-O3", "-std=c11", "-ffp-contract=fast", "-fno-math-errno",
+                                               "-Wno-psabi"], optional=True)],
     install_requires=[
         "torch>=2.4",
         "numpy>=1.26",

@@ -9,8 +9,13 @@ exposes `register(subparsers)`, which adds its subcommands with `set_defaults(fu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 from metasym_core.errors import MetaSymError
 
@@ -38,12 +43,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_exit(_signum, _frame) -> None:
+    sys.stderr.write("metasym: interrupted during start-up; nothing was done\n")
+    sys.stderr.flush()
+    os._exit(0)
+
+
+@contextlib.contextmanager
+def _sigint_exits_quietly() -> Iterator[None]:
+    """While the parser imports every command (torch among them: seconds), SIGINT ends the process at once
+    with one line and code 0, instead of a KeyboardInterrupt traceback from inside an import: nothing has
+    started yet. The previous handler is back once the command runs. (Only the main thread may set it.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _quiet_exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns (and exits with) a non-zero code on any user error."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) > 1 and argv[0] == "bench" and argv[1].startswith("--") and argv[1] != "--help":
         argv.insert(1, "table1")  # `metasym bench --system S [--quick]` is the paper's benchmark (Table 1)
-    args = build_parser().parse_args(argv)
+    with _sigint_exits_quietly():
+        args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

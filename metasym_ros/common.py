@@ -104,24 +104,32 @@ def seconds_stamp(msg_stamp, seconds: float) -> None:
 
 
 def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:
-    """Init rclpy, spin the node from `factory` until SIGINT / shutdown, clean up. 0 on clean exit."""
+    """Init rclpy, spin the node from `factory` until SIGINT / shutdown, clean up. 0 on clean exit.
+
+    SIGINT is never raised as a KeyboardInterrupt here: one raised while the executor converts a message
+    surfaced as a RuntimeError from inside rclpy ("Unable to convert call argument"), a traceback and exit
+    code 1. rclpy's own handler (installed by `rclpy.init`) shuts the context down, which ends `spin` with
+    ExternalShutdownException; ours only records that the stop was asked for, so that whatever the shut-down
+    context makes fail meanwhile (a node still being constructed) counts as the clean exit it is."""
     node = None
     code = 0
+    interrupted = []
+    signal.signal(signal.SIGINT, lambda _signum, _frame: interrupted.append(True))
     try:
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on: KeyboardInterrupt, caught below
         rclpy.init(args=args)
         node = factory()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
+        if not interrupted:
+            rclpy.spin(node)
+    except ExternalShutdownException:
         pass
-    except RuntimeError:
-        if rclpy.ok():
-            raise
-        # SIGINT shut the context down while the executor was taking a message (a race inside
-        # rclpy: "Unable to convert call argument"); the node is stopping anyway: a clean exit
     except (MetaSymError, ParameterException) as exc:  # bad parameter / config / checkpoint: one line
-        print(f"metasym_ros: error: {exc}", file=sys.stderr)
-        code = 1
+        if not interrupted:
+            print(f"metasym_ros: error: {exc}", file=sys.stderr)
+            code = 1
+    except Exception:
+        if not interrupted and rclpy.ok():
+            raise
+        # stopping: the shut-down context made the node's start-up or the executor fail; a clean exit
     finally:
         if node is not None:
             node.destroy_node()

@@ -96,6 +96,9 @@ def launch(system: str, overrides: Mapping[str, object] | None = None, duration_
             while stop["signal"] is None and failed is None and (end is None or time.monotonic() < end):
                 failed = next((p for p in procs if p.poll() is not None), None)
                 time.sleep(0.05)
+            if stop["signal"] is not None:
+                print(f"metasym launch: {signal.Signals(stop['signal']).name} received; stopping the nodes",
+                      flush=True)
             codes = stop_all(procs, grace_s)
     finally:
         for proc in procs:  # only if something above raised

@@ -3,6 +3,7 @@
 import json
 
 from metasym_core.cli import main
+from metasym_core.models import native
 
 
 def test_bench_rollout_quick(tmp_path, capsys):
@@ -13,6 +14,9 @@ def test_bench_rollout_quick(tmp_path, capsys):
     figures = json.loads(out[-1])
     for key in ("b1_p50_ms", "b1_p99_ms", "baseline_b1_p50_ms", "b8_steps_per_s", "baseline_b8_steps_per_s"):
         assert figures[key] > 0
+    assert figures["speedup_b8_vs_baseline"] > 0 and figures["cpu_model"] and figures["threads"] >= 1
+    assert figures["kernel_isa"] in native.isas()
+    assert "rollout kernel ISA level" in "\n".join(out)
     text = doc.read_text()
     assert "## Rollout" in text and "| metasym | 1 |" in text and "| baseline | 8 |" in text
     # rerunning replaces the section instead of appending a second one

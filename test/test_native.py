@@ -221,3 +221,53 @@ def test_torch_path_where_the_kernel_does_not_apply(kernel_calls):
             ref = big.rollout(x, u, 0.01, 5)
     assert kernel_calls == [False] * 4  # the last one with the kernel switched off
     assert (got - ref).abs().max() < 1e-10
+
+
+def test_every_isa_level_this_cpu_runs_equals_the_reference(kernel_calls):
+    """Each ISA level (its own vector width: 16-byte SSE2, 32-byte AVX2, 64-byte AVX-512) gives the reference
+    rollout in float64 and float32, with a batch ending in a partial block; a level the CPU lacks is refused."""
+    from metasym_core.errors import MetaSymError
+
+    model = random_model(layers=2, context=6)
+    model32 = copy.deepcopy(model).float()
+    x, u, h, fu = _inputs(37, 8, 9)
+    with torch.no_grad():
+        ref = model.rollout_reference(x, u, h, 9, future_controls=fu)
+    levels = native.isas()
+    assert levels and native.isa() in levels
+    ran = []
+    try:
+        for level in levels:
+            try:
+                native.use_isa(level)
+            except MetaSymError as err:
+                assert "does not support" in str(err)
+                continue
+            assert native.isa() == level
+            with torch.no_grad():
+                out = model.rollout(x, u, h, 9, future_controls=fu)
+                out32 = model32.rollout(x.float(), u.float(), h.float(), 9, future_controls=fu.float())
+            assert (out - ref).abs().max() < 1e-10
+            assert (out32.double() - ref).abs().max() < 1e-4 * max(1.0, float(ref.abs().max()))
+            ran.append(level)
+    finally:
+        native.use_isa("best")
+    assert kernel_calls == [True] * 2 * len(ran)
+    assert levels[-1] in ran  # the baseline level runs everywhere
+
+
+def test_unknown_isa_level_is_refused_and_the_environment_picks_one():
+    import subprocess
+    import sys
+
+    from metasym_core.errors import MetaSymError
+
+    with pytest.raises(MetaSymError, match="no ISA level 'avx9000'"):
+        native.use_isa("avx9000")
+    baseline = native.isas()[-1]
+    code = "from metasym_core.models import native; print(native.isa())"
+    for value, want in ((baseline, baseline), ("avx9000", native.isa())):
+        env = {**__import__("os").environ, native.ISA_ENV: value}
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0 and run.stdout.split() == [want]
+        assert ("ignored: no ISA level 'avx9000'" in run.stderr) == (value == "avx9000")

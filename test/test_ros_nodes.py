@@ -254,6 +254,41 @@ def test_sigint_during_start_up_exits_cleanly(tmp_path, delay_s):
     assert proc.returncode == 0 and "Traceback" not in out, out[-2000:]
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("delay_s", [0.5, 2.0, 5.0])
+@pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "launcher-only"])
+def test_ctrl_c_on_the_launcher_at_any_moment_of_start_up_exits_cleanly(delay_s, terminal):
+    """Ctrl-C 0.5 s, 2 s or 5 s after `metasym launch` (its own imports, the nodes' imports, the graph up):
+    exit code 0, one line about it, no traceback, no node left. From a terminal, SIGINT reaches the
+    whole process group (launcher and nodes at once); `launcher-only` signals the launcher alone."""
+    cmd = [sys.executable, "-m", "metasym_core.cli", "launch", "quadrotor", "--set", "horizon=5"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        time.sleep(delay_s)
+        if terminal:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out[-3000:]
+        assert "Traceback" not in out and "unclean" not in out and "KeyboardInterrupt" not in out, out[-3000:]
+        said = [line for line in out.splitlines() if "interrupted during start-up" in line or "SIGINT received" in line]
+        assert len(said) == 1, out[-3000:]  # one line says what happened
+        _wait(lambda: not _group_alive(proc.pid), "no node left after the launcher", deadline=15)
+    finally:
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.wait()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGKILL], ids=["closed-terminal", "killed"])
 def test_no_node_outlives_its_launcher(sig):
     cmd = [sys.executable, "-m", "metasym_core.cli", "launch", "quadrotor", "--set", "horizon=5"]

@@ -14,7 +14,7 @@ def _rollout(args: argparse.Namespace) -> int:
     from metasym_core.bench.rollout import run_rollout_bench
 
     figures = run_rollout_bench(args.config, horizon=args.horizon, repeats=args.repeats, big_batch=args.batch,
-                                doc=args.doc, device=args.device)
+                                doc=args.doc, device=args.device, isa=args.isa)
     if args.json:
         print_json(figures)
     return 0
@@ -91,6 +91,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=1024, help="the large batch size")
     p.add_argument("--device", default="auto",
                    help="auto (CUDA rows too when a GPU is present), cpu, or cuda[:N] (default auto)")
+    p.add_argument("--isa", default=None,
+                   help="the compiled kernel's ISA level: x86-64-v4 (AVX-512), x86-64-v3 (AVX2 + FMA), x86-64 "
+                        "(SSE2) or best (default: best, or $METASYM_NATIVE_ISA)")
     common(p)
     p.set_defaults(func=_rollout)
 

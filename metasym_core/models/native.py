@@ -8,6 +8,10 @@ in per-block rings, so a step is a few thousand fused multiply-adds per row and
 nothing else. Rows are independent: batches are split over `torch.get_num_threads()`
 threads (ctypes releases the GIL during the call).
 
+The kernel is compiled for several ISA levels (x86-64: AVX-512, AVX2 + FMA, SSE2), each with
+vectors of its native width; the best the CPU supports runs, or the one `use_isa` or the
+`METASYM_NATIVE_ISA` environment variable names (to time the AVX2 path on an AVX-512 machine).
+
 The kernel is an optional extension built by `pip install .` / `make` (setup.py);
 where it is absent (no C compiler) `try_rollout` returns None and the NumPy or
 torch path runs. It serves CPU float32/float64 rollouts without autograd in eval
@@ -23,14 +27,18 @@ import math
 import os
 import sys
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
+from metasym_core.errors import MetaSymError
 from metasym_core.models import fastpath
 
-ABI_VERSION = 2
+ABI_VERSION = 3
+#: names the ISA level the kernel uses (`isas()` lists them; "best" is the default)
+ISA_ENV = "METASYM_NATIVE_ISA"
 #: larger models stay on the torch path: their weights, re-read for every block of 16 rows and every token,
 #: no longer fit the cache (2-core Xeon, float32, B=1..256: d_model 64 / state 200, ~100k values, 1.3-2.6x
 #: faster than torch; d_model 128 / state 12, ~210k, even; the 10x10 spring mesh's d_model 256, ~850k, 1.5-3x slower)
@@ -75,8 +83,52 @@ def _load() -> ctypes.CDLL | None:
         fn.restype = ctypes.c_int
         fn.argtypes = [pointer, pointer, ctypes.c_long, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                        pointer, pointer, pointer, pointer]
-    lib.lanes = lib.metasym_native_lanes()
+    lib.metasym_native_isa.restype = lib.metasym_native_isas.restype = ctypes.c_char_p
+    lib.metasym_native_use.argtypes = [ctypes.c_char_p]
+    lib.metasym_native_lanes.argtypes = [ctypes.c_int]
+    wanted = os.environ.get(ISA_ENV, "").strip()
+    if wanted:
+        try:
+            _use(lib, wanted)
+        except MetaSymError as err:
+            warnings.warn(f"{ISA_ENV} ignored: {err}", RuntimeWarning, stacklevel=2)
     return lib
+
+
+def _use(lib: ctypes.CDLL, name: str) -> None:
+    code = lib.metasym_native_use(name.encode())
+    if code == -1:
+        raise MetaSymError(f"no ISA level {name!r} in the rollout kernel; it has: best, {', '.join(_isas(lib))}")
+    if code == -2:
+        raise MetaSymError(f"this CPU does not support the rollout kernel's ISA level {name!r}")
+
+
+def _isas(lib: ctypes.CDLL) -> list[str]:
+    return lib.metasym_native_isas().decode().split()
+
+
+def isa() -> str | None:
+    """The ISA level the kernel runs (e.g. "x86-64-v3"), or None when it is not built."""
+    lib = library()
+    return None if lib is None else lib.metasym_native_isa().decode()
+
+
+def isas() -> list[str]:
+    """The ISA levels the built kernel has, best first (empty when it is not built)."""
+    lib = library()
+    return [] if lib is None else _isas(lib)
+
+
+def use_isa(name: str) -> None:
+    """Run the kernel on ISA level `name` ("best": the best this CPU supports) from now on, in this process.
+
+    Raises MetaSymError when the kernel is not built, lacks the level or the CPU does not support it.
+    Not to be called while a rollout runs."""
+    lib = library()
+    if lib is None:
+        raise MetaSymError("the compiled rollout kernel is not built (make native)")
+    with _lock:
+        _use(lib, name)
 
 
 def available() -> bool:
@@ -189,13 +241,14 @@ def try_rollout(model, states: torch.Tensor, controls: torch.Tensor, h: torch.Te
         return fn(packed.dims.ctypes.data, weights.ctypes.data, weights.size, r1 - r0, T, horizon, int(shared),
                   x0[0 if shared else r0:].ctypes.data, u[r0:].ctypes.data, hs[r0:].ctypes.data, out[r0:].ctypes.data)
 
-    blocks = -(-B // lib.lanes)
+    lanes = lib.metasym_native_lanes(out.itemsize)
+    blocks = -(-B // lanes)
     workers = max(1, min(torch.get_num_threads(), blocks))
     if workers == 1:
         codes = [run(0, B)]
     else:
         # contiguous chunks of whole lane blocks, one per thread
-        bounds = [min(B, lib.lanes * (blocks * i // workers)) for i in range(workers + 1)]
+        bounds = [min(B, lanes * (blocks * i // workers)) for i in range(workers + 1)]
         codes = list(_pool(workers).map(run, bounds[:-1], bounds[1:]))
     if any(codes):
         raise RuntimeError(f"metasym rollout kernel failed with codes {codes} (packed weights do not match dims)")

@@ -1,4 +1,4 @@
-/* The kernel body, included by rollout.c once per REAL type (see there). */
+/* The kernel body, included by rollout_types.h once per ISA level and REAL type (see rollout.c). */
 #define CAT2_(a, b) a##_##b
 #define CAT2(a, b) CAT2_(a, b)
 #define FN(name) CAT2(name, SFX)
@@ -287,8 +287,7 @@ static INLINE void FN(run_block)(const FN(Model) * M, int r0, int nrows, int T, 
 static _Thread_local vec *FN(scratch);
 static _Thread_local size_t FN(scratch_size);
 
-MULTIVERSION
-int FN(metasym_rollout)(const int *dims, const REAL *w, long nweights, int B, int T, int horizon, int shared,
+static int FN(metasym_rollout)(const int *dims, const REAL *w, long nweights, int B, int T, int horizon, int shared,
                         const REAL *x0, const REAL *u, const REAL *h, REAL *out) {
   if (B < 0 || T < 1 || horizon < 1 || dims[DIM_L] < 1 || dims[DIM_L] > MAX_LAYERS) return -1;
   FN(Model) M;
