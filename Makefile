@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DEPS_HASH := $(shell cat requirements.txt setup.py | sha256sum | cut -c1-16)
 DEPS_STAMP := $(VENV)/.deps-$(DEPS_HASH)
 
-.PHONY: all venv native interfaces test lint demo bench clean
+.PHONY: all venv native interfaces test test-fast lint demo bench clean
 
 all: venv native interfaces
 
@@ -51,8 +51,13 @@ $(ROS_IFACE_STAMP): $(DEPS_STAMP) $(ROS_IFACE_INPUTS)
 lint: venv
 	$(VENV)/bin/ruff check metasym_core metasym_ros test launch setup.py
 
+# the whole suite (what CI runs)
 test: venv native interfaces lint
 	$(PY) -m pytest -q test
+
+# the development tier: everything but the tests marked slow (pyproject.toml)
+test-fast: venv native interfaces lint
+	$(PY) -m pytest -q -m "not slow" test
 
 # Offline: simulate quadrotors, meta-train (cached in runs/demo), adapt to unseen ones, plot.
 # Then online: fly the ROS graph 30 s with a +30 % mass change at 10 s, adapting live.

@@ -35,15 +35,19 @@ def perturbed_system(seed: int = 0, only: str = "", size: float = 0.5):
 
 
 def spy_on(monkeypatch, module, name: str) -> list[bool]:
-    """Wrap `module.name` (a rollout path returning None where it does not apply); the list records,
-    call by call, whether that path produced the result."""
+    """Wrap `module.name`, or `module[name]` of a dict such as `backends.BACKENDS` (a rollout path
+    returning None where it does not apply); the list records, call by call, whether that path
+    produced the result."""
     calls: list[bool] = []
-    real = getattr(module, name)
+    real = module[name] if isinstance(module, dict) else getattr(module, name)
 
     def spy(*args, **kwargs):
         out = real(*args, **kwargs)
         calls.append(out is not None)
         return out
 
-    monkeypatch.setattr(module, name, spy)
+    if isinstance(module, dict):
+        monkeypatch.setitem(module, name, spy)
+    else:
+        monkeypatch.setattr(module, name, spy)
     return calls

@@ -11,6 +11,7 @@ from metasym_core.cli import main
 from metasym_core.errors import MetaSymError
 
 
+@pytest.mark.slow
 def test_table1_quick_quadrotor(tmp_path, capsys):
     out, doc = tmp_path / "t1", tmp_path / "benchmarks.md"
     assert main(["bench", "table1", "--system", "quadrotor", "--quick", "--out", str(out), "--doc", str(doc),
@@ -72,6 +73,7 @@ def test_table1_reports_a_failed_system_and_goes_on(tmp_path, monkeypatch):
     assert "quadrotor: **failed**" in doc.read_text()
 
 
+@pytest.mark.slow
 def test_table1_quick_conservative_spring_mesh_reports_energy(tmp_path, capsys):
     """Ablation D.1: the undamped mesh, with the energy of every model's rollouts (figures and plot)."""
     out, doc = tmp_path / "t1", tmp_path / "benchmarks.md"

@@ -4,6 +4,8 @@ the `metasym` command's parser) never imports rclpy."""
 import subprocess
 import sys
 
+import pytest
+
 SCRIPT = """
 import importlib, pkgutil, sys
 import metasym_core
@@ -17,6 +19,7 @@ sys.exit(1 if bad else 0)
 """
 
 
+@pytest.mark.slow
 def test_core_imports_no_ros():
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

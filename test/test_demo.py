@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from metasym_core.cli import main
 
 
+@pytest.mark.slow
 def test_demo_small(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--max-steps", "12", "--shots", "60", "--horizon", "20"]) == 0

@@ -57,6 +57,7 @@ def test_learner_settings_change_live_and_bad_ones_change_nothing(tmp_path):
     assert learner.detector is None
 
 
+@pytest.mark.slow
 def test_replayed_learner_stays_quiet_in_steady_flight_and_adapts_to_a_heavier_quadrotor():
     """The learner with the residual-bias test (`metasym bench learner`'s settings) on the bundled model,
     lock-stepped: no attempt in 20 s of steady flight, and a first accepted adaptation within 1 s of a +30 %
@@ -95,6 +96,7 @@ def test_alarms_that_no_adaptation_answers_end_the_burst_and_renew_the_reference
     assert not learner.detector.ready and learner.detector.spread is None  # a new reference, spreads included
 
 
+@pytest.mark.slow
 def test_replayed_flight_meets_the_adaptation_acceptance_criterion():
     """The flight issue's criterion, lock-stepped (the live `metasym flight` test checks the plumbing; its
     timing depends on the machine): the quadrotor config's learner on the bundled model, 15 s of flight with

@@ -19,7 +19,7 @@ import sys
 
 import pytest
 
-pytestmark = [pytest.mark.ros, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.timeout(180)]  # slow: graphs of 3 processes
 
 DURATION_S, CHANGE_S = 15.0, 5.0  # simulated seconds (the shortened flight)
 

@@ -65,6 +65,7 @@ def test_encoder_maml_loss_decreases_and_stays_symplectic():
     assert torch.allclose(enc.inverse(enc(y, 0.05), 0.05), y, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_encoder_maml_trains_on_a_10x10_spring_mesh(monkeypatch):
     """Issue 7: at 10x10, positions ~9 grid units and increment stds down to 4e-5 (short runs, next to
     the fixed row) made the encoder's support loss so stiff that MAML diverged on its first step.
@@ -153,6 +154,7 @@ def test_bilevel_vmap_matches_per_system_loop_and_orders_differ():
     assert all(frozen[n] is None or not frozen[n].any() for n in local)
 
 
+@pytest.mark.slow
 def test_meta_training_beats_pooled_and_adaptation_halves_ood_error(tmp_path):
     """Acceptance: OOD rollout MSE after K-shot adaptation <= half the unadapted one, and below a
     same-size model trained without meta-learning on the pooled data."""

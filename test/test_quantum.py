@@ -72,6 +72,7 @@ def test_ranges_and_sampling():
     assert make_family("quantum", fock_dim=12, alpha_range=(0.5, 1.5)).fock_dim == 12
 
 
+@pytest.mark.slow
 def test_record_mean_is_scaled_hidden_quadrature():
     """E[I_k] = √(2ηγ(n̄+1))·⟨x⟩(t_k), E[Q_k] = √(2ηγ(n̄+1))·⟨p⟩(t_k), noise std √(2/dt).
 

@@ -195,6 +195,7 @@ def test_bad_states_are_dropped_and_counted_while_predictions_continue():
         assert all(len(p.states) == 5 * 12 for p in preds)
 
 
+@pytest.mark.slow
 def test_launched_graph_exits_cleanly_on_sigint():
     from metasym_ros.msg import Prediction
 
@@ -235,6 +236,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay_s", [0.3, 1.5])
 def test_sigint_during_start_up_exits_cleanly(tmp_path, delay_s):
     """Ctrl-C while a node still imports torch or loads its model: exit code 0, no traceback."""
@@ -262,6 +264,7 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay_s", [0.5, 2.0, 5.0])
 @pytest.mark.parametrize("terminal", [True, False], ids=["terminal", "launcher-only"])
 def test_ctrl_c_on_the_launcher_at_any_moment_of_start_up_exits_cleanly(delay_s, terminal):
@@ -289,6 +292,7 @@ def test_ctrl_c_on_the_launcher_at_any_moment_of_start_up_exits_cleanly(delay_s,
             proc.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGKILL], ids=["closed-terminal", "killed"])
 def test_no_node_outlives_its_launcher(sig):
     cmd = [sys.executable, "-m", "metasym_core.cli", "launch", "quadrotor", "--set", "horizon=5"]

@@ -225,6 +225,7 @@ def test_train_service_refuses_while_training_and_stops_on_shutdown(tiny_data, t
     assert learner.live.model_path == str(run / "final.pt")
 
 
+@pytest.mark.slow
 @pytest.mark.ros
 @pytest.mark.timeout(120)
 def test_sigint_during_training_exits_cleanly_and_leaves_last_pt(tiny_data, tmp_path):

@@ -16,6 +16,7 @@ from _ros_env import ros_context, wait_for  # isolates DDS before any rclpy use
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(180)]
 
 
+@pytest.mark.slow
 def test_adaptation_reaches_a_predictor_that_shares_no_files_with_the_learner(tmp_path):
     import os
 

@@ -164,6 +164,7 @@ def _ddp_worker(rank: int, world: int, port: int, folder: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_data_parallel_matches_single_process(data, tmp_path):
     import socket
 

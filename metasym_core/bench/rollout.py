@@ -50,15 +50,13 @@ def naive_rollout(model: MetaSym, states: torch.Tensor, controls: torch.Tensor, 
 
 
 def _torch_rollout(model: MetaSym, *args) -> torch.Tensor:
-    """`model.rollout` on the torch streaming path (the kernel and the NumPy path switched off)."""
-    with native.disabled(), fastpath.disabled():
-        return model.rollout(*args)
+    """`model.rollout` on the torch streaming backend."""
+    return model.rollout(*args, backend="torch")
 
 
 def _numpy_rollout(model: MetaSym, *args) -> torch.Tensor:
-    """`model.rollout` with the kernel switched off: the NumPy path where it applies."""
-    with native.disabled():
-        return model.rollout(*args)
+    """`model.rollout` on the NumPy backend."""
+    return model.rollout(*args, backend="numpy")
 
 
 def _path(model: MetaSym, args: tuple) -> str:

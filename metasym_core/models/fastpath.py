@@ -4,9 +4,10 @@ A quadrotor-sized step is ~80 tiny ops; torch spends ~2.5 µs of dispatch on eac
 NumPy ~0.3-0.6 µs. This module folds a model's weights once (cached per model and
 per `local_params`, re-folded when a parameter changes) into a few matrices, so
 that one step is ~60 NumPy calls (a third of them cheap slices), and runs the whole rollout (prefill included)
-in float64. `try_rollout` is what `MetaSym.rollout` calls; it returns None when
-the fast path does not apply (gradients needed, GPU, large batch, dropout on, ...)
-and the torch path runs instead.
+in float64. `try_rollout` is the `numpy` rollout backend (`backends.py`); it returns None
+when it does not apply (gradients needed, GPU, large batch, dropout on, ...). It stays for
+installs without a C compiler, where `auto` takes it for batches ≤ MAX_BATCH; the compiled
+kernel also uses its fold cache (`cached`, `inference_entry`).
 
 What is folded:
 - the encoder for a given step size h: the shears of each linear module compose to
@@ -31,12 +32,9 @@ denominator is recorded and the result is only used when all lie in
 
 from __future__ import annotations
 
-import contextlib
 import math
 import operator
-import sys
 import weakref
-from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -52,8 +50,6 @@ MAX_PREFILL_ROWS = 320
 #: wider models (d_model·heads, state) lose: the folded per-head matrices grow H-fold and the work is
 #: FLOPs, not overhead (spring mesh, d_model 256: 247 ms vs 31 ms on the torch path at B=1)
 MAX_WIDTH, MAX_STATE = 256, 64
-#: set False (or use `disabled()`) to force the torch path, e.g. to time it
-enabled = True
 _CACHE_FOLDS = 4      # folds kept per model (the model's own weights plus a few local_params sets)
 _CACHE_STEPS = 256    # encoder tables kept per fold (one per distinct step size)
 _SAFE = (1e-290, 1e290)
@@ -354,26 +350,9 @@ def inference_entry(model, tensors: list[torch.Tensor]) -> tuple | None:
     return None if any(mod.training for mod in entry[0].modules) else entry
 
 
-def disabled() -> contextlib.AbstractContextManager[None]:
-    """Run `MetaSym.rollout` without the NumPy path inside this block (benchmarks, comparisons)."""
-    return switched_off(sys.modules[__name__])
-
-
-@contextlib.contextmanager
-def switched_off(module) -> Iterator[None]:
-    """Set `module.enabled` (a rollout path's switch) to False inside this block."""
-    before, module.enabled = module.enabled, False
-    try:
-        yield
-    finally:
-        module.enabled = before
-
-
 def try_rollout(model, states: torch.Tensor, controls: torch.Tensor, h: torch.Tensor, future: torch.Tensor,
                 horizon: int, local: dict[str, torch.Tensor] | None) -> torch.Tensor | None:
     """`MetaSym.rollout` on checked inputs (`h [B, T + horizon, 1]`) via NumPy, or None if it does not apply."""
-    if not enabled:
-        return None
     B, T = states.shape[:2]
     extra = list(local.values()) if local else []
     entry = applicable(model, [states, controls, h, future, *extra], B)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from metasym_core.errors import MetaSymError
-from metasym_core.models import cudagraph, fastpath, native
+from metasym_core.models import backends
 from metasym_core.models.decoder import ActiveDecoder
 from metasym_core.models.encoder import SymplecticEncoder
 from metasym_core.models.normalization import fit_normalization, normalize, register_normalization
@@ -111,7 +111,7 @@ class MetaSym(nn.Module):
 
     def rollout(self, states: torch.Tensor, controls: torch.Tensor, steps: float | torch.Tensor, horizon: int,
                 future_controls: torch.Tensor | None = None,
-                local_params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+                local_params: dict[str, torch.Tensor] | None = None, backend: str = "auto") -> torch.Tensor:
         """Predict the `horizon` states after the last observed one: `[B, horizon, D]`.
 
         Args:
@@ -120,21 +120,13 @@ class MetaSym(nn.Module):
             future_controls: `[B, horizon, m]`, entry k applied at predicted state k
                 (the last entry is unused); default: hold the last control.
             local_params: adapted meta-attention weights (from `adapt`); the module is not changed.
+            backend: "auto" (the fastest that applies: the compiled kernel for CPU inference, CUDA graphs on
+                the GPU, streaming torch with autograd), or one of `backends.BACKENDS` by name, which must
+                apply (see `metasym_core.models.backends`). All give the same rollout to round-off.
         """
         states, controls, h, future = self._rollout_args(states, controls, steps, horizon, future_controls,
                                                          local_params)
-        # CPU inference: the compiled kernel (same results to round-off), else for small batches NumPy
-        fast = native.try_rollout(self, states, controls, h, future, horizon, local_params)
-        if fast is not None:
-            return fast
-        fast = fastpath.try_rollout(self, states, controls, h, future, horizon, local_params)
-        if fast is not None:
-            return fast
-        # CUDA without autograd: replay a captured graph (kernel launches dominate these small models)
-        graphed = cudagraph.rollout(self, states, controls, h, future, horizon, local_params)
-        if graphed is not None:
-            return graphed
-        return self._rollout_cached(states, controls, h, future, horizon, local_params)
+        return backends.run(backend, self, states, controls, h, future, horizon, local_params)
 
     def _rollout_cached(self, states, controls, h, future, horizon, local_params, shift: bool | None = None
                         ) -> torch.Tensor:
@@ -165,6 +157,9 @@ class MetaSym(nn.Module):
         """The plain rollout: re-run the whole sequence every step. Slow; the yardstick for `rollout`."""
         states, controls, h, future = self._rollout_args(states, controls, steps, horizon, future_controls,
                                                          local_params)
+        return self._rollout_plain(states, controls, h, future, horizon, local_params)
+
+    def _rollout_plain(self, states, controls, h, future, horizon, local_params) -> torch.Tensor:
         T = states.shape[1]
         xs, us = states, controls
         outs = []

@@ -21,11 +21,9 @@ and equals `MetaSym.rollout_reference` to round-off (test/test_native.py).
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import math
 import os
-import sys
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -43,8 +41,6 @@ ISA_ENV = "METASYM_NATIVE_ISA"
 #: no longer fit the cache (2-core Xeon, float32, B=1..256: d_model 64 / state 200, ~100k values, 1.3-2.6x
 #: faster than torch; d_model 128 / state 12, ~210k, even; the 10x10 spring mesh's d_model 256, ~850k, 1.5-3x slower)
 MAX_WEIGHTS = 150_000
-#: set False (or use `disabled()`) to force the NumPy / torch paths, e.g. to time them
-enabled = True
 _ACTIVATIONS = {"sigmoid": 0, "tanh": 1, "elu": 2}
 _DTYPES = {torch.float32: (np.float32, "f32"), torch.float64: (np.float64, "f64")}
 _lock = threading.Lock()
@@ -136,11 +132,6 @@ def available() -> bool:
     return library() is not None
 
 
-def disabled() -> contextlib.AbstractContextManager[None]:
-    """Run `MetaSym.rollout` without the kernel inside this block (benchmarks, comparisons)."""
-    return fastpath.switched_off(sys.modules[__name__])
-
-
 class Packed:
     """A model's weights (with one set of local parameters) folded and packed in the kernel's order.
 
@@ -211,8 +202,6 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 def try_rollout(model, states: torch.Tensor, controls: torch.Tensor, h: torch.Tensor, future: torch.Tensor,
                 horizon: int, local: dict[str, torch.Tensor] | None) -> torch.Tensor | None:
     """`MetaSym.rollout` on checked inputs (`h [B, T + horizon, 1]`) via the kernel, or None if it does not apply."""
-    if not enabled:
-        return None
     lib = library()
     if lib is None:
         return None
