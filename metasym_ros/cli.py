@@ -7,8 +7,7 @@ import argparse
 import yaml
 
 from metasym_core.errors import MetaSymError
-
-SYSTEMS = ("quadrotor", "spring_mesh", "quantum")
+from metasym_ros.graph import LAUNCH_ARGUMENTS, SYSTEMS
 
 
 def _override(text: str) -> tuple[str, object]:
@@ -26,8 +25,9 @@ def register(subparsers) -> None:
     p.add_argument("system", choices=SYSTEMS)
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", type=_override, action="append", default=[],
                    help="override a node parameter: node.param=value (e.g. predictor.horizon=20) or a "
-                        "launch argument (checkpoint, horizon, device, rate_hz, change_param, change_scale, "
-                        "change_time)")
+                        "launch argument: " + "; ".join(
+                            f"{arg} ({', '.join(f'{node}.{param}' for node, param in targets)})"
+                            for arg, targets in LAUNCH_ARGUMENTS.items()))
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.set_defaults(func=_run)
     _register_flight(subparsers)

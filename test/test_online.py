@@ -274,6 +274,19 @@ def test_launcher_command_and_cli_need_no_rclpy(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+def test_launch_help_lists_every_launch_argument(capsys):
+    from metasym_core.cli import main
+    from metasym_ros.graph import LAUNCH_ARGUMENTS, SYSTEMS
+
+    with pytest.raises(SystemExit) as done:
+        main(["launch", "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for arg, targets in LAUNCH_ARGUMENTS.items():
+        assert f"{arg} (" in text and all(f"{node}.{param}" in text for node, param in targets), arg
+    assert "{" + ",".join(SYSTEMS) + "}" in text
+
+
 def test_model_error_tracker_hands_out_past_contexts_with_the_applied_controls():
     from metasym_core.online.realised import ModelErrorTracker
 
