@@ -34,10 +34,9 @@ setup(
         "tqdm>=4.66",
         "matplotlib>=3.8",
         "PyYAML>=6.0",
-        "h5py>=3.10",
     ],
     extras_require={
-        "systems": ["qutip>=5.3,<5.4", "crocoddyl>=3.2,<3.3", "pin==4.0.0", "example-robot-data", "transforms3d"],
+        "systems": ["qutip>=5.3,<5.4", "crocoddyl>=3.2,<3.3", "pin==4.0.0", "example-robot-data"],
         "dev": ["pytest", "pytest-timeout", "ruff"],
     },
     # the per-system configs, where metasym_core.config looks for them after `pip install .`
