@@ -328,3 +328,15 @@ static int FN(metasym_rollout)(const int *dims, const REAL *w, long nweights, in
 #undef FN
 #undef vec
 #undef ivec
+#undef REAL
+#undef SFX
+#undef LANES
+#undef SINT
+#undef MAGIC
+#undef MANT
+#undef EBIAS
+#undef EXP_LO
+#undef EXP_HI
+#undef LN2_HI
+#undef LN2_LO
+#undef POLY

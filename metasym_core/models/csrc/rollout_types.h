@@ -1,6 +1,6 @@
 /* One ISA level of the kernel: the body (rollout_body.h) for float and for double, with as many rows per
  * vector as VBYTES (the level's native vector width in bytes) holds. Included by rollout.c with ISA and
- * VBYTES defined, inside that level's `#pragma GCC target`. */
+ * VBYTES defined, inside that level's `#pragma GCC target`. The body #undefs the macros defined here. */
 #define CAT3_(a, b) a##_##b
 #define CAT3(a, b) CAT3_(a, b)
 
@@ -17,18 +17,6 @@
 #define LN2_LO (-2.12194440e-4f)
 #define POLY 7
 #include "rollout_body.h"
-#undef REAL
-#undef SFX
-#undef LANES
-#undef SINT
-#undef MAGIC
-#undef MANT
-#undef EBIAS
-#undef EXP_LO
-#undef EXP_HI
-#undef LN2_HI
-#undef LN2_LO
-#undef POLY
 
 #define REAL double
 #define SFX CAT3(f64, ISA)
@@ -43,17 +31,5 @@
 #define LN2_LO 1.90821492927058770002e-10
 #define POLY 13
 #include "rollout_body.h"
-#undef REAL
-#undef SFX
-#undef LANES
-#undef SINT
-#undef MAGIC
-#undef MANT
-#undef EBIAS
-#undef EXP_LO
-#undef EXP_HI
-#undef LN2_HI
-#undef LN2_LO
-#undef POLY
 #undef CAT3_
 #undef CAT3
