@@ -62,7 +62,7 @@ class FlightConfig:
 
     def validate(self) -> None:
         """Raise MetaSymError (one line) on a bad argument."""
-        from metasym_core.systems.quadrotor_flight import SET_PARAM_RANGE
+        from metasym_core.systems.quadrotor.flight import SET_PARAM_RANGE
 
         if not (math.isfinite(self.duration_s) and self.duration_s > 0):
             raise MetaSymError(f"--duration must be a positive number of simulated seconds, got {self.duration_s}")

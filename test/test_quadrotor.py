@@ -14,7 +14,7 @@ pytest.importorskip("example_robot_data")
 from metasym_core.errors import MetaSymError  # noqa: E402
 from metasym_core.systems import make_family  # noqa: E402
 from metasym_core.systems import quadrotor as quad  # noqa: E402
-from metasym_core.systems.quadrotor_flight import FlightSimulator  # noqa: E402
+from metasym_core.systems.quadrotor.flight import FlightSimulator  # noqa: E402
 
 NOMINAL = dict.fromkeys(quad.PARAM_NAMES, 1.0)
 # Honest end-of-flight tolerances for the last stored sample (t = (T-1)·dt); the
@@ -294,3 +294,21 @@ def test_set_param_rejects_unknown_names_and_scales():
         sim.set_param("mass", float("nan"))
     sim.set_param("arm_scale", 1.1)
     assert sim.params["arm_scale"] == 1.1
+
+
+def test_the_quadrotor_modules_import_one_way():
+    """`_model` imports neither `family` nor `flight`, and `flight` imports `_model` only (issue 19: the
+    family module and the flight simulator used to import each other)."""
+    import ast
+    import inspect
+
+    from metasym_core.systems.quadrotor import _model, family, flight
+
+    def imported(module) -> set[str]:
+        tree = ast.parse(inspect.getsource(module))
+        return ({n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+                | {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names})
+
+    ours = {m for m in imported(_model) | imported(flight) if m.startswith("metasym_core.systems.quadrotor")}
+    assert ours == {"metasym_core.systems.quadrotor._model"}
+    assert "metasym_core.systems.quadrotor.flight" in imported(family)

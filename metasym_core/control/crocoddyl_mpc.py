@@ -1,7 +1,7 @@
 """Crocoddyl MPC tracking a time-parameterised reference: the model-based baselines of the closed loop.
 
 The same optimal-control problem as the simulator's MPC (`systems.quadrotor.ocp_costs`,
-`quadrotor_flight.MPC_WEIGHTS`, BoxFDDP warm-started every period, 20 nodes of 0.05 s), but
+`systems.quadrotor.flight.MPC_WEIGHTS`, BoxFDDP warm-started every period, 20 nodes of 0.05 s), but
 each node pulls towards the reference at its own time instead of one carrot. Built on given
 physical parameters: the nominal ones (a user without learning: never told of a change) or
 the true ones (`set_param`: the oracle).
@@ -16,7 +16,7 @@ import numpy as np
 
 from metasym_core.control.reference import FigureEight
 from metasym_core.systems import quadrotor as quad
-from metasym_core.systems.quadrotor_flight import MPC_NODE_DT, MPC_WEIGHTS
+from metasym_core.systems.quadrotor.flight import MPC_NODE_DT, MPC_WEIGHTS
 
 
 class CrocoddylTracker:

@@ -99,7 +99,7 @@ class QuadrotorStream(SystemStream):
 
     def __init__(self, dt: float = 0.02, seed: int = 0, noise_std: float = 0.0):
         from metasym_core.systems import quadrotor as quad
-        from metasym_core.systems.quadrotor_flight import FlightSimulator
+        from metasym_core.systems.quadrotor.flight import FlightSimulator
 
         super().__init__({"mass": 1.0, "inertia": 1.0, "arm": 1.0, "torque": 1.0})
         self.state_names = list(quad.STATE_NAMES)

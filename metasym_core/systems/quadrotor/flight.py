@@ -1,6 +1,6 @@
 """Closed-loop quadrotor flight for the ROS simulator node.
 
-`FlightSimulator` flies a hector quadrotor (scaled as in `quadrotor`) through
+`FlightSimulator` flies a hector quadrotor (scaled as in `_model`) through
 random waypoints inside a box. A receding-horizon Crocoddyl MPC computes the
 rotor thrusts on the *true* model, so after `set_param` (e.g. mass x1.3) the
 controller knows the new system and keeps flying; the plant is integrated with
@@ -24,8 +24,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+import metasym_core.systems.quadrotor._model as quad
 from metasym_core.errors import MetaSymError
-from metasym_core.systems import quadrotor as quad
 
 # Scale factors the simulator accepts (at start and in `set_param`, by bare name
 # or params key): wide enough for every train/OOD system, narrow enough that
