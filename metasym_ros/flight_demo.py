@@ -336,11 +336,11 @@ def plot_flight(path: Path, rec: FlightRecorder, summary: dict) -> None:
     import matplotlib.pyplot as plt
 
     from metasym_core.io import atomic_path
-    from metasym_core.online.poses import quadrotor_poses
+    from metasym_core.systems.quadrotor import position_of
 
     dt = summary["dt_s"]
     steps = np.array(sorted(rec.states), dtype=np.int64)
-    truth, _ = quadrotor_poses(np.stack([rec.states[int(s)][1] for s in steps]))
+    truth = position_of(np.stack([rec.states[int(s)][1] for s in steps]))
     fig, axes = plt.subplots(2, 1, figsize=(11, 7.5), sharex=True)
     ax = axes[0]
     for k, name in enumerate("xyz"):
@@ -349,7 +349,7 @@ def plot_flight(path: Path, rec: FlightRecorder, summary: dict) -> None:
     first = True
     for s in sorted(rec.predictions)[::every]:
         states, version, _ = rec.predictions[s][0]
-        pos, _ = quadrotor_poses(states)
+        pos = position_of(states)
         t = (s + 1 + np.arange(len(states))) * dt
         for k in range(3):
             ax.plot(t, pos[:, k], color=f"C{k}", ls="--", lw=1.0, alpha=0.9,

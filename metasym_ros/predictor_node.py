@@ -18,9 +18,9 @@ from rclpy.node import Node
 from metasym_core.checkpoint import resolve_checkpoint
 from metasym_core.errors import MetaSymError
 from metasym_core.online.live_predictor import Adaptation, LivePredictor, ModelUpdate
-from metasym_core.online.poses import quadrotor_poses
 from metasym_core.online.predictor import PredictionResult, load_model
 from metasym_core.online.streams import STREAMS
+from metasym_core.systems.quadrotor import positions_and_quaternions
 from metasym_ros.common import at_least, declare, f64, one_of, positive, run_node, seconds_stamp, stamp_seconds
 from metasym_ros.msg import AdaptationStatus, ControlPlan, ModelCheckpoint, Prediction, PredictionMetrics, SystemState
 from metasym_ros.qos import (
@@ -169,7 +169,7 @@ class PredictorNode(Node):
                 raise
 
     def _path(self, header, result: PredictionResult) -> Path:
-        positions, quats = quadrotor_poses(result.states)
+        positions, quats = positions_and_quaternions(result.states)
         base = stamp_seconds(header.stamp)
         path = Path()
         path.header.stamp = header.stamp

@@ -7,7 +7,6 @@ from metasym_core.control.closed_loop import Change, fly
 from metasym_core.control.cost import TrackingWeights, tracking_cost
 from metasym_core.control.crocoddyl_mpc import CrocoddylTracker
 from metasym_core.control.mppi import MPPI, MPPIConfig
-from metasym_core.control.pose import pose_arrays
 from metasym_core.control.reference import FigureEight
 from metasym_core.errors import MetaSymError
 from metasym_core.systems import quadrotor as quad
@@ -15,14 +14,22 @@ from metasym_core.systems import quadrotor as quad
 NOMINAL = {k: 1.0 for k in quad.PARAM_NAMES}
 
 
-def test_pose_arrays_match_pinocchio_to_round_off():
+def test_vectorised_poses_match_pinocchio_to_round_off():
+    import pinocchio as pin
+
     rng = np.random.default_rng(0)
     states = rng.normal(size=(40, 12)) * 0.8
     states[0, 3:6] = 1e-9  # the small-angle series
-    p, R = pose_arrays(states.reshape(4, 10, 12))
-    np.testing.assert_allclose(p.reshape(40, 3), quad.position_of(states), atol=1e-12)
-    for i in (0, 7, 39):
-        np.testing.assert_allclose(R.reshape(40, 3, 3)[i], quad.pose_of(states[i]).rotation, atol=1e-12)
+    p, R = quad.poses(states.reshape(4, 10, 12))
+    xyz, quats = quad.positions_and_quaternions(states.reshape(4, 10, 12))
+    assert xyz.shape == (4, 10, 3) and quats.shape == (4, 10, 4)
+    for i in range(40):
+        want = quad.pose_of(states[i])
+        np.testing.assert_allclose(p.reshape(40, 3)[i], want.translation, atol=1e-12)
+        np.testing.assert_allclose(R.reshape(40, 3, 3)[i], want.rotation, atol=1e-12)
+        q = quats.reshape(40, 4)[i]
+        q_pin = pin.SE3ToXYZQUAT(want)[3:7]  # x, y, z, w; a quaternion and its negative are one rotation
+        np.testing.assert_allclose(q * np.sign(q @ q_pin), q_pin, atol=1e-12)
 
 
 def test_figure_eight_starts_at_its_centre_and_its_velocity_is_the_derivative():

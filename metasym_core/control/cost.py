@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metasym_core.control.pose import pose_arrays
 from metasym_core.control.reference import FigureEight
+from metasym_core.systems.quadrotor import poses
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ def tracking_cost(states: np.ndarray, controls: np.ndarray, reference: FigureEig
     weights = weights or TrackingWeights()
     K, H, _ = states.shape
     times = t0 + dt * np.arange(1, H + 1)
-    p, R = pose_arrays(states)
+    p, R = poses(states)
     ref_p, ref_v = reference.position(times), reference.velocity(times)
     v_world = np.einsum("khij,khj->khi", R, states[..., 6:9])
     per_step = (weights.position * np.sum((p - ref_p) ** 2, -1)

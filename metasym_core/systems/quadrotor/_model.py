@@ -21,7 +21,7 @@ Stored 12-D state (q first, then p, METHOD §1), all in float64:
 - ``x[0:6]`` = ``pinocchio.log6(M)`` of the body pose M = (R, p) in the world
   frame, linear part first, angular part second. Note the linear part is
   ``V(ω)⁻¹ p``, not the position p itself (they agree when the body is level);
-  `pose_of` / `position_of` recover M and p.
+  `pose_of` / `poses` / `position_of` recover M and p.
 - ``x[6:12]`` = body twist in the body frame (Pinocchio's free-flyer velocity):
   linear velocity v, then angular velocity ω.
 
@@ -56,7 +56,8 @@ from metasym_core.errors import MetaSymError
 __all__ = ["ARM", "BOX_MARGIN", "CF", "CM", "CONTROL_NAMES", "DEFAULT_BOX", "GRAVITY", "MAX_ITER", "MAX_THRUST",
            "MAX_TILT", "MAX_YAW", "OCP_WEIGHTS", "OOD_RANGE", "PARAM_NAMES", "SOURCES", "START_RATE_STD",
            "START_SPEED_STD", "STATE_NAMES", "TAIL_NODES", "TORQUE_COEFF", "TRAIN_RANGE", "Dynamics", "box_array",
-           "check_scales", "dynamics", "from_stored", "ocp_costs", "physical_params", "pose_of", "position_of",
+           "check_scales", "dynamics", "from_stored", "ocp_costs", "physical_params", "pose_of", "poses",
+           "position_of", "positions_and_quaternions",
            "random_pose", "solve_point_to_point", "step", "step_model", "to_stored"]
 
 # Nominal rotor constants (Crocoddyl's quadrotor example; METHOD §6).
@@ -232,10 +233,51 @@ def pose_of(x12: np.ndarray):
 
 def position_of(states: np.ndarray) -> np.ndarray:
     """World positions [..., 3] of stored states [..., 12]."""
+    return poses(states)[0]
+
+
+_SMALL_ANGLE = 1e-6  # below this rotation angle `poses` uses the series of its coefficients
+
+
+def _skew(w: np.ndarray) -> np.ndarray:
+    z = np.zeros(w.shape[:-1])
+    return np.stack([np.stack([z, -w[..., 2], w[..., 1]], -1),
+                     np.stack([w[..., 2], z, -w[..., 0]], -1),
+                     np.stack([-w[..., 1], w[..., 0], z], -1)], -2)
+
+
+def poses(states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions [..., 3], rotations [..., 3, 3]) in the world frame of stored states [..., 12].
+
+    The SE(3) exponential of the log6 part (v, ω) in NumPy, for many states at once (a sampling
+    controller scores thousands per control period; `pose_of` maps one through Pinocchio, and the
+    two agree to round-off): R = exp(ω×), p = V(ω) v, V = I + (1 − cos θ)/θ² ω× + (θ − sin θ)/θ³ (ω×)²."""
     states = np.asarray(states, dtype=np.float64)
-    flat = states.reshape(-1, states.shape[-1])
-    pos = np.array([pose_of(x).translation for x in flat])
-    return pos.reshape(*states.shape[:-1], 3)
+    v, w = states[..., 0:3], states[..., 3:6]
+    theta2 = np.sum(w * w, axis=-1)
+    theta = np.sqrt(theta2)
+    small = theta < _SMALL_ANGLE
+    safe = np.where(small, 1.0, theta)
+    a = np.where(small, 1.0 - theta2 / 6.0, np.sin(safe) / safe)  # sin θ / θ
+    b = np.where(small, 0.5 - theta2 / 24.0, (1.0 - np.cos(safe)) / safe ** 2)  # (1 − cos θ)/θ²
+    c = np.where(small, 1.0 / 6.0 - theta2 / 120.0, (safe - np.sin(safe)) / safe ** 3)  # (θ − sin θ)/θ³
+    W = _skew(w)
+    W2 = W @ W
+    eye = np.eye(3)
+    R = eye + a[..., None, None] * W + b[..., None, None] * W2
+    V = eye + b[..., None, None] * W + c[..., None, None] * W2
+    p = np.einsum("...ij,...j->...i", V, v)
+    return p, R
+
+
+def positions_and_quaternions(states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions [..., 3], unit quaternions [..., 4] as x, y, z, w, the ROS order) of stored states
+    [..., 12]: `poses`, with the rotations converted by SciPy."""
+    from scipy.spatial.transform import Rotation
+
+    p, R = poses(states)
+    quats = Rotation.from_matrix(R.reshape(-1, 3, 3)).as_quat().reshape(*R.shape[:-2], 4)
+    return p, quats
 
 
 # -- one step of the true dynamics ---------------------------------------------------
