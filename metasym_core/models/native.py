@@ -2,9 +2,9 @@
 
 Why: a quadrotor-sized step is ~80 tensor ops on `[B, 16]`-sized tensors; at
 B=1024 torch spends most of its time in memory traffic and temporaries, at B=1
-in dispatch. The kernel streams every token (context and predictions) of a block
-of 16 rows through the decoder with the rows in SIMD lanes, keeping keys/values
-in per-block rings, so a step is a few thousand fused multiply-adds per row and
+in dispatch. The kernel streams every token (context and predictions) of a block of
+rows (8 float32 rows on AVX2, 16 on AVX-512) through the decoder with the rows in SIMD
+lanes, keeping keys/values in per-block rings, so a step is a few thousand fused multiply-adds per row and
 nothing else. Rows are independent: batches are split over `torch.get_num_threads()`
 threads (ctypes releases the GIL during the call).
 
@@ -37,7 +37,7 @@ from metasym_core.models import fastpath
 ABI_VERSION = 3
 #: names the ISA level the kernel uses (`isas()` lists them; "best" is the default)
 ISA_ENV = "METASYM_NATIVE_ISA"
-#: larger models stay on the torch path: their weights, re-read for every block of 16 rows and every token,
+#: larger models stay on the torch path: their weights, re-read for every block of rows and every token,
 #: no longer fit the cache (2-core Xeon, float32, B=1..256: d_model 64 / state 200, ~100k values, 1.3-2.6x
 #: faster than torch; d_model 128 / state 12, ~210k, even; the 10x10 spring mesh's d_model 256, ~850k, 1.5-3x slower)
 MAX_WEIGHTS = 150_000
