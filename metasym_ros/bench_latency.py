@@ -78,6 +78,7 @@ def _measure(system: str, cfg: dict, rate_hz: float, horizon: int, candidates: i
     node = rclpy.create_node("metasym_ros_latency_bench", context=context)
     executor.add_node(node)
     latencies: list[float] = []
+    state_latencies: list[float] = []  # the state message's own: transport and the probe's scheduling
     first: list[float] = []
 
     def on_prediction(msg) -> None:
@@ -89,7 +90,13 @@ def _measure(system: str, cfg: dict, rate_hz: float, horizon: int, candidates: i
             latencies.append(1e3 * (now - (msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec)))
 
     node.create_subscription(Prediction, "/" + qos.PREDICTION_TOPIC, on_prediction, qos.PREDICTION_QOS)
-    node.create_subscription(SystemState, "/" + qos.STATE_TOPIC, recorder.on_state, qos.STATE_QOS)
+    def on_state(msg) -> None:
+        now = time.time()
+        recorder.on_state(msg)
+        if first and now - first[0] >= WARMUP_S:
+            state_latencies.append(1e3 * (now - (msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec)))
+
+    node.create_subscription(SystemState, "/" + qos.STATE_TOPIC, on_state, qos.STATE_QOS)
     node.create_subscription(AdaptationStatus, "/" + qos.ADAPTATION_TOPIC, recorder.on_adaptation, qos.ADAPTATION_QOS)
     client = node.create_client(RolloutBatch, "/predictor/rollout_batch")
     # an MPC client of a real-time predictor runs real-time too: every thread of this probe (DDS, executor)
@@ -142,7 +149,8 @@ def _measure(system: str, cfg: dict, rate_hz: float, horizon: int, candidates: i
         log.close()
     print("[bench ros] scoring the predictions against holding the state", file=sys.stderr, flush=True)
     skill = _skill(recorder, cfg)
-    return {"skill": skill, "latency": sample, "round_trip": np.array(round_trip), "server": np.array(server),
+    return {"skill": skill, "latency": sample, "state_latency": np.array(state_latencies),
+            "round_trip": np.array(round_trip), "server": np.array(server),
             "priority": predictor_priority if probe_refused is None else 0, "refused": probe_refused}
 
 
@@ -164,6 +172,9 @@ def _skill(recorder, cfg: dict) -> dict[str, float]:
 def _figures(prefix: str, run: dict, candidates: int, duration_s: float, rate_hz: float) -> dict[str, float]:
     pct = {50: "p50", 99: "p99"}
     out = {f"{prefix}latency_{name}_ms": round(float(np.percentile(run["latency"], q)), 3) for q, name in pct.items()}
+    if run["state_latency"].size:
+        out.update({f"{prefix}state_latency_{name}_ms": round(float(np.percentile(run["state_latency"], q)), 3)
+                    for q, name in pct.items()})
     out[f"{prefix}predictions_per_s"] = round(run["latency"].size / duration_s, 1)
     out[f"{prefix}prediction_fraction"] = round(run["latency"].size / (duration_s * rate_hz), 3)
     for key in ("ratio_to_hold", "windows_at_most_0.5_fraction", "window_ratio_max"):
@@ -210,6 +221,11 @@ def run_ros_latency_bench(duration_s: float = 60.0, rate_hz: float = 100.0, syst
              f"{run['latency'].size} predictions in {duration_s:g} s at {rate_hz:g} Hz states"]
             for prefix, sched, run in phases]
     for prefix, sched, _ in phases:
+        if f"{prefix}state_latency_p50_ms" in figures:
+            rows.append(["state → probe (baseline)", sched, figures[f"{prefix}state_latency_p50_ms"],
+                         figures[f"{prefix}state_latency_p99_ms"],
+                         "the state message itself: transport and the probe's own scheduling"])
+    for prefix, sched, _ in phases:
         k = f"{prefix}rollout_k{candidates}"
         rows.append([f"rollout_batch K={candidates}", sched, figures[f"{k}_p50_ms"], figures[f"{k}_p99_ms"],
                      f"round trip; in the server {figures[f'{k}_server_p50_ms']} / "
@@ -228,7 +244,9 @@ def run_ros_latency_bench(duration_s: float = 60.0, rate_hz: float = 100.0, syst
             f"config's model, separate processes, Fast DDS with config/fastdds.xml on localhost; the config's "
             f"scheduled parameter change), horizon {horizon}, states at {rate_hz:g} Hz for {duration_s:g} s "
             f"after a {WARMUP_S:g} s warm-up; the probe (this process, rclpy SingleThreadedExecutor) stamps "
-            f"arrival against the state's header stamp and calls `rollout_batch` {rollout_repeats} times as an "
+            f"arrival against the state's header stamp (of each prediction, and as the same-run "
+            f"baseline of each state message itself: what transport and the probe's scheduling cost before the "
+            f"predictor does anything) and calls `rollout_batch` {rollout_repeats} times as an "
             f"MPC would, after the streaming phase while the graph keeps running. Two graphs, one after the "
             f"other: `normal` with every process under normal scheduling (`realtime_priority:=0`, the baseline), "
             f"then `SCHED_FIFO` with the predictor's `realtime_priority` and the probe (an MPC client) at that "
