@@ -63,6 +63,7 @@ def _measure(system: str, cfg: dict, rate_hz: float, horizon: int, candidates: i
     from rclpy.executors import SingleThreadedExecutor
 
     from metasym_ros import qos
+    from metasym_ros.common import stamp_seconds
     from metasym_ros.flight_demo import FlightRecorder
     from metasym_ros.msg import AdaptationStatus, Prediction, SystemState
     from metasym_ros.srv import RolloutBatch
@@ -87,14 +88,14 @@ def _measure(system: str, cfg: dict, rate_hz: float, horizon: int, candidates: i
         if not first:
             first.append(now)
         if now - first[0] >= WARMUP_S:
-            latencies.append(1e3 * (now - (msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec)))
+            latencies.append(1e3 * (now - stamp_seconds(msg.header.stamp)))
 
     node.create_subscription(Prediction, "/" + qos.PREDICTION_TOPIC, on_prediction, qos.PREDICTION_QOS)
     def on_state(msg) -> None:
         now = time.time()
         recorder.on_state(msg)
         if first and now - first[0] >= WARMUP_S:
-            state_latencies.append(1e3 * (now - (msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec)))
+            state_latencies.append(1e3 * (now - stamp_seconds(msg.header.stamp)))
 
     node.create_subscription(SystemState, "/" + qos.STATE_TOPIC, on_state, qos.STATE_QOS)
     node.create_subscription(AdaptationStatus, "/" + qos.ADAPTATION_TOPIC, recorder.on_adaptation, qos.ADAPTATION_QOS)

@@ -104,7 +104,15 @@ static int best(void) {
 
 static int current = -1; /* the level in use; set at load */
 
-__attribute__((constructor)) static void choose_at_load(void) { current = best(); }
+static char level_names[128]; /* the names in `levels`, best first, separated by spaces; set at load */
+
+__attribute__((constructor)) static void choose_at_load(void) {
+  current = best();
+  for (int i = 0; i < NLEVELS; i++) {
+    if (i) strcat(level_names, " ");
+    strcat(level_names, levels[i].name);
+  }
+}
 
 int metasym_native_abi(void) { return ABI_VERSION; }
 
@@ -112,13 +120,7 @@ int metasym_native_abi(void) { return ABI_VERSION; }
 const char *metasym_native_isa(void) { return levels[current].name; }
 
 /* The levels this build has, best first, separated by spaces. */
-const char *metasym_native_isas(void) {
-#ifdef X86_LEVELS
-  return "x86-64-v4 x86-64-v3 x86-64";
-#else
-  return "portable";
-#endif
-}
+const char *metasym_native_isas(void) { return level_names; }
 
 /* Rows per vector of the level in use, for a REAL of `real_bytes` (4 or 8). */
 int metasym_native_lanes(int real_bytes) { return levels[current].vbytes / real_bytes; }
