@@ -442,7 +442,7 @@ def _start(specs: list, params_file: str, log_file) -> list[subprocess.Popen]:
     from metasym_ros.launcher import die_with_parent, node_command
 
     return [subprocess.Popen(node_command(spec, params_file), stdout=log_file, stderr=subprocess.STDOUT,
-                             start_new_session=True, preexec_fn=die_with_parent()) for spec in specs]
+                             start_new_session=True, preexec_fn=die_with_parent(hold_sigint=True)) for spec in specs]
 
 
 def _wait_for(what: str, done, procs: list[subprocess.Popen], timeout_s: float = START_TIMEOUT_S) -> None:

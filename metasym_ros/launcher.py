@@ -32,9 +32,13 @@ GRACE_S = 10.0  # time the nodes get to exit after SIGINT
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def die_with_parent(sig: int = signal.SIGINT):
+def die_with_parent(sig: int = signal.SIGINT, hold_sigint: bool = False):
     """A `preexec_fn` for Popen: the child gets `sig` when the process that started it dies
-    (Linux PR_SET_PDEATHSIG), so a parent killed outright leaves no orphans. None elsewhere."""
+    (Linux PR_SET_PDEATHSIG), so a parent killed outright leaves no orphans. None elsewhere.
+
+    With `hold_sigint` (a node run by `metasym_ros.start`) SIGINT is blocked in the child: one that comes
+    while the interpreter itself starts up (before any Python handler can run, e.g. during `site`: "Fatal
+    Python error", exit 1) stays pending until `start` has its handler and unblocks it."""
     name = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
     prctl = getattr(ctypes.CDLL(name, use_errno=True), "prctl", None) if name else None
     if prctl is None:
@@ -42,6 +46,8 @@ def die_with_parent(sig: int = signal.SIGINT):
     parent = os.getpid()
 
     def preexec() -> None:  # in the child, between fork and exec: no imports, no locks
+        if hold_sigint:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # the mask survives exec
         prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
         if os.getppid() != parent:  # the parent died before the request took effect
             os.kill(os.getpid(), sig)
@@ -89,7 +95,7 @@ def launch(system: str, overrides: Mapping[str, object] | None = None, duration_
             env = node_environment(os.environ)
             for spec in specs:
                 procs.append(subprocess.Popen(node_command(spec, params_file), start_new_session=True, env=env,
-                                              preexec_fn=die_with_parent()))
+                                              preexec_fn=die_with_parent(hold_sigint=True)))
                 print(f"metasym launch: started {spec.name} (pid {procs[-1].pid})", flush=True)
             end = time.monotonic() + duration_s if duration_s else None
             failed = None

@@ -24,6 +24,9 @@ def _exit_quietly(_signum, _frame) -> None:
 def start(module: str, argv: list[str] | None = None) -> int:
     """Import the node `module` with SIGINT set to a quiet exit, then run its `main(argv)`."""
     signal.signal(signal.SIGINT, _exit_quietly)
+    # a launcher holds SIGINT blocked through the interpreter's own start-up (launcher.die_with_parent);
+    # from here on it is handled: one that came meanwhile is delivered now
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     return importlib.import_module(module).main(argv)
 
 
