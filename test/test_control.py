@@ -58,8 +58,10 @@ def test_tracking_cost_ranks_the_state_on_the_reference_first():
     assert tracking_cost(below, hover[:1], ref, 0.0, 0.02, 3.6)[0] > 1e4
 
 
-def test_mppi_steers_a_double_integrator_to_its_target():
-    """x'' = u, u in [-1, 1]: MPPI with the exact whole-horizon rollout drives x from 0 to 1."""
+@pytest.mark.parametrize("delayed", [False, True])
+def test_mppi_steers_a_double_integrator_to_its_target(delayed):
+    """x'' = u, u in [-1, 1]: MPPI with the exact whole-horizon rollout drives x from 0 to 1, also when
+    each period's control was decided one period earlier (`first`: an actuation delay)."""
     dt, H = 0.05, 20
     mppi = MPPI(MPPIConfig(samples=256, horizon=H, noise_std=0.5, temperature=0.2), [-1.0], [1.0], [0.0], seed=0)
     x = np.zeros(2)
@@ -77,7 +79,10 @@ def test_mppi_steers_a_double_integrator_to_its_target():
         return np.sum((states[..., 0] - 1.0) ** 2 + 0.1 * states[..., 1] ** 2, axis=1)
 
     for _ in range(120):
-        u = mppi.solve(rollout, cost)[0, 0]
+        applied = mppi.plan[0].copy() if delayed else None
+        u = mppi.solve(rollout, cost, first=applied)[0, 0]
+        if delayed:
+            assert u == applied[0]  # the decided control stays; only the later steps are optimised
         assert -1.0 <= u <= 1.0
         x = np.array([x[0] + dt * (x[1] + dt * u), x[1] + dt * u])
         mppi.shift()

@@ -31,7 +31,8 @@ class MetaSymMPPI:
 
     def __init__(self, model: MetaSym, reference: FigureEight, dt: float, config: MPPIConfig | None = None,
                  learner_settings: dict | None = None, seed: int = 0, weights: TrackingWeights | None = None,
-                 tick_s: float = 0.1, adapt_delay_s: float = 0.2):
+                 tick_s: float = 0.1, adapt_delay_s: float = 0.2,
+                 delay: bool = False):
         config = config or MPPIConfig()
         self.model, self.reference, self.dt, self.weights = model, reference, dt, weights or TrackingWeights()
         self.predictor = OnlinePredictor(model, config.horizon)
@@ -45,6 +46,7 @@ class MetaSymMPPI:
                         if learner_settings is not None else None)
         self.tick = max(1, int(round(tick_s / dt)))
         self.adapt_delay_s = float(adapt_delay_s)
+        self.delay = bool(delay)  # one period of actuation delay (see `control`)
         self._k = 0
         self._pending: list[tuple[float, dict, int]] = []  # (closed-loop time it takes effect, params, version)
         self.solve_ms: list[float] = []
@@ -56,20 +58,36 @@ class MetaSymMPPI:
         past = np.asarray([u for _, u in self.history]).reshape(len(self.history), self.model.control_dim)
         return lambda candidates: self.predictor.rollout_candidates(states, past, candidates, self.dt)
 
-    def control(self, t: float, x12: np.ndarray) -> np.ndarray:
+    def _apply_adaptations(self, t: float) -> None:
         while self._pending and self._pending[0][0] <= t:  # adaptations that have finished by now
             _, params, version = self._pending.pop(0)
             self.predictor.set_local(params, version)
+
+    def plan(self, t: float, x12: np.ndarray, applied: np.ndarray | None = None) -> np.ndarray:
+        """One control period from the state `x12` at time `t`: the new plan [H, m] starting at that state.
+
+        With `applied` (the control the plant applies from `x12` on, decided in an earlier period:
+        a plant that cannot wait for this solve), plan[0] is that control and only plan[1:] is
+        optimised; without it, plan[0] is optimised too (the plant waits for it). The plan then
+        shifts one period on, so the next call starts from plan[1]."""
+        self._apply_adaptations(t)
         start = time.perf_counter()
-        if len(self.history) < 1:
-            u = self.mppi.plan[0].copy()  # no context yet: the initial plan (hover)
+        if len(self.history) < 1:  # no context yet: the initial plan (hover)
+            plan = self.mppi.plan.copy()
+            if applied is not None:
+                plan[0] = np.clip(applied, self.mppi.low, self.mppi.high)
         else:
             plan = self.mppi.solve(self._rollout(x12), lambda s, c: tracking_cost(
-                s, c, self.reference, t, self.dt, self.hover, self.weights))
-            u = plan[0].copy()
+                s, c, self.reference, t, self.dt, self.hover, self.weights), first=applied).copy()
         self.solve_ms.append(1e3 * (time.perf_counter() - start))
         self.mppi.shift()
-        return u
+        return plan
+
+    def control(self, t: float, x12: np.ndarray) -> np.ndarray:
+        """The control to apply from `x12` now: the plan's first (`delay` off), or the control decided
+        one period ago while this period's plan is solved (`delay` on, as in the ROS graph)."""
+        applied = self.mppi.plan[0].copy() if self.delay else None
+        return self.plan(t, x12, applied)[0].copy()
 
     def observe(self, t: float, x12: np.ndarray, u: np.ndarray) -> None:
         """The transition applied at time t: state `x12` and the control applied from it."""

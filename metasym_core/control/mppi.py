@@ -70,9 +70,15 @@ class MPPI:
         out[0] = 0.0  # candidate 0: the previous plan itself
         return self.config.noise_std * out
 
-    def solve(self, rollout: Rollout, cost: Cost) -> np.ndarray:
-        """One control period: sample, roll out, weight; returns the new plan [H, m] (apply plan[0])."""
+    def solve(self, rollout: Rollout, cost: Cost, first: np.ndarray | None = None) -> np.ndarray:
+        """One control period: sample, roll out, weight; returns the new plan [H, m] (apply plan[0]).
+
+        `first` [m], if given, is a control already decided for the first step (the plant applies it
+        while this solve runs: an actuation delay of one period): every candidate starts with it and
+        only the later steps are optimised."""
         candidates = np.clip(self.plan[None] + self._noise(), self.low, self.high)
+        if first is not None:
+            candidates[:, 0] = np.clip(np.asarray(first, dtype=np.float64), self.low, self.high)
         states = rollout(candidates)
         costs = np.asarray(cost(states, candidates), dtype=np.float64)
         costs = np.where(np.isfinite(costs), costs, np.inf)
