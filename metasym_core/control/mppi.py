@@ -90,6 +90,8 @@ class MPPI:
         weights = np.exp(-excess / (self.config.temperature * spread))
         weights /= weights.sum()
         self.plan = np.einsum("k,khm->hm", weights, candidates)
+        if first is not None:
+            self.plan[0] = candidates[0, 0]  # exactly the decided control (the average rounds it)
         self.last_costs = costs
         return self.plan
 
