@@ -4,7 +4,8 @@ Every stream yields `StreamSample(t, state, control, dt, step)` following the
 `Trajectory` convention (control and dt act from this sample to the next) and
 supports `set_param(name, scale)`: the parameter becomes `scale` × its nominal value.
 
-- quadrotor: waypoint flight under MPC (`FlightSimulator`), continuous across changes.
+- quadrotor: waypoint flight under MPC (`FlightSimulator`), continuous across changes; or, as a
+  plant (`advance_under`), under an external controller's thrusts or its own failsafe hover.
 - spring_mesh: the family's θ-scheme (`SpringMesh.substep`) advanced frame by frame
   (continuous; a change applies from the next frame; values must stay in the family's ranges).
 - quantum: the heterodyne record simulated in chunks of `chunk` steps (a fresh
@@ -41,6 +42,8 @@ class SystemStream(abc.ABC):
 
     system: str
     state_names: list[str]
+    #: (low, high) actuator limits of a stream another controller may fly (`advance_under`); None: it cannot
+    control_limits: tuple[np.ndarray, np.ndarray] | None = None
 
     def __init__(self, nominal: dict[str, float]):
         self.nominal = dict(nominal)
@@ -68,12 +71,37 @@ class SystemStream(abc.ABC):
         self.scales[name] = scale
         return self.nominal[name] * scale
 
+    @property
+    def step(self) -> int:
+        """The step counter of the next sample."""
+        return self._step
+
     def advance(self) -> StreamSample:
         """The next sample."""
-        t, x, u, dt = self._advance()
+        return self._sample(*self._advance())
+
+    def advance_under(self, control: np.ndarray | None) -> StreamSample:
+        """The next sample with `control` applied from it (an external controller's, clipped to
+        `control_limits`), or with None, with the stream's failsafe controller applied (the quadrotor's:
+        hover where the failsafe began). MetaSymError for a stream without controls."""
+        if self.control_limits is None:
+            raise MetaSymError(f"the {self.system} stream takes no external control")
+        if control is not None:
+            control = np.clip(np.asarray(control, dtype=np.float64), *self.control_limits)
+        return self._sample(*self._advance_under(control))
+
+    def breach(self) -> str | None:
+        """Why the system must not be flown on by an external controller now (a geofence), or None."""
+        return None
+
+    def _sample(self, t: float, x: np.ndarray, u: np.ndarray, dt: float) -> StreamSample:
         sample = StreamSample(t, x, u, dt, self._step)
         self._step += 1
         return sample
+
+    def _advance_under(self, control: np.ndarray | None) -> tuple[float, np.ndarray, np.ndarray, float]:
+        """`_advance` under `control`, or the failsafe for None (streams with `control_limits`)."""
+        raise NotImplementedError
 
     def close(self) -> None:  # noqa: B027 - optional hook, most streams hold nothing
         """Release background resources."""
@@ -103,6 +131,7 @@ class QuadrotorStream(SystemStream):
 
         super().__init__({"mass": 1.0, "inertia": 1.0, "arm": 1.0, "torque": 1.0})
         self.state_names = list(quad.STATE_NAMES)
+        self.control_limits = (np.zeros(4), np.full(4, quad.MAX_THRUST))
         self._sim = FlightSimulator({k: 1.0 for k in quad.PARAM_NAMES}, dt=dt, seed=seed, noise_std=noise_std)
 
     def _apply(self, name: str, scale: float) -> None:
@@ -111,6 +140,16 @@ class QuadrotorStream(SystemStream):
     def _advance(self):
         t, x, u = self._sim.advance()
         return t, x, u, self._sim.dt
+
+    def _advance_under(self, control):
+        if control is None and not self._sim.holding:
+            self._sim.hold()  # the failsafe begins: hover here
+        t, x, u = self._sim.advance(control)
+        return t, x, u, self._sim.dt
+
+    def breach(self) -> str | None:
+        """The flight's geofence (`FlightSimulator.breach`)."""
+        return self._sim.breach()
 
     def plan(self) -> ControlPlan:
         """The MPC's plan (thrusts at its 0.05 s nodes), from the state it was last solved from."""

@@ -15,6 +15,13 @@ current pose along the way to the waypoint; a waypoint counts as reached within
 (AR(1), that standard deviation in N): exploration data for models that a sampling controller
 will drive beyond the MPC's gentle manoeuvres. This runs at roughly 1,000-1,500 steps per CPU second, so 100 Hz is
 faster than real time with a wide margin and `resolve_every` stays 1.
+
+As a plant for another controller (`advance(control)`, the ROS simulator's `controller: external`)
+the thrusts come from outside, clipped to the rotor limits, and the MPC rests. `hold()` is the
+failsafe: the same MPC, its goal the position where it was called (clipped into the box), level
+at the current heading and at rest: hover in place, as PX4 does when offboard control is lost.
+`breach()` is the geofence that calls for it: the vehicle outside the box, heading out of it
+within `FENCE_LOOKAHEAD_S`, tilted past `FENCE_TILT` or spinning faster than `FENCE_RATE`.
 """
 
 from __future__ import annotations
@@ -38,6 +45,13 @@ MPC_NODE_DT = 0.05
 CARROT = 1.0  # the MPC chases a target at most this far [m] along the line to the waypoint
 CARROT_YAW = 0.5  # ... and at most this far [rad] in yaw from the current heading
 EXCITATION_CORRELATION = 0.9  # step-to-step correlation of the `control_noise` perturbation (AR(1))
+# The geofence of an externally controlled flight (`breach`): at 3 m/s towards a face it calls for the
+# failsafe 1.5 m before it, where full thrust stops the vehicle in ~0.4 m; the tilt and rate limits leave
+# the failsafe MPC an attitude it recovers from (two rotors at full thrust and two off flip the vehicle:
+# caught at 1 rad of tilt it overturns and falls ~2 m, caught at 4 rad/s it loses a few cm).
+FENCE_LOOKAHEAD_S = 0.5
+FENCE_TILT = 1.0  # [rad] from level
+FENCE_RATE = 4.0  # [rad/s] body rate
 MPC_WEIGHTS: dict[str, float] = {
     "running_pose": 1.0,
     "state_reg": 0.3,
@@ -90,6 +104,8 @@ class FlightSimulator:
         self.t = 0.0
         self._k = 0
         self.waypoints_reached = 0
+        self._hold: np.ndarray | None = None  # the failsafe's position while it holds, else None
+        self._warm: list | None = None  # the next solve's warm start, if not the last solution
         self._build_mpc(warm_us=None)
 
     # -- public API ------------------------------------------------------------------
@@ -125,23 +141,44 @@ class FlightSimulator:
         self._params[key] = _check_scale(name, scale)
         self._build_mpc(warm_us=list(self._solver.us))
 
-    def advance(self) -> tuple[float, np.ndarray, np.ndarray]:
-        """Control and integrate one step of `dt`; return (t_k, state12_k, thrusts_k)."""
-        if np.linalg.norm(self._x[:3] - self.waypoint[:3]) < self.waypoint_tolerance:
-            self.waypoint = self._new_waypoint()
-            self.waypoints_reached += 1
-        phase = self._k % self.resolve_every
-        if phase == 0:
-            self._set_goal(self._carrot())
-            self._solve()
-            self._plan_step = self._k
-        node = min(int(phase * self.dt / MPC_NODE_DT), self.horizon - 1)
-        u = np.asarray(self._solver.us[node])
-        if self.control_noise > 0:  # exploration: a smooth random perturbation of every rotor's thrust
-            a = EXCITATION_CORRELATION
-            self._excite = a * self._excite + math.sqrt(1 - a * a) * self._excite_rng.normal(0.0, self.control_noise, 4)
-            u = u + self._excite
-        u = np.clip(u, 0.0, quad.MAX_THRUST)
+    @property
+    def holding(self) -> bool:
+        """Whether the failsafe holds a position (`hold`)."""
+        return self._hold is not None
+
+    def hold(self) -> None:
+        """The failsafe: from now on `advance()` hovers at the current position (clipped into the box,
+        `quad.BOX_MARGIN` inside its faces), level and at rest, under the MPC; its next solve starts from hover
+        thrusts (its last one may be long past). `advance(control)` ends it."""
+        self._hold = np.clip(self._x[:3], self.box[:, 0] + quad.BOX_MARGIN, self.box[:, 1] - quad.BOX_MARGIN)
+        self._warm = [self._hover.copy() for _ in range(self.horizon)]
+
+    def breach(self) -> str | None:
+        """The geofence (module doc): why the vehicle must not fly on under another controller, or None."""
+        import pinocchio as pin
+
+        rotation = pin.XYZQUATToSE3(self._x[:7]).rotation
+        p = self._x[:3]
+        low, high = self.box[:, 0], self.box[:, 1]
+        if np.any(p < low) or np.any(p > high):
+            return "outside the box"
+        ahead = p + FENCE_LOOKAHEAD_S * (rotation @ self._x[7:10])
+        if np.any(ahead < low) or np.any(ahead > high):
+            return "heading out of the box"
+        if rotation[2, 2] < math.cos(FENCE_TILT):
+            return "tilted"
+        if np.linalg.norm(self._x[10:13]) > FENCE_RATE:
+            return "spinning"
+        return None
+
+    def advance(self, control: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray]:
+        """Control and integrate one step of `dt`; return (t_k, state12_k, thrusts_k). With `control`: those
+        thrusts (clipped to the rotor limits) instead of the MPC's; that ends a `hold`."""
+        if control is None:
+            u = self._mpc_control()
+        else:
+            self._hold = None
+            u = np.clip(np.asarray(control, dtype=np.float64), 0.0, quad.MAX_THRUST)
         t, x12 = self.t, quad.to_stored(self._x)
         self._plant.calc(self._plant_data, self._x, u)
         self._x = np.array(self._plant_data.xnext)
@@ -154,6 +191,24 @@ class FlightSimulator:
         return t, x12, u
 
     # -- internals -------------------------------------------------------------------
+
+    def _mpc_control(self) -> np.ndarray:
+        """The MPC's thrusts for this step (waypoint flight, or the `hold`), clipped to the rotor limits."""
+        if self._hold is None and np.linalg.norm(self._x[:3] - self.waypoint[:3]) < self.waypoint_tolerance:
+            self.waypoint = self._new_waypoint()
+            self.waypoints_reached += 1
+        phase = 0 if self._hold is not None else self._k % self.resolve_every  # the failsafe solves every step
+        if phase == 0:
+            self._set_goal(self._carrot(self._target()))
+            self._solve()
+            self._plan_step = self._k
+        node = min(int(phase * self.dt / MPC_NODE_DT), self.horizon - 1)
+        u = np.asarray(self._solver.us[node])
+        if self.control_noise > 0:  # exploration: a smooth random perturbation of every rotor's thrust
+            a = EXCITATION_CORRELATION
+            self._excite = a * self._excite + math.sqrt(1 - a * a) * self._excite_rng.normal(0.0, self.control_noise, 4)
+            u = u + self._excite
+        return np.clip(u, 0.0, quad.MAX_THRUST)
 
     def _new_waypoint(self) -> np.ndarray:
         return np.concatenate([quad.random_pose(self._rng, self.box, 0.0), np.zeros(6)])
@@ -168,18 +223,33 @@ class FlightSimulator:
             dyn.action_model(quad.ocp_costs(dyn, self.waypoint, self.box, last, MPC_WEIGHTS), MPC_NODE_DT)
             for last in (False, True))
         self._mpc_models = (running, terminal)
+        self._hover = np.asarray(dyn.hover, dtype=np.float64)
         problem = crocoddyl.ShootingProblem(self._x.copy(), [running] * self.horizon, terminal)
         problem.nthreads = 1  # OpenMP over all cores is far slower for a problem this small
         self._solver = crocoddyl.SolverBoxFDDP(problem)
-        self._set_goal(self._carrot())
+        self._set_goal(self._carrot(self._target()))
         if warm_us is None:  # cold start: hover thrusts, infeasible state guess
             self._solver.solve([self._x.copy()] * (self.horizon + 1), [dyn.hover] * self.horizon, 50, False)
         else:
             self._solver.solve(problem.rollout(warm_us), warm_us, 50, True)
         self._plan_step = self._k  # solved from the current state
 
-    def _carrot(self) -> np.ndarray:
-        """MPC target: the waypoint, or a point at most CARROT m / CARROT_YAW rad towards it.
+    def _target(self) -> np.ndarray:
+        """Where the MPC flies: the waypoint, or while it holds, the hold position level at the current heading
+        and at rest (a heading to return to would not stop a yaw spin: its direction flips each half turn)."""
+        if self._hold is None:
+            return self.waypoint
+        import pinocchio as pin
+
+        yaw = _yaw(pin.XYZQUATToSE3(self._x[:7]).rotation)
+        goal = np.zeros(13)
+        goal[:3] = self._hold
+        goal[3:7] = pin.SE3ToXYZQUAT(pin.SE3(pin.rpy.rpyToMatrix(0.0, 0.0, yaw), np.zeros(3)))[3:7]
+        return goal
+
+    def _carrot(self, target: np.ndarray) -> np.ndarray:
+        """MPC target: `target` (the waypoint, or the failsafe's hold), or a point at most CARROT m / CARROT_YAW
+        rad towards it.
 
         Chasing a nearby target keeps the flight gentle; without the yaw limit a
         heavy, weak-yaw drone saturates its rotors on a large yaw change and
@@ -187,7 +257,7 @@ class FlightSimulator:
         """
         import pinocchio as pin
 
-        goal = self.waypoint.copy()
+        goal = target.copy()
         delta = goal[:3] - self._x[:3]
         dist = float(np.linalg.norm(delta))
         if dist > CARROT:
@@ -215,7 +285,7 @@ class FlightSimulator:
         # warm start: its stopping test reads ~1.5 and the line search fails.)
         problem = self._solver.problem
         problem.x0 = self._x.copy()
-        us = list(self._solver.us)
+        us, self._warm = (list(self._solver.us) if self._warm is None else self._warm), None
         self._solver.solve(problem.rollout(us), us, self.max_iter, True)
 
 
