@@ -73,6 +73,49 @@ class ModelUpdate:
     path: str = ""
 
 
+def stop_threads(stop: threading.Event, wake: threading.Event, *threads: threading.Thread | None,
+                 timeout_s: float = 5.0) -> None:
+    """Ask a service's threads to end (`stop` set, `wake` set so that none sleeps on) and join each one running."""
+    stop.set()
+    wake.set()
+    for thread in threads:
+        if thread is not None and thread.is_alive():
+            thread.join(timeout=timeout_s)
+
+
+def adopt(predictor: OnlinePredictor, model_tag: str, adaptation: Adaptation, info: Callable[[str], None],
+          warn: Throttled) -> bool:
+    """Swap `adaptation`'s local parameters into `predictor` if they belong to its model (`model_tag`: "" = the
+    model a node started with) and are newer than the version in force; parameters that do not fit the model
+    are warned about (throttled) and left out. True when they are in force now. The predictor node and the
+    controller node apply the learner's adaptations through this one rule."""
+    if adaptation.model_tag != model_tag or adaptation.version <= predictor.version:
+        return False  # another model's (an older one, or one not loaded yet), or not newer
+    try:
+        if adaptation.entries:
+            predictor.set_local_entries(adaptation.entries, adaptation.version)
+        else:
+            predictor.load_local(adaptation.params_path, adaptation.version)
+    except MetaSymError as exc:
+        warn("adaptation", f"adaptation v{adaptation.version} not used: {exc}")
+        return False
+    info(f"using local parameters v{adaptation.version} (loss {adaptation.loss_before:.4g} -> "
+         f"{adaptation.loss_after:.4g})")
+    return True
+
+
+def load_compatible(system: str, update: ModelUpdate, running: MetaSym, device: str = "auto") -> MetaSym:
+    """The model a learner sent (its bytes checked against their sha256, `load_model_bytes`), refused with
+    MetaSymError where its state/control dimensions or context differ from the `running` model's."""
+    model, _ = load_model_bytes(system, update.data, update.sha256, device)
+    if (model.state_dim, model.control_dim, model.context) != (running.state_dim, running.control_dim,
+                                                                running.context):
+        raise MetaSymError(f"state/control dims and context {model.state_dim}/{model.control_dim}/"
+                           f"{model.context} differ from the running model's {running.state_dim}/"
+                           f"{running.control_dim}/{running.context}")
+    return model
+
+
 class LivePredictor:
     """States and plans in, predictions out (see module doc); thread-safe."""
 
@@ -117,11 +160,7 @@ class LivePredictor:
 
     def stop(self) -> None:
         """Stop the worker and loader threads (an unfinished rollout or load ends first)."""
-        self._stop.set()
-        self._wake.set()
-        for thread in (self._worker, self._loader):
-            if thread is not None and thread.is_alive():
-                thread.join(timeout=5.0)
+        stop_threads(self._stop, self._wake, self._worker, self._loader)
 
     # -- live settings ---------------------------------------------------------------------------
     @property
@@ -304,19 +343,7 @@ class LivePredictor:
     def _apply(self, adaptation: Adaptation) -> bool:
         with self._lock:
             predictor, tag = self.predictor, self.model_tag
-        if adaptation.model_tag != tag or adaptation.version <= predictor.version:
-            return False  # another model's (an older one, or one not loaded yet), or not newer
-        try:
-            if adaptation.entries:
-                predictor.set_local_entries(adaptation.entries, adaptation.version)
-            else:
-                predictor.load_local(adaptation.params_path, adaptation.version)
-        except MetaSymError as exc:
-            self.warn("adaptation", f"adaptation v{adaptation.version} not used: {exc}")
-            return False
-        self.info(f"using local parameters v{adaptation.version} (loss {adaptation.loss_before:.4g} -> "
-                  f"{adaptation.loss_after:.4g})")
-        return True
+        return adopt(predictor, tag, adaptation, self.info, self.warn)
 
     # -- new models ------------------------------------------------------------------------------
     def on_model(self, system: str, update: ModelUpdate) -> bool:
@@ -356,12 +383,7 @@ class LivePredictor:
             self._loading = False
 
     def _swap_model(self, update: ModelUpdate) -> None:
-        model, _ = load_model_bytes(self.system, update.data, update.sha256, self.device)
-        old = self.predictor.model
-        if (model.state_dim, model.control_dim, model.context) != (old.state_dim, old.control_dim, old.context):
-            raise MetaSymError(f"state/control dims and context {model.state_dim}/{model.control_dim}/"
-                               f"{model.context} differ from the running model's {old.state_dim}/"
-                               f"{old.control_dim}/{old.context}")
+        model = load_compatible(self.system, update, self.predictor.model, self.device)
         predictor = OnlinePredictor(model, self.predictor.horizon)
         predictor.warm_up()  # first-call cost here, not in the next prediction
         with self._lock:
