@@ -47,6 +47,7 @@ setup(
             "metasym-simulator = metasym_ros.start:simulator",
             "metasym-predictor = metasym_ros.start:predictor",
             "metasym-learner = metasym_ros.start:learner",
+            "metasym-controller = metasym_ros.start:controller",
         ],
         # subcommands and benchmarks other packages add to `metasym` (metasym_core names none of them)
         "metasym.commands": ["ros = metasym_ros.cli"],

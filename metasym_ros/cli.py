@@ -19,13 +19,15 @@ def _override(text: str) -> tuple[str, object]:
 
 def register(subparsers) -> None:
     """Add the `launch` subcommand."""
-    p = subparsers.add_parser("launch", help="start the ROS 2 node graph of a system (simulator, predictor)",
+    p = subparsers.add_parser("launch", help="start the ROS 2 node graph of a system (simulator, predictor, learner; "
+                                               "controller with --set controller=mppi)",
                               description="Start the MetaSym ROS 2 nodes of SYSTEM as subprocesses with the "
                                           "parameters of config/SYSTEM.yaml (ros: section); Ctrl-C stops them.")
     p.add_argument("system", choices=SYSTEMS)
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", type=_override, action="append", default=[],
-                   help="override a node parameter: node.param=value (e.g. predictor.horizon=20) or a "
-                        "launch argument: " + "; ".join(
+                   help="override a node parameter: node.param=value (e.g. predictor.horizon=20); "
+                        "controller=mpc|mppi (mppi, quadrotor: add the controller node, MPPI on the MetaSym model, "
+                        "and let it fly the simulator: its controller=external); or a launch argument: " + "; ".join(
                             f"{arg} ({', '.join(f'{node}.{param}' for node, param in targets)})"
                             for arg, targets in LAUNCH_ARGUMENTS.items()))
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")

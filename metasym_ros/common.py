@@ -1,5 +1,6 @@
 """Helpers shared by the MetaSym nodes: typed, described parameters (each read-only or live);
-float64[] fields; stamps; and a `main` that shuts down cleanly on SIGINT (exit code 0)."""
+float64[] fields; stamps; messages to and from the core's types; and a `main` that shuts down cleanly on
+SIGINT (exit code 0)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
 from metasym_core.errors import MetaSymError
+from metasym_core.online.live_predictor import Adaptation, ModelUpdate
+from metasym_core.online.plan import ControlPlan as Plan
+from metasym_ros.msg import AdaptationStatus, ControlPlan, ModelCheckpoint
 
 
 def declare(node: Node, name: str, default, description: str, apply: Callable[[object], None] | None = None,
@@ -101,6 +105,26 @@ def seconds_stamp(msg_stamp, seconds: float) -> None:
     """Set a builtin_interfaces/Time in place from float seconds."""
     sec = int(seconds // 1)
     msg_stamp.sec, msg_stamp.nanosec = sec, min(int(round((seconds - sec) * 1e9)), 999_999_999)
+
+
+def adaptation_of(msg: AdaptationStatus) -> Adaptation:
+    """An accepted AdaptationStatus as the core applies it (predictor and controller alike)."""
+    return Adaptation(msg.model_tag, msg.version, [(p.name, p.shape, p.values) for p in msg.params], msg.params_path,
+                      msg.loss_before, msg.loss_after)
+
+
+def model_update_of(msg: ModelCheckpoint) -> ModelUpdate:
+    """A ModelCheckpoint as the core loads it."""
+    return ModelUpdate(bytes(msg.data), msg.sha256, msg.tag, msg.path)
+
+
+def plan_message(plan: Plan) -> ControlPlan:
+    """A core plan (`metasym_core.online.plan.ControlPlan`) as a ControlPlan message; the header is the caller's."""
+    controls = np.asarray(plan.controls)
+    out = ControlPlan(system=plan.system, step=int(plan.step), dt=float(plan.dt), horizon=controls.shape[0],
+                      control_dim=controls.shape[1])
+    out.controls = f64(controls)
+    return out
 
 
 def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:

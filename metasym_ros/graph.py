@@ -6,6 +6,11 @@ config/<system>.yaml (one mapping per node), plus `system` itself, plus override
 The launch files (launch/<system>.launch.py) and the venv launcher
 (`metasym launch <system>`, `metasym_ros.launcher`) both build from this list, so
 they start the same nodes with the same parameters.
+
+The override `controller` shapes the graph: `mpc` (the default) lets the simulator fly
+itself; `mppi` closes the loop (quadrotor): it adds the controller node (MPPI on the
+MetaSym model) and sets the simulator's `controller: external`, so that the simulator
+flies the controller's plans (launch/quadrotor_closed_loop.launch.py).
 """
 
 from __future__ import annotations
@@ -23,11 +28,15 @@ NODES: dict[str, tuple[str, str]] = {
     "simulator": ("simulator", "metasym_ros.simulator_node"),
     "predictor": ("predictor", "metasym_ros.predictor_node"),
     "learner": ("learner", "metasym_ros.learner_node"),
+    "controller": ("controller", "metasym_ros.controller_node"),  # only in the closed loop
 }
+#: Values of the graph-shaping override `controller` (module doc), and the systems `mppi` flies.
+CONTROLLERS: tuple[str, ...] = ("mpc", "mppi")
+CLOSED_LOOP_SYSTEMS: tuple[str, ...] = ("quadrotor",)
 # The knobs the launch files expose as launch arguments: argument -> the (node, parameter)s it sets.
 LAUNCH_ARGUMENTS: dict[str, tuple[tuple[str, str], ...]] = {
-    "checkpoint": (("predictor", "checkpoint"), ("learner", "checkpoint")),
-    "device": (("predictor", "device"), ("learner", "device")),
+    "checkpoint": (("predictor", "checkpoint"), ("learner", "checkpoint"), ("controller", "checkpoint")),
+    "device": (("predictor", "device"), ("learner", "device"), ("controller", "device")),
     "horizon": (("predictor", "horizon"),),
     "realtime_priority": (("predictor", "realtime_priority"),),
     "rate_hz": (("simulator", "rate_hz"),),
@@ -36,6 +45,8 @@ LAUNCH_ARGUMENTS: dict[str, tuple[tuple[str, str], ...]] = {
     "change_time": (("simulator", "change_time"),),
     "adapt_period_s": (("learner", "period_s"),),
     "train_at_start": (("learner", "train_at_start"),),
+    "control_timeout_s": (("simulator", "control_timeout_s"),),
+    "samples": (("controller", "samples"),),
 }
 
 
@@ -69,33 +80,45 @@ class NodeSpec:
 
 
 def node_graph(system: str, overrides: Mapping[str, object] | None = None) -> list[NodeSpec]:
-    """The nodes of `system`; `overrides` maps "node.param" (or a LAUNCH_ARGUMENTS name) to a value."""
+    """The nodes of `system`; `overrides` maps "node.param" (or a LAUNCH_ARGUMENTS name) to a value, and
+    `controller` to mpc | mppi (module doc). A launch argument sets those of its parameters whose node runs."""
     if system not in SYSTEMS:
         raise MetaSymError(f"unknown system {system!r}; expected one of {', '.join(SYSTEMS)}")
+    overrides = dict(overrides or {})
+    controller = overrides.pop("controller", "mpc")
+    if controller not in CONTROLLERS:
+        raise MetaSymError(f"override controller={controller!r}: expected one of {', '.join(CONTROLLERS)}")
+    closed_loop = controller == "mppi"
+    if closed_loop and system not in CLOSED_LOOP_SYSTEMS:
+        raise MetaSymError(f"controller=mppi flies {', '.join(CLOSED_LOOP_SYSTEMS)} only, not {system}")
     cfg = load_config(system)
     ros = cfg.get("ros") or {}
     if not isinstance(ros, dict):
         raise MetaSymError(f"config {cfg['_path']}: ros must be a mapping")
     params: dict[str, dict[str, object]] = {}
     for node in NODES:
+        if node == "controller" and not closed_loop:
+            continue
         section = ros.get(node) or {}
         if not isinstance(section, dict):
             raise MetaSymError(f"config {cfg['_path']}: ros.{node} must be a mapping")
         params[node] = {"system": system, **section}
-    for key, value in (overrides or {}).items():
+    if closed_loop:
+        params["simulator"]["controller"] = "external"
+    for key, value in overrides.items():
         if "." in key:
             targets: tuple[tuple[str, str], ...] = (tuple(key.split(".", 1)),)
         elif key in LAUNCH_ARGUMENTS:
-            targets = LAUNCH_ARGUMENTS[key]
+            targets = tuple((node, param) for node, param in LAUNCH_ARGUMENTS[key] if node in params)
         else:
-            raise MetaSymError(f"unknown override {key!r}; use node.param or one of "
+            raise MetaSymError(f"unknown override {key!r}; use node.param, controller or one of "
                                f"{', '.join(LAUNCH_ARGUMENTS)}")
+        if not targets or any(node not in params or not param for node, param in targets):
+            raise MetaSymError(f"override {key!r} names no node of the graph ({', '.join(params)})")
         for node, param in targets:
-            if node not in params or not param:
-                raise MetaSymError(f"override {key!r} names no node of the graph ({', '.join(NODES)})")
             params[node][param] = _like(params[node].get(param), value, key)
     return [NodeSpec(name=node, executable=exe, module=module, parameters=params[node])
-            for node, (exe, module) in NODES.items()]
+            for node, (exe, module) in NODES.items() if node in params]
 
 
 def _like(default: object, value: object, key: str) -> object:

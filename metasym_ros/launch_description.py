@@ -16,16 +16,16 @@ from launch_ros.parameter_descriptions import ParameterValue
 from metasym_ros.graph import LAUNCH_ARGUMENTS, PROFILE_VARIABLE, node_graph, transport_profile
 
 
-def generate(system: str) -> LaunchDescription:
+def generate(system: str, overrides: dict[str, object] | None = None) -> LaunchDescription:
     """The shipped Fast DDS profile (unless one is set), launch arguments for the main knobs, then one
-    `Node` action per node of the graph."""
-    specs = node_graph(system)
+    `Node` action per node of the graph (`overrides` as in `node_graph`, e.g. {"controller": "mppi"})."""
+    specs = node_graph(system, overrides)
     defaults = {spec.name: spec.parameters for spec in specs}
     actions = [SetEnvironmentVariable(PROFILE_VARIABLE,
                                       EnvironmentVariable(PROFILE_VARIABLE, default_value=transport_profile()))]
     knobs: dict[str, dict[str, ParameterValue]] = {spec.name: {} for spec in specs}
     for arg, targets in LAUNCH_ARGUMENTS.items():
-        present = [(node, param) for node, param in targets if param in defaults[node]]
+        present = [(node, param) for node, param in targets if param in defaults.get(node, {})]
         if not present:
             continue
         node, param = present[0]

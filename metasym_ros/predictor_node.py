@@ -17,11 +17,22 @@ from rclpy.node import Node
 
 from metasym_core.checkpoint import resolve_checkpoint
 from metasym_core.errors import MetaSymError
-from metasym_core.online.live_predictor import Adaptation, LivePredictor, ModelUpdate
+from metasym_core.online.live_predictor import LivePredictor
 from metasym_core.online.predictor import PredictionResult, load_model
 from metasym_core.online.streams import STREAMS
 from metasym_core.systems.quadrotor import positions_and_quaternions
-from metasym_ros.common import at_least, declare, f64, one_of, positive, run_node, seconds_stamp, stamp_seconds
+from metasym_ros.common import (
+    adaptation_of,
+    at_least,
+    declare,
+    f64,
+    model_update_of,
+    one_of,
+    positive,
+    run_node,
+    seconds_stamp,
+    stamp_seconds,
+)
 from metasym_ros.msg import AdaptationStatus, ControlPlan, ModelCheckpoint, Prediction, PredictionMetrics, SystemState
 from metasym_ros.qos import (
     ADAPTATION_QOS,
@@ -126,12 +137,10 @@ class PredictorNode(Node):
 
     def _on_adaptation(self, msg: AdaptationStatus) -> None:
         if msg.accepted:
-            self.live.on_adaptation(msg.system, Adaptation(
-                msg.model_tag, msg.version, [(p.name, p.shape, p.values) for p in msg.params], msg.params_path,
-                msg.loss_before, msg.loss_after))
+            self.live.on_adaptation(msg.system, adaptation_of(msg))
 
     def _on_model(self, msg: ModelCheckpoint) -> None:
-        self.live.on_model(msg.system, ModelUpdate(bytes(msg.data), msg.sha256, msg.tag, msg.path))
+        self.live.on_model(msg.system, model_update_of(msg))
 
     def _on_rollout_batch(self, request: RolloutBatch.Request,
                           response: RolloutBatch.Response) -> RolloutBatch.Response:

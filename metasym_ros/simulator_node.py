@@ -11,11 +11,17 @@ Parameters (declared up front, validated; see `ros: simulator:` in config/<syste
   change_time   simulated time [s] of the change; negative = never
   frame_id      header frame
   wait_for_subscribers  start the simulated clock only once this many subscribers match (default 0)
+  controller    mpc (default): the system flies itself (the quadrotor: waypoints under its Crocoddyl MPC) |
+                external (quadrotor): a plant flown by the newest ControlPlan on ``metasym/control_plan``,
+                with a failsafe hover (read only)
+  control_timeout_s  external: a plan older than this [s, simulated] hands the vehicle to the failsafe
 
 Publishes ``metasym/state`` (QoS: metasym_ros.qos.STATE_QOS) and, for a system flown by a
-controller (the quadrotor's Crocoddyl MPC), that controller's plan on ``metasym/control_plan``
-(ControlPlan, QoS PLAN_QOS) before each state: the plan the state's control comes from, with
-the state's stamp and step. Header stamps come
+controller (controller mpc: the quadrotor's Crocoddyl MPC), that controller's plan on
+``metasym/control_plan`` (ControlPlan, QoS PLAN_QOS) before each state: the plan the state's
+control comes from, with the state's stamp and step. With controller external it subscribes to
+that topic instead and applies the plans with one period of delay (`metasym_core.online.plant`:
+modes external / hold / failsafe, each change logged once, counters every 5 s). Header stamps come
 from the node clock at publish time; `dt` and `step` carry the simulated time, so
 simulated time runs at rate_hz·dt times wall time. Service ``~/change_parameter``
 (ChangeParameter) changes a parameter at any time.
@@ -25,14 +31,29 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from rclpy.node import Node
 
 from metasym_core.errors import MetaSymError
+from metasym_core.online.plant import ExternalPlant, check_timeout
 from metasym_core.online.streams import STREAMS, make_stream
-from metasym_ros.common import at_least, declare, f64, one_of, positive, run_node, seconds_stamp, stamp_seconds
+from metasym_ros.common import (
+    at_least,
+    declare,
+    f64,
+    one_of,
+    plan_message,
+    positive,
+    run_node,
+    seconds_stamp,
+    stamp_seconds,
+)
 from metasym_ros.msg import ControlPlan, SystemState
 from metasym_ros.qos import PLAN_QOS, PLAN_TOPIC, STATE_QOS, STATE_TOPIC
 from metasym_ros.srv import ChangeParameter
+
+CONTROLLERS = ("mpc", "external")
+REPORT_PERIOD_S = 5.0  # [s] between the plant's counters in the log (controller external)
 
 
 def _rate(value: float) -> None:
@@ -65,21 +86,42 @@ class SimulatorNode(Node):
                                    apply=self._set_change_time)
         self.frame_id = declare(self, "frame_id", "world", "Header frame of the states",
                                 apply=lambda value: setattr(self, "frame_id", value))
+        controller = declare(self, "controller", "mpc", "Who flies the system: mpc = the simulator's own controller "
+                             "| external = the newest ControlPlan on metasym/control_plan, with a failsafe hover",
+                             check=one_of(CONTROLLERS))
+        timeout = declare(self, "control_timeout_s", 0.2, "controller external: a plan older than this [s of "
+                          "simulated time] hands the vehicle to the failsafe hover", check=check_timeout,
+                          apply=lambda value: setattr(self.plant, "control_timeout_s", value))
 
         self.stream = make_stream(self.system, dt=dt, seed=seed)
+        self.plant: ExternalPlant | None = None
         if self.change_time >= 0 and self.change_param not in self.stream.param_names:
             self.stream.close()
             raise MetaSymError(f"parameter change_param must be one of {', '.join(self.stream.param_names)}, "
                                f"got {self.change_param!r}")
+        if controller == "external":
+            if self.stream.control_limits is None:
+                self.stream.close()
+                raise MetaSymError(f"parameter controller: the {self.system} simulator takes no external control; "
+                                   "use mpc")
+            log = self.get_logger()
+            self.plant = ExternalPlant(self.system, dt, *self.stream.control_limits, timeout, info=log.info,
+                                       warn=log.warning)
         self._changed = False
         self.published = 0
         self._pub = self.create_publisher(SystemState, STATE_TOPIC, STATE_QOS)
-        self._plan_pub = self.create_publisher(ControlPlan, PLAN_TOPIC, PLAN_QOS)
+        if self.plant is None:
+            self._plan_pub = self.create_publisher(ControlPlan, PLAN_TOPIC, PLAN_QOS)
+        else:
+            self._plan_sub = self.create_subscription(ControlPlan, PLAN_TOPIC, self._on_plan, PLAN_QOS)
+            self._report_timer = self.create_timer(REPORT_PERIOD_S, self._report)
         self._srv = self.create_service(ChangeParameter, "~/change_parameter", self._on_change_parameter)
         self._timer = self.create_timer(1.0 / self.rate_hz, self._on_timer)
-        self.get_logger().info(f"simulating {self.system} at {self.rate_hz:g} Hz, dt={dt:g} s; change "
-                               + (f"{self.change_param} x{self.change_scale:g} at t={self.change_time:g} s"
-                                  if self.change_time >= 0 else "never"))
+        self.get_logger().info(f"simulating {self.system} at {self.rate_hz:g} Hz, dt={dt:g} s, flown by "
+                               + ("its own controller" if self.plant is None else
+                                  f"external plans (control_timeout_s {timeout:g} s, failsafe hover)")
+                               + "; change " + (f"{self.change_param} x{self.change_scale:g} at "
+                                                f"t={self.change_time:g} s" if self.change_time >= 0 else "never"))
 
     def _check_change_param(self, name: str) -> None:
         stream = getattr(self, "stream", None)  # at start: checked against the stream once it exists
@@ -97,8 +139,12 @@ class SimulatorNode(Node):
         if self.published == 0 and self._pub.get_subscription_count() < self.wait_for_subscribers:
             return  # states sent before the listeners matched would be lost to them
         try:
-            sample = self.stream.advance()
-            plan = self.stream.plan()  # the plan this sample's control came from
+            if self.plant is None:
+                sample = self.stream.advance()
+                plan = self.stream.plan()  # the plan this sample's control came from
+            else:  # the newest plan's entry for this step, or the failsafe (None)
+                control, _ = self.plant.control(self.stream.step, self.stream.breach())
+                sample, plan = self.stream.advance_under(control), None
         except MetaSymError as exc:  # a diverged simulation: say so, stop publishing, stay up
             self.get_logger().error(f"simulation stopped: {exc}")
             self._timer.cancel()
@@ -120,14 +166,24 @@ class SimulatorNode(Node):
 
     def _plan_msg(self, plan, sample, header) -> ControlPlan:
         """The stream's plan (steps of the stream; its stamp is the state's of `plan.step`)."""
-        out = ControlPlan(system=self.system, step=int(plan.step), dt=float(plan.dt), horizon=len(plan.controls),
-                          control_dim=plan.controls.shape[1])
+        out = plan_message(plan)
         out.header.frame_id = header.frame_id
         # a plan solved from this sample carries its stamp; an older one (re-solved every few steps)
         # the stamp of its start, back by the simulated steps since then at this node's publish rate
         seconds_stamp(out.header.stamp, stamp_seconds(header.stamp) - (sample.step - plan.step) / self.rate_hz)
-        out.controls = f64(plan.controls)
         return out
+
+    def _on_plan(self, msg: ControlPlan) -> None:
+        """An external controller's plan (controller external): kept, or dropped and counted by the plant."""
+        self.plant.on_plan(msg.system, msg.step, stamp_seconds(msg.header.stamp), msg.dt,
+                           np.frombuffer(msg.controls, dtype=np.float64), msg.horizon, msg.control_dim,
+                           self.get_clock().now().nanoseconds * 1e-9)
+
+    def _report(self) -> None:
+        report = self.plant.report()
+        self.get_logger().info(f"plant: {report['mode']} ({report['reason']}); steps {report['steps']}, failsafe "
+                               f"take-overs {report['failsafes']}, plans {report['plans']} kept / dropped "
+                               f"{report['dropped']}, clipped {report['clipped']}")
 
     def _set(self, name: str, scale: float, why: str) -> float:
         value = self.stream.set_param(name, scale)

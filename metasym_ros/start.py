@@ -45,6 +45,11 @@ def learner() -> int:
     return start("metasym_ros.learner_node")
 
 
+def controller() -> int:
+    """Console script `metasym-controller`."""
+    return start("metasym_ros.controller_node")
+
+
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         print("usage: python -m metasym_ros.start <node module> [--ros-args ...]", file=sys.stderr)

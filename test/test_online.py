@@ -235,6 +235,29 @@ def test_graph_reads_the_ros_section_and_applies_overrides():
         node_graph("quadrotor", {"planner.x": 1})
 
 
+def test_the_graph_closes_the_loop_on_request():
+    """controller=mppi adds the controller node (the model of predictor and learner) and lets it fly the
+    simulator; its launch arguments and parameters exist only then."""
+    from metasym_ros.graph import node_graph
+
+    specs = {s.name: s for s in node_graph("quadrotor", {"controller": "mppi", "checkpoint": "m.pt", "samples": 64,
+                                                          "controller.horizon": 12, "control_timeout_s": 0.3})}
+    assert set(specs) == {"simulator", "predictor", "learner", "controller"}
+    assert specs["controller"].module == "metasym_ros.controller_node"
+    assert specs["simulator"].parameters["controller"] == "external"
+    assert specs["simulator"].parameters["control_timeout_s"] == 0.3
+    assert specs["controller"].parameters["checkpoint"] == specs["predictor"].parameters["checkpoint"] == "m.pt"
+    assert (specs["controller"].parameters["samples"], specs["controller"].parameters["horizon"]) == (64, 12)
+    plain = {s.name: s for s in node_graph("quadrotor", {"checkpoint": "m.pt"})}
+    assert "controller" not in plain and plain["simulator"].parameters["controller"] == "mpc"
+    with pytest.raises(MetaSymError, match="no node"):
+        node_graph("quadrotor", {"samples": 64})  # no controller node without the closed loop
+    with pytest.raises(MetaSymError, match="quadrotor only"):
+        node_graph("spring_mesh", {"controller": "mppi"})
+    with pytest.raises(MetaSymError, match="mpc, mppi"):
+        node_graph("quadrotor", {"controller": "pid"})
+
+
 def test_nodes_get_the_shipped_fast_dds_profile_unless_one_is_set():
     """config/fastdds.xml (a shared-memory segment large enough for K=1024 rollout_batch answers) goes
     to every node the launcher starts; a profile the user chose is kept."""
@@ -285,6 +308,7 @@ def test_launch_help_lists_every_launch_argument(capsys):
     for arg, targets in LAUNCH_ARGUMENTS.items():
         assert f"{arg} (" in text and all(f"{node}.{param}" in text for node, param in targets), arg
     assert "{" + ",".join(SYSTEMS) + "}" in text
+    assert "controller=mpc|mppi" in text
 
 
 def test_model_error_tracker_hands_out_past_contexts_with_the_applied_controls():
