@@ -91,7 +91,7 @@ class SimulatorNode(Node):
                              check=one_of(CONTROLLERS))
         timeout = declare(self, "control_timeout_s", 0.2, "controller external: a plan older than this [s of "
                           "simulated time] hands the vehicle to the failsafe hover", check=check_timeout,
-                          apply=lambda value: setattr(self.plant, "control_timeout_s", value))
+                          apply=self._set_timeout)
 
         self.stream = make_stream(self.system, dt=dt, seed=seed)
         self.plant: ExternalPlant | None = None
@@ -131,6 +131,10 @@ class SimulatorNode(Node):
     def _set_rate(self, value: float) -> None:
         self.rate_hz = value
         self._timer.timer_period_ns = int(1e9 / value)
+
+    def _set_timeout(self, value: float) -> None:
+        if self.plant is not None:  # with controller mpc the value waits unused
+            self.plant.control_timeout_s = value
 
     def _set_change_time(self, value: float) -> None:
         self.change_time, self._changed = value, False  # a new schedule: the change happens (again) then

@@ -178,11 +178,15 @@ def test_the_controller_node_flies_the_plant_and_a_killed_one_leaves_it_hovering
 
 
 def test_nodes_refuse_a_closed_loop_they_cannot_fly():
+    from rclpy.parameter import Parameter
+
     from metasym_core.errors import MetaSymError
     from metasym_ros.controller_node import ControllerNode
     from metasym_ros.simulator_node import SimulatorNode
 
     with ros_context() as (_, make, _thread):
+        sim = make(SimulatorNode, {"system": "quadrotor", "change_time": -1.0})  # controller mpc: no plant
+        assert sim.plant is None and sim.set_parameters([Parameter("control_timeout_s", value=0.5)])[0].successful
         with pytest.raises(MetaSymError, match="no external control"):
             make(SimulatorNode, {"system": "spring_mesh", "change_param": "k", "controller": "external"})
         with pytest.raises(MetaSymError, match="controller"):
