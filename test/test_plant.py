@@ -161,10 +161,11 @@ def test_the_quadrotor_plant_flies_plans_then_hovers_in_place_when_they_stop_and
     assert all(_in_box(_position(s.state)) for s in samples)
 
 
-@pytest.mark.parametrize("controls", ["zero", "full", "random"])
+@pytest.mark.parametrize("controls", ["zero", "full", "random", "spin", "flip"])
 def test_the_geofence_keeps_the_quadrotor_in_the_box_whatever_the_controller_sends(controls):
-    """A controller answering every state with zero, full or random thrusts: the plant clips them, and its
-    geofence hands the vehicle to the failsafe before it leaves the box (5 s of simulated time)."""
+    """A controller answering every state with zero, full, random, yaw-spinning (two opposite rotors at full
+    thrust) or flipping (one rotor at full) thrusts: the plant clips them, and its geofence hands the vehicle
+    to the failsafe before it leaves the box (5 s of simulated time)."""
     rng = np.random.default_rng(0)
     stream = make_stream("quadrotor", dt=DT, seed=1)
     plant, _ = _plant()
@@ -173,11 +174,12 @@ def test_the_geofence_keeps_the_quadrotor_in_the_box_whatever_the_controller_sen
         sample = stream.advance_under(u)
         assert _in_box(_position(sample.state), margin=0.05), _position(sample.state)
         plan = {"zero": np.zeros((10, M)), "full": np.full((10, M), 20.0),
-                "random": rng.uniform(-2.0, 10.0, (10, M))}[controls]
+                "random": rng.uniform(-2.0, 10.0, (10, M)), "spin": np.tile([8.0, 0.0, 8.0, 0.0], (10, 1)),
+                "flip": np.tile([8.0, 0.0, 0.0, 0.0], (10, 1))}[controls]
         plan[0] = sample.control
         _send(plant, sample.step, plan, now=sample.t)
     assert plant.failsafes >= 2 and plant.steps[MODE_EXTERNAL] > 0
-    assert (plant.clipped > 0) == (controls != "zero")
+    assert (plant.clipped > 0) == (controls in ("full", "random"))
 
 
 def test_streams_without_controls_refuse_external_control():

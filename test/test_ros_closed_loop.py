@@ -168,7 +168,8 @@ def test_the_controller_node_flies_the_plant_and_a_killed_one_leaves_it_hovering
             wait_for(lambda: _at_rest(states[-25:]) or states[-1].step > since + 300, "a hover", DEADLINE_S)
             assert _at_rest(states[-25:]), [_position(s) for s in states[-25::6]]
             assert plant.mode == MODE_FAILSAFE and plant.steps[MODE_EXTERNAL] == external
-            assert all(_in_box(s) and _position(s)[2] > 0 for s in states)
+            assert all(_in_box(s) and _position(s)[2] > 0 for s in states), \
+                (np.min([_position(s) for s in states], 0), np.max([_position(s) for s in states], 0))
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -20,8 +20,8 @@ As a plant for another controller (`advance(control)`, the ROS simulator's `cont
 the thrusts come from outside, clipped to the rotor limits, and the MPC rests. `hold()` is the
 failsafe: the same MPC, its goal the position where it was called (clipped into the box), level
 at the current heading and at rest: hover in place, as PX4 does when offboard control is lost.
-`breach()` is the geofence that calls for it: the vehicle outside the box, heading out of it
-within `FENCE_LOOKAHEAD_S`, tilted past `FENCE_TILT` or spinning faster than `FENCE_RATE`.
+`breach()` is the geofence that calls for it: the vehicle within `FENCE_INSET` of the box's faces or
+heading there within `FENCE_LOOKAHEAD_S`, tilted past `FENCE_TILT` or spinning faster than `FENCE_RATE`.
 """
 
 from __future__ import annotations
@@ -50,6 +50,10 @@ EXCITATION_CORRELATION = 0.9  # step-to-step correlation of the `control_noise` 
 # the failsafe MPC an attitude it recovers from (two rotors at full thrust and two off flip the vehicle:
 # caught at 1 rad of tilt it overturns and falls ~2 m, caught at 4 rad/s it loses a few cm).
 FENCE_LOOKAHEAD_S = 0.5
+# [m] the fence lies this far inside each face of the box: a controller can throw the vehicle about before
+# the failsafe has it (random thrusts through a 0.5 s look-ahead fence on the faces overshot them by up to
+# 0.12 m), so the fence keeps most of that overshoot inside the box.
+FENCE_INSET = 0.2  # less than quad.BOX_MARGIN: a vehicle that hovers where the failsafe put it is clear of it
 FENCE_TILT = 1.0  # [rad] from level
 FENCE_RATE = 4.0  # [rad/s] body rate
 MPC_WEIGHTS: dict[str, float] = {
@@ -159,12 +163,12 @@ class FlightSimulator:
 
         rotation = pin.XYZQUATToSE3(self._x[:7]).rotation
         p = self._x[:3]
-        low, high = self.box[:, 0], self.box[:, 1]
+        low, high = self.box[:, 0] + FENCE_INSET, self.box[:, 1] - FENCE_INSET
         if np.any(p < low) or np.any(p > high):
-            return "outside the box"
+            return "at the fence"
         ahead = p + FENCE_LOOKAHEAD_S * (rotation @ self._x[7:10])
         if np.any(ahead < low) or np.any(ahead > high):
-            return "heading out of the box"
+            return "heading for the fence"
         if rotation[2, 2] < math.cos(FENCE_TILT):
             return "tilted"
         if np.linalg.norm(self._x[10:13]) > FENCE_RATE:
