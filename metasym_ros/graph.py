@@ -10,7 +10,8 @@ they start the same nodes with the same parameters.
 The override `controller` shapes the graph: `mpc` (the default) lets the simulator fly
 itself; `mppi` closes the loop (quadrotor): it adds the controller node (MPPI on the
 MetaSym model) and sets the simulator's `controller: external`, so that the simulator
-flies the controller's plans (launch/quadrotor_closed_loop.launch.py).
+flies the controller's plans (launch/quadrotor_closed_loop.launch.py), in real time
+(`rate_hz` = 1 / `dt`, unless overridden: the open loop runs its simulated time faster).
 """
 
 from __future__ import annotations
@@ -103,8 +104,9 @@ def node_graph(system: str, overrides: Mapping[str, object] | None = None) -> li
         if not isinstance(section, dict):
             raise MetaSymError(f"config {cfg['_path']}: ros.{node} must be a mapping")
         params[node] = {"system": system, **section}
-    if closed_loop:
+    if closed_loop:  # the simulator becomes a plant, in real time: the controller gets a real vehicle's time
         params["simulator"]["controller"] = "external"
+        params["simulator"]["rate_hz"] = 1.0 / float(params["simulator"].get("dt", 0.02))
     for key, value in overrides.items():
         if "." in key:
             targets: tuple[tuple[str, str], ...] = (tuple(key.split(".", 1)),)
