@@ -1,8 +1,8 @@
 """ROS latency benchmark: state publish → prediction receive, and the batched rollout service,
 with normal scheduling (the baseline) and with a real-time (SCHED_FIFO) predictor and probe.
 
-Starts the node graph of a system with `metasym launch` (simulator + predictor, separate
-processes, on the caller's ROS domain) and a probe node in this process. Each Prediction
+Starts the node graph of a system as `metasym launch` does (`launcher.GraphRunner`: simulator,
+predictor and learner, separate processes, on the caller's ROS domain) and a probe node in this process. Each Prediction
 carries the header of the state it started from, stamped by the simulator at publish time,
 so receive time − header stamp is the end-to-end latency (same host clock). Then calls
 `~/rollout_batch` with K candidates. rclpy is imported inside the functions only.
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -25,20 +23,13 @@ from tqdm import tqdm
 from metasym_core.bench.report import DEFAULT_DOC, markdown_table, text_table, update_section
 from metasym_core.config import load_config
 from metasym_core.errors import MetaSymError
-from metasym_ros.graph import node_environment
-from metasym_ros.launcher import die_with_parent
-from metasym_ros.realtime import child_fifo_priority, set_fifo
+from metasym_ros.graph import node_environment, node_graph
+from metasym_ros.launcher import GraphRunner
+from metasym_ros.realtime import fifo_priority, set_fifo
 
 TARGETS = {"latency_p99_target_ms": 5.0, "rollout_k1024_target_ms": 20.0}
 WARMUP_S = 3.0  # first predictions include model warm-up; not timed
 START_TIMEOUT_S = 60.0
-
-
-def _launch(system: str, rate_hz: float, horizon: int, priority: int, log) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "metasym_core.cli", "launch", system, "--set", f"rate_hz={rate_hz}",
-           "--set", f"horizon={horizon}", "--set", f"realtime_priority={priority}"]
-    # the launcher stops its nodes on SIGTERM, which it gets if this process dies first
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent(signal.SIGTERM))
 
 
 def _rollout_request(srv, cfg: dict, candidates: int, horizon: int, rng: np.random.Generator):
@@ -71,7 +62,8 @@ def _measure(system: str, cfg: dict, rate_hz: float, horizon: int, candidates: i
     label = f"SCHED_FIFO {priority}" if priority else "normal scheduling"
     print(f"[bench ros] starting the {system} graph ({label})", file=sys.stderr, flush=True)
     log = tempfile.TemporaryFile(mode="w+")  # the nodes' output; a pipe could fill up and block them
-    proc = _launch(system, rate_hz, horizon, priority, log)
+    graph = GraphRunner(stdout=log)
+    graph.start(node_graph(system, {"rate_hz": rate_hz, "horizon": horizon, "realtime_priority": priority}))
     recorder = FlightRecorder(horizon, system)
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -107,11 +99,11 @@ def _measure(system: str, cfg: dict, rate_hz: float, horizon: int, candidates: i
     try:
         end = time.monotonic() + START_TIMEOUT_S
         while not first:
-            if proc.poll() is not None or time.monotonic() > end:
+            if graph.dead() is not None or time.monotonic() > end:
                 log.seek(0)
                 raise MetaSymError(f"the {system} graph did not start: {log.read()[-500:]}")
             time.sleep(0.1)
-        predictor_priority = child_fifo_priority(proc.pid, "metasym_ros.predictor_node") or 0
+        predictor_priority = fifo_priority(graph.pid("predictor"))
         time.sleep(WARMUP_S)
         with tqdm(total=round(duration_s), desc=f"{system} graph, {label}", unit="s", leave=False) as bar:
             end = time.monotonic() + duration_s
@@ -140,13 +132,7 @@ def _measure(system: str, cfg: dict, rate_hz: float, horizon: int, candidates: i
         thread.join(timeout=5)
         node.destroy_node()
         context.try_shutdown()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        graph.close(grace_s=20.0)
         log.close()
     print("[bench ros] scoring the predictions against holding the state", file=sys.stderr, flush=True)
     skill = _skill(recorder, cfg)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -438,17 +437,10 @@ def _graph_specs(cfg: FlightConfig) -> tuple[list, int]:
     return specs, int(next(s for s in specs if s.name == "predictor").parameters.get("horizon", 30))
 
 
-def _start(specs: list, params_file: str, log_file) -> list[subprocess.Popen]:
-    from metasym_ros.launcher import die_with_parent, node_command
-
-    return [subprocess.Popen(node_command(spec, params_file), stdout=log_file, stderr=subprocess.STDOUT,
-                             start_new_session=True, preexec_fn=die_with_parent(hold_sigint=True)) for spec in specs]
-
-
-def _wait_for(what: str, done, procs: list[subprocess.Popen], timeout_s: float = START_TIMEOUT_S) -> None:
+def _wait_for(what: str, done, graph, timeout_s: float = START_TIMEOUT_S) -> None:
     end = time.monotonic() + timeout_s
     while not done():
-        dead = next((p for p in procs if p.poll() is not None), None)
+        dead = graph.dead()
         if dead is not None:
             raise MetaSymError(f"node {dead.args[3]} exited with code {dead.returncode} (see nodes.log)")
         if time.monotonic() > end:
@@ -460,16 +452,13 @@ def run_flight(cfg: FlightConfig, log=print) -> dict:
     """Fly, record, summarise, plot; returns the summary figures."""
     cfg.validate()
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # talk to this graph only
-    import tempfile
 
     import rclpy
-    import yaml
     from rclpy.executors import SingleThreadedExecutor
 
     from metasym_core.io import atomic_write_text
     from metasym_ros import qos
-    from metasym_ros.graph import params_yaml
-    from metasym_ros.launcher import GRACE_S, stop_all
+    from metasym_ros.launcher import GRACE_S, GraphRunner
     from metasym_ros.msg import AdaptationStatus, Prediction, PredictionMetrics, SystemState
 
     out = Path(cfg.out)
@@ -482,15 +471,10 @@ def run_flight(cfg: FlightConfig, log=print) -> dict:
     node = rclpy.create_node("metasym_flight_recorder", context=context)
     executor.add_node(node)
     thread = threading.Thread(target=executor.spin, daemon=True)
-    procs: list[subprocess.Popen] = []
-    params_file = None
     start = time.monotonic()
-    with open(out / "nodes.log", "w", encoding="utf-8") as log_file:
+    with open(out / "nodes.log", "w", encoding="utf-8") as log_file, GraphRunner(stdout=log_file) as graph:
         try:
             specs, horizon = _graph_specs(cfg)
-            with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="metasym-flight-", delete=False) as f:
-                yaml.safe_dump(params_yaml(specs), f, sort_keys=False)
-                params_file = f.name
             rec = FlightRecorder(horizon)
             for typ, topic, profile, cb in (
                     (SystemState, qos.STATE_TOPIC, qos.STATE_QOS, rec.on_state),
@@ -502,26 +486,22 @@ def run_flight(cfg: FlightConfig, log=print) -> dict:
             # listeners first: the simulator's clock starts with its first state, and states sent before
             # the predictor, learner and this recorder subscribed would be lost to them
             listeners = [spec for spec in specs if spec.name != "simulator"]
-            procs += _start(listeners, params_file, log_file)
+            graph.start(listeners)
             _wait_for("the nodes to subscribe", lambda: node.count_subscribers("/" + qos.STATE_TOPIC)
-                      >= len(listeners) + 1, procs)
+                      >= len(listeners) + 1, graph)
             sim = [spec for spec in specs if spec.name == "simulator"]
             sim[0].parameters["wait_for_subscribers"] = len(listeners) + 1  # its clock starts once all listen
-            with open(params_file, "w", encoding="utf-8") as f:
-                yaml.safe_dump(params_yaml(specs), f, sort_keys=False)
-            procs += _start(sim, params_file, log_file)
+            graph.start(sim)
             log(f"[flight] started {', '.join(s.name for s in specs)}; flying {cfg.duration_s:g} s simulated, "
                 f"{cfg.change_param} ×{cfg.change_scale:g} at t = {cfg.change_time_s:g} s "
                 f"({'with' if cfg.adapt else 'WITHOUT'} online adaptation); node output in {out / 'nodes.log'}")
-            _fly(cfg, rec, procs, start, log)
+            _fly(cfg, rec, graph, start, log)
         finally:
             executor.shutdown(timeout_sec=5)
             thread.join(timeout=5)
             node.destroy_node()
             context.try_shutdown()
-            codes = stop_all(procs, GRACE_S) if procs else []
-            if params_file:
-                os.unlink(params_file)
+            codes = graph.stop(GRACE_S)
     wall_s = time.monotonic() - start
     rec.finish()
     rec.hindcast(cfg.checkpoint)
@@ -544,14 +524,14 @@ def run_flight(cfg: FlightConfig, log=print) -> dict:
     return figures
 
 
-def _fly(cfg: FlightConfig, rec: FlightRecorder, procs: list[subprocess.Popen], start: float, log) -> None:
+def _fly(cfg: FlightConfig, rec: FlightRecorder, graph, start: float, log) -> None:
     """Wait until `duration` simulated seconds have streamed; print a status line about once a second."""
     tty = sys.stdout.isatty()
     deadline = None
     last_version = 0
     while True:
         time.sleep(1.0)
-        dead = next((p for p in procs if p.poll() is not None), None)
+        dead = graph.dead()
         if dead is not None:
             raise MetaSymError(f"node {dead.args[3]} exited with code {dead.returncode} (see nodes.log)")
         with rec.lock:

@@ -77,6 +77,73 @@ def stop_all(procs: list[subprocess.Popen], grace_s: float) -> list[int]:
     return [proc.returncode for proc in procs]
 
 
+class GraphRunner:
+    """The one way the project starts a node graph: `metasym launch`, `metasym flight` and `metasym bench ros`.
+
+    `start(specs)` writes the nodes' parameters file (a private temporary folder, removed at the end) and
+    starts each node as `node_command` in its own session, SIGINT held until its handler is in place and
+    the kernel's SIGINT on the runner's death (`die_with_parent`), with the shipped transport profile
+    (`graph.node_environment`). It may be called again for more nodes (e.g. listeners first, then the
+    simulator). `dead()` is the first node that exited, `pid(name)` a node's process, `stop()` SIGINTs all,
+    waits, then kills (`stop_all`) and returns their exit codes; `close()` (or leaving the context) stops
+    what still runs and removes the parameters files.
+    """
+
+    def __init__(self, stdout=None, environ: Mapping[str, str] | None = None, announce=None):
+        self.stdout, self.announce = stdout, announce
+        self.env = node_environment(os.environ if environ is None else environ)
+        self.specs: list[NodeSpec] = []
+        self.procs: list[subprocess.Popen] = []
+        self._tmp = tempfile.TemporaryDirectory(prefix="metasym-graph-")
+        self.codes: list[int] | None = None
+
+    def start(self, specs: list[NodeSpec]) -> None:
+        """Start the nodes of `specs` (module doc)."""
+        params_file = Path(self._tmp.name) / f"params{len(self.procs)}.yaml"
+        params_file.write_text(yaml.safe_dump(params_yaml(specs), sort_keys=False), encoding="utf-8")
+        for spec in specs:
+            out = {} if self.stdout is None else {"stdout": self.stdout, "stderr": subprocess.STDOUT}
+            self.procs.append(subprocess.Popen(node_command(spec, params_file), start_new_session=True, env=self.env,
+                                               preexec_fn=die_with_parent(hold_sigint=True), **out))
+            self.specs.append(spec)
+            if self.announce is not None:
+                self.announce(f"started {spec.name} (pid {self.procs[-1].pid})")
+
+    def dead(self) -> subprocess.Popen | None:
+        """The first node that has exited, or None."""
+        return next((p for p in self.procs if p.poll() is not None), None)
+
+    def name_of(self, proc: subprocess.Popen) -> str:
+        """The node name of one of the runner's processes."""
+        return self.specs[self.procs.index(proc)].name
+
+    def pid(self, name: str) -> int:
+        """The process id of the node `name`."""
+        return next(p.pid for spec, p in zip(self.specs, self.procs, strict=True) if spec.name == name)
+
+    def stop(self, grace_s: float = GRACE_S) -> list[int]:
+        """Stop every node (SIGINT, then SIGKILL after `grace_s`); their exit codes, in start order."""
+        if self.codes is None:
+            self.codes = stop_all(self.procs, grace_s)
+        return self.codes
+
+    def __enter__(self) -> GraphRunner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self, grace_s: float = GRACE_S) -> None:
+        """`stop` what still runs and remove the parameters files."""
+        try:
+            self.stop(grace_s)
+        finally:
+            for proc in self.procs:  # only if stopping itself failed
+                if proc.poll() is None:
+                    proc.kill()
+            self._tmp.cleanup()
+
+
 def launch(system: str, overrides: Mapping[str, object] | None = None, duration_s: float | None = None,
            grace_s: float = GRACE_S) -> int:
     """Run the graph of `system` until SIGINT/SIGTERM (or `duration_s`); the exit code of the graph."""
@@ -87,29 +154,19 @@ def launch(system: str, overrides: Mapping[str, object] | None = None, duration_
         stop["signal"] = signum
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    procs: list[subprocess.Popen] = []
     try:
-        with tempfile.TemporaryDirectory(prefix="metasym-launch-") as tmp:
-            params_file = Path(tmp) / "params.yaml"
-            params_file.write_text(yaml.safe_dump(params_yaml(specs), sort_keys=False), encoding="utf-8")
-            env = node_environment(os.environ)
-            for spec in specs:
-                procs.append(subprocess.Popen(node_command(spec, params_file), start_new_session=True, env=env,
-                                              preexec_fn=die_with_parent(hold_sigint=True)))
-                print(f"metasym launch: started {spec.name} (pid {procs[-1].pid})", flush=True)
+        with GraphRunner(announce=lambda line: print(f"metasym launch: {line}", flush=True)) as graph:
+            graph.start(specs)
             end = time.monotonic() + duration_s if duration_s else None
             failed = None
             while stop["signal"] is None and failed is None and (end is None or time.monotonic() < end):
-                failed = next((p for p in procs if p.poll() is not None), None)
+                failed = graph.dead()
                 time.sleep(0.05)
             if stop["signal"] is not None:
                 print(f"metasym launch: {signal.Signals(stop['signal']).name} received; stopping the nodes",
                       flush=True)
-            codes = stop_all(procs, grace_s)
+            codes = graph.stop(grace_s)
     finally:
-        for proc in procs:  # only if something above raised
-            if proc.poll() is None:
-                proc.kill()
         for s, handler in old.items():
             signal.signal(s, handler)
     if failed is not None:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -226,6 +227,38 @@ def test_launched_graph_exits_cleanly_on_sigint():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.slow
+def test_the_graph_runner_starts_nodes_in_batches_and_stops_them_cleanly(tmp_path):
+    """GraphRunner, the one way `metasym launch`, `metasym flight` and `metasym bench ros` start a graph: a
+    second batch of nodes joins the first (listeners, then the simulator), and everything stops with code 0
+    and leaves no parameters file behind."""
+    from metasym_ros.msg import Prediction
+
+    from metasym_ros import qos
+    from metasym_ros.graph import node_graph
+    from metasym_ros.launcher import GraphRunner
+
+    specs = {s.name: s for s in node_graph("quadrotor", {"horizon": 5, "change_time": -1.0,
+                                                          "realtime_priority": 0})}
+    lines = []
+    with open(tmp_path / "nodes.log", "w+", encoding="utf-8") as log, _ros() as (_, make, thread):
+        probe = make("probe")
+        preds = []
+        probe.create_subscription(Prediction, "/" + qos.PREDICTION_TOPIC, preds.append, qos.PREDICTION_QOS)
+        thread.start()
+        with GraphRunner(stdout=log, announce=lines.append) as graph:
+            graph.start([specs["predictor"]])
+            graph.start([specs["simulator"]])
+            folder = Path(graph._tmp.name)
+            assert sorted(p.name for p in folder.iterdir()) == ["params0.yaml", "params1.yaml"]
+            _wait(lambda: len(preds) >= 3 or graph.dead() is not None, "predictions of the runner's graph", 60)
+            assert graph.dead() is None, log.seek(0) or log.read()
+            assert graph.pid("simulator") == graph.procs[1].pid and graph.name_of(graph.procs[0]) == "predictor"
+            assert graph.stop() == [0, 0]
+        assert not folder.exists()
+    assert lines == [f"started predictor (pid {graph.procs[0].pid})", f"started simulator (pid {graph.procs[1].pid})"]
 
 
 def _alive(pid: int) -> bool:
