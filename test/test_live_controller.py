@@ -78,8 +78,14 @@ def test_only_the_newest_state_is_solved_from_and_the_others_fill_the_context(ct
     ctl.mppi.mppi.shift = lambda: (shifts.append(1), shift())
     for sample in samples[1:4]:  # a slow solve: three states came meanwhile
         _feed(ctl, sample)
+    previous = ctl.sink.plans[-1][1].controls  # the plan the plant flies until the next one arrives
     plan = ctl.solve_pending()
     assert plan.step == 3 and len(ctl.sink.plans) == 2 and ctl.skipped == 2
+    # the next solve will take about as long: the plant applies this state's control, then the previous plan's
+    # entries for the next two steps before this plan arrives; those stay, the rest is optimised
+    np.testing.assert_array_equal(plan.controls[0], samples[3].control)
+    np.testing.assert_array_equal(plan.controls[1:3], previous[4:6])
+    assert not np.array_equal(plan.controls[3:], np.vstack([previous[6:], previous[-1:]])[: H - 3])
     history = ctl.mppi.history  # the context: every state with the control applied from it, in order
     np.testing.assert_array_equal(np.array([x for x, _ in history]), np.array([s.state for s in samples[:4]]))
     np.testing.assert_array_equal(np.array([u for _, u in history]), np.array([s.control for s in samples[:4]]))

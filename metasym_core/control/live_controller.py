@@ -10,9 +10,11 @@ tested without DDS and the node stays an adapter:
 - **plans.** A worker thread solves from the newest queued state only, so plans never queue behind slow
   solves: the states before it only fill the context (`MetaSymMPPI.observe`, every state with the control
   applied from it), and the warm start shifts by the steps skipped. Each solve is
-  `MetaSymMPPI.plan(t, state, applied=state's control)` with t = step · dt along the reference: one period
-  of actuation delay, so ``plan[0]`` is the control the plant already applies from that state
-  (`metasym_core.online.plant`). The plan goes out (`publish(token, plan)`) with the state's step, stamp
+  `MetaSymMPPI.plan(t, state, applied=...)` with t = step · dt along the reference: one period of actuation
+  delay, so ``plan[0]`` is the control the plant already applies from that state
+  (`metasym_core.online.plant`); and a solve slower than a period fixes as many more entries as states came
+  in during the last one (the plant flies the previous plan until this one arrives). The plan goes out
+  (`publish(token, plan)`) with the state's step, stamp
   (its `token`, the node's message header) and dt.
 - **adaptations** of the learner are applied the predictor's way (`live_predictor.adopt`: only those of
   the model in use, only newer versions), before the next solve; **models** the learner meta-trained are
@@ -193,8 +195,12 @@ class LiveController:
             for _ in range(min(newest.step - self._solved_step - 1, config.horizon)):
                 mppi.mppi.shift()
         t = newest.step * newest.dt
+        # the plant applies this state's control now and flies the previous plan (the warm start, shifted to
+        # this state) until this one arrives: about as many steps as came in during the last solve
+        lead = min(len(batch), config.horizon)
+        applied = np.vstack([newest.control[None], mppi.mppi.plan[1:lead]])
         try:
-            controls = mppi.plan(t, newest.state, applied=newest.control)
+            controls = mppi.plan(t, newest.state, applied=applied)
         except (MetaSymError, RuntimeError) as exc:
             self.dropped["error"] += 1
             self.warn("error", f"no plan from step {newest.step}: {exc}")

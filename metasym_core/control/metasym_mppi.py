@@ -68,14 +68,17 @@ class MetaSymMPPI:
 
         With `applied` (the control the plant applies from `x12` on, decided in an earlier period:
         a plant that cannot wait for this solve), plan[0] is that control and only plan[1:] is
-        optimised; without it, plan[0] is optimised too (the plant waits for it). The plan then
+        optimised; `applied` [d, m] fixes the first d controls (a solve that takes d - 1 periods: the
+        plant flies the previous plan meanwhile). Without it, plan[0] is optimised too (the plant
+        waits for it). The plan then
         shifts one period on, so the next call starts from plan[1]."""
         self._apply_adaptations(t)
         start = time.perf_counter()
         if len(self.history) < 1:  # no context yet: the initial plan (hover)
             plan = self.mppi.plan.copy()
             if applied is not None:
-                plan[0] = np.clip(applied, self.mppi.low, self.mppi.high)
+                fixed = np.asarray(applied, dtype=np.float64).reshape(-1, plan.shape[1])[: len(plan)]
+                plan[: len(fixed)] = np.clip(fixed, self.mppi.low, self.mppi.high)
         else:
             plan = self.mppi.solve(self._rollout(x12), lambda s, c: tracking_cost(
                 s, c, self.reference, t, self.dt, self.hover, self.weights), first=applied).copy()

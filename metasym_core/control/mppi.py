@@ -73,12 +73,15 @@ class MPPI:
     def solve(self, rollout: Rollout, cost: Cost, first: np.ndarray | None = None) -> np.ndarray:
         """One control period: sample, roll out, weight; returns the new plan [H, m] (apply plan[0]).
 
-        `first` [m], if given, is a control already decided for the first step (the plant applies it
-        while this solve runs: an actuation delay of one period): every candidate starts with it and
-        only the later steps are optimised."""
+        `first` [m] or [d, m], if given, are controls already decided for the first step(s) (the plant
+        applies them while this solve runs: an actuation delay of one period, or of d where a solve
+        takes longer than a period): every candidate starts with them and only the later steps are
+        optimised."""
         candidates = np.clip(self.plan[None] + self._noise(), self.low, self.high)
+        fixed = None
         if first is not None:
-            candidates[:, 0] = np.clip(np.asarray(first, dtype=np.float64), self.low, self.high)
+            fixed = np.asarray(first, dtype=np.float64).reshape(-1, self.plan.shape[1])[: self.config.horizon]
+            candidates[:, : len(fixed)] = np.clip(fixed, self.low, self.high)
         states = rollout(candidates)
         costs = np.asarray(cost(states, candidates), dtype=np.float64)
         costs = np.where(np.isfinite(costs), costs, np.inf)
@@ -90,8 +93,8 @@ class MPPI:
         weights = np.exp(-excess / (self.config.temperature * spread))
         weights /= weights.sum()
         self.plan = np.einsum("k,khm->hm", weights, candidates)
-        if first is not None:
-            self.plan[0] = candidates[0, 0]  # exactly the decided control (the average rounds it)
+        if fixed is not None:  # exactly the decided controls (the weighted average rounds them)
+            self.plan[: len(fixed)] = candidates[0, : len(fixed)]
         self.last_costs = costs
         return self.plan
 
