@@ -25,15 +25,18 @@ PRETRAINED = Path(__file__).resolve().parent / "pretrained"
 
 
 def resolve_checkpoint(value: str | os.PathLike, system: str) -> str:
-    """The checkpoint path behind a `checkpoint` setting: `pretrained` names the model bundled
-    for `system` (the quadrotor's is what `metasym demo` makes, see its recipe); anything else
-    is returned as given."""
-    if os.fspath(value) != "pretrained":
-        return os.fspath(value)
-    path = PRETRAINED / f"{system}.pt"
-    if not path.is_file():
+    """The checkpoint path behind a `checkpoint` setting: `pretrained` names the model bundled for
+    `system` (`<system>.pt`; the quadrotor's is what `metasym demo` makes, see its recipe),
+    `pretrained:<name>` another bundled model of it (`<system>_<name>.pt`, e.g. the quadrotor's
+    `pretrained:mppi`, trained for a sampling controller); anything else is returned as given."""
+    text = os.fspath(value)
+    if text != "pretrained" and not text.startswith("pretrained:"):
+        return text
+    name = text.partition(":")[2]
+    path = PRETRAINED / (f"{system}_{name}.pt" if name else f"{system}.pt")
+    if (name and not name.replace("_", "").isalnum()) or not path.is_file():  # no paths through the name
         bundled = ", ".join(sorted(p.stem for p in PRETRAINED.glob("*.pt"))) or "none"
-        raise MetaSymError(f"checkpoint pretrained: no bundled model for {system} (bundled: {bundled})")
+        raise MetaSymError(f"checkpoint {text}: no such bundled model for {system} (bundled: {bundled})")
     return str(path)
 
 

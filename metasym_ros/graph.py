@@ -11,7 +11,8 @@ The override `controller` shapes the graph: `mpc` (the default) lets the simulat
 itself; `mppi` closes the loop (quadrotor): it adds the controller node (MPPI on the
 MetaSym model) and sets the simulator's `controller: external`, so that the simulator
 flies the controller's plans (launch/quadrotor_closed_loop.launch.py), in real time
-(`rate_hz` = 1 / `dt`, unless overridden: the open loop runs its simulated time faster).
+(`rate_hz` = 1 / `dt`, unless overridden: the open loop runs its simulated time faster), with
+predictor and learner on the controller's model.
 """
 
 from __future__ import annotations
@@ -107,6 +108,8 @@ def node_graph(system: str, overrides: Mapping[str, object] | None = None) -> li
     if closed_loop:  # the simulator becomes a plant, in real time: the controller gets a real vehicle's time
         params["simulator"]["controller"] = "external"
         params["simulator"]["rate_hz"] = 1.0 / float(params["simulator"].get("dt", 0.02))
+        for node in ("predictor", "learner"):  # they predict and adapt the model the controller flies
+            params[node]["checkpoint"] = params["controller"].get("checkpoint", "")
     for key, value in overrides.items():
         if "." in key:
             targets: tuple[tuple[str, str], ...] = (tuple(key.split(".", 1)),)

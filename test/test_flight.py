@@ -43,8 +43,32 @@ def test_the_bundled_model_is_what_metasym_demo_makes():
     assert recipe == json.loads(json.dumps(_recipe(1800, 0))), "regenerate the bundled model (see the module doc)"
     path = resolve_checkpoint("pretrained", "quadrotor")
     assert load_checkpoint(path)[0].state_dim == 12 and resolve_checkpoint("a/b.pt", "quadrotor") == "a/b.pt"
-    with pytest.raises(MetaSymError, match="no bundled model for quantum"):
+    with pytest.raises(MetaSymError, match="no such bundled model for quantum"):
         resolve_checkpoint("pretrained", "quantum")
+
+
+def test_the_bundled_mppi_model_follows_its_recipe_and_the_config():
+    """`pretrained:mppi`, the closed loop's model: its recipe's model and training are config/quadrotor.yaml's
+    (d_model 32), and the checkpoint is that model; a change of the config means retraining it (the recipe's
+    commands)."""
+    import copy
+
+    from metasym_core.checkpoint import PRETRAINED, load_checkpoint, resolve_checkpoint
+    from metasym_core.config import load_config
+    from metasym_core.errors import MetaSymError
+
+    cfg = load_config("quadrotor")
+    recipe = json.loads((PRETRAINED / "quadrotor_mppi.recipe.json").read_text())
+    model = copy.deepcopy(cfg["model"])
+    model["decoder"]["d_model"] = 32
+    assert recipe["model"] == model and recipe["training"] == cfg["training"], "retrain pretrained:mppi (recipe)"
+    assert recipe["family_options"] == {"source": "flight", "control_noise": 0.5}
+    bundled = load_checkpoint(resolve_checkpoint("pretrained:mppi", "quadrotor"))[0].config()
+    assert bundled["decoder"]["d_model"] == 32 and bundled["decoder"]["context"] == model["decoder"]["context"]
+    assert cfg["ros"]["controller"]["checkpoint"] == "pretrained:mppi"
+    for bad in ("pretrained:nope", "pretrained:../quadrotor"):
+        with pytest.raises(MetaSymError, match="no such bundled model"):
+            resolve_checkpoint(bad, "quadrotor")
 
 
 def test_flight_changes_mass_adapts_online_and_publishes_plan_aware_predictions(tmp_path):

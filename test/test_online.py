@@ -248,6 +248,9 @@ def test_the_graph_closes_the_loop_on_request():
     assert specs["simulator"].parameters["control_timeout_s"] == 0.3
     assert specs["simulator"].parameters["rate_hz"] == 1.0 / specs["simulator"].parameters["dt"]  # real time
     assert node_graph("quadrotor", {"controller": "mppi", "rate_hz": 100})[0].parameters["rate_hz"] == 100.0
+    default = {s.name: s.parameters.get("checkpoint") for s in node_graph("quadrotor", {"controller": "mppi"})}
+    assert default == {"simulator": None, "predictor": "pretrained:mppi", "learner": "pretrained:mppi",
+                       "controller": "pretrained:mppi"}  # one model, the one the controller flies
     assert specs["controller"].parameters["checkpoint"] == specs["predictor"].parameters["checkpoint"] == "m.pt"
     assert (specs["controller"].parameters["samples"], specs["controller"].parameters["horizon"]) == (64, 12)
     plain = {s.name: s for s in node_graph("quadrotor", {"checkpoint": "m.pt"})}

@@ -137,9 +137,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=float, default=30.0, help="simulated seconds per flight (default 30)")
     p.add_argument("--change-at", type=float, default=10.0, help="time of the mass change [s] (default 10)")
     p.add_argument("--scale", type=float, default=1.3, help="mass factor of the change (default 1.3)")
-    p.add_argument("--samples", type=int, default=512, help="MPPI candidates K (default 512)")
+    p.add_argument("--samples", type=int, default=256, help="MPPI candidates K (default 256, as the controller node)")
     p.add_argument("--horizon", type=int, default=25, help="MPPI horizon H in control steps (default 25)")
-    p.add_argument("--checkpoint", default="pretrained", help="quadrotor model (default: the bundled one)")
+    p.add_argument("--checkpoint", default="pretrained:mppi",
+                   help="quadrotor model (default: the bundled one trained for MPPI)")
     p.add_argument("--plot", default="runs/bench_control.png", help="PNG of seed 0's flights ('' = none)")
     common(p)
     p.set_defaults(func=_control)

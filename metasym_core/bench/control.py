@@ -46,8 +46,9 @@ def _controller(name: str, model, cfg: dict, reference, dt: float, samples: int,
 
 
 def run_control_bench(seeds: int = 5, seconds: float = 30.0, change_at: float = 10.0, scale: float = 1.3,
-                      samples: int = 512, horizon: int = 25, checkpoint: str = "pretrained", plot: str | None = None,
-                      doc=DEFAULT_DOC, command: str = "metasym bench control") -> dict[str, float]:
+                      samples: int = 256, horizon: int = 25, checkpoint: str = "pretrained:mppi",
+                      plot: str | None = None, doc=DEFAULT_DOC,
+                      command: str = "metasym bench control") -> dict[str, float]:
     """Figures (keys carry their unit) of the four controllers over `seeds` seeds (module doc)."""
     import torch
 
@@ -106,7 +107,10 @@ def run_control_bench(seeds: int = 5, seconds: float = 30.0, change_at: float = 
             f"±{FigureEight().b / 2:g} m at {FigureEight().altitude:g} m, one lap per {FigureEight().period_s:g} s "
             f"(peak {FigureEight().peak_speed:.2f} m/s), flown {seconds:g} s at {1 / dt:g} Hz with mass ×{scale:g} "
             f"at {change_at:g} s, seeds 0-{seeds - 1} (MPPI sampling and the lap's phase). MPPI: K = {samples}, "
-            f"H = {horizon}, model `{checkpoint}`; the Crocoddyl MPCs: 20 nodes of 0.05 s. RMSE before the change "
+            f"H = {horizon}, model `{checkpoint}` (`pretrained:mppi`: d_model 32, trained on MPC flights with "
+            f"smooth random thrust perturbations of 0.5 N and the mass varying, "
+            f"`metasym_core/pretrained/quadrotor_mppi.recipe.json`); the Crocoddyl MPCs: 20 nodes of 0.05 s. "
+            f"RMSE before the change "
             f"from {SETTLE_S:g} s on (flights that reached the change), after it from {SETTLE_S:g} s after it (flights "
             f"that did not crash); mean ± spread over those seeds. Solve times are the controller's own, on this "
             f"CPU, one thread."
