@@ -7,7 +7,7 @@ from metasym_core.control.closed_loop import Change, fly
 from metasym_core.control.cost import TrackingWeights, tracking_cost
 from metasym_core.control.crocoddyl_mpc import CrocoddylTracker
 from metasym_core.control.mppi import MPPI, MPPIConfig
-from metasym_core.control.reference import FigureEight
+from metasym_core.control.reference import Approach, FigureEight
 from metasym_core.errors import MetaSymError
 from metasym_core.systems import quadrotor as quad
 
@@ -136,3 +136,17 @@ def test_a_figure_eight_started_into_its_lap_is_the_same_path_shifted_in_time():
     t = np.linspace(0.0, 8.0, 17)
     np.testing.assert_array_equal(later.position(t), ref.position(t + 2.0))
     np.testing.assert_array_equal(later.velocity(t), ref.velocity(t + 2.0))
+
+
+def test_an_approach_leads_from_anywhere_onto_the_reference_with_continuous_position_and_velocity():
+    ref = FigureEight()
+    approach = Approach.towards(ref, [1.0, -1.2, 1.0], speed=0.5)
+    assert approach.duration_s == pytest.approx(np.linalg.norm(ref.position(0.0) - [1.0, -1.2, 1.0]) / 0.5)
+    t = np.linspace(0.0, approach.duration_s + approach.ramp_s + 4.0, 8001)
+    p, v = approach.position(t), approach.velocity(t)
+    np.testing.assert_allclose(p[0], [1.0, -1.2, 1.0])
+    np.testing.assert_allclose(v[0], 0.0, atol=1e-12)
+    np.testing.assert_allclose(np.gradient(p, t, axis=0)[2:-2], v[2:-2], atol=2e-3)  # no jump anywhere
+    later = approach.duration_s + approach.ramp_s + 1.0  # on the reference, its clock half a ramp behind
+    np.testing.assert_allclose(approach.position(later), ref.position(1.0 + approach.ramp_s / 2), atol=1e-12)
+    assert np.linalg.norm(v, axis=1).max() <= ref.peak_speed + 1e-9

@@ -69,6 +69,25 @@ def test_each_plan_starts_at_its_state_with_the_control_the_plant_already_applie
     assert ctl.report()["solves"] == 0  # per report period
 
 
+def test_the_reference_begins_with_an_approach_from_where_the_controller_took_over(ctl):
+    """The vehicle hovers somewhere else than on the figure-8 when the first plan is asked for: the
+    controller's reference leads from there to it, with time counted from that first state."""
+    samples = _states(30)[20:]  # a controller that starts late, mid-flight
+    for sample in samples[:3]:
+        _feed(ctl, sample)
+        ctl.solve_pending()
+    approach = ctl.mppi.reference
+    np.testing.assert_allclose(approach.start, quad.position_of(samples[0].state))
+    np.testing.assert_allclose(approach.position(0.0), quad.position_of(samples[0].state))
+    np.testing.assert_allclose(approach.position(approach.duration_s), FigureEight().position(0.0))
+    seen = []
+    plan = ctl.mppi.plan
+    ctl.mppi.plan = lambda t, x, applied=None: (seen.append(t), plan(t, x, applied))[1]
+    _feed(ctl, samples[3])
+    ctl.solve_pending()
+    assert seen == [pytest.approx(3 * DT)]  # time since the controller took over
+
+
 def test_only_the_newest_state_is_solved_from_and_the_others_fill_the_context(ctl):
     samples = _states(9)
     _feed(ctl, samples[0])
@@ -141,7 +160,7 @@ def test_accepted_adaptations_of_its_model_are_adopted_before_the_next_solve(ctl
     ctl.configure(noise_std=0.3, reference=FigureEight(a=1.0))  # live settings, from the next solve
     _feed(ctl, samples[5])
     ctl.solve_pending()
-    assert ctl.mppi.mppi.config.noise_std == 0.3 and ctl.mppi.reference.a == 1.0
+    assert ctl.mppi.mppi.config.noise_std == 0.3 and ctl.mppi.reference.reference.a == 1.0
     with pytest.raises(MetaSymError):
         ctl.configure(temperature=-1.0)
 

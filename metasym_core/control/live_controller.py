@@ -10,7 +10,8 @@ tested without DDS and the node stays an adapter:
 - **plans.** A worker thread solves from the newest queued state only, so plans never queue behind slow
   solves: the states before it only fill the context (`MetaSymMPPI.observe`, every state with the control
   applied from it), and the warm start shifts by the steps skipped. Each solve is
-  `MetaSymMPPI.plan(t, state, applied=...)` with t = step · dt along the reference: one period of actuation
+  `MetaSymMPPI.plan(t, state, applied=...)`, t = step · dt since the first state solved from, along an
+  `Approach` from where the vehicle was then to the reference, then the reference: one period of actuation
   delay, so ``plan[0]`` is the control the plant already applies from that state
   (`metasym_core.online.plant`); and a solve slower than a period fixes as many more entries as states came
   in during the last one (the plant flies the previous plan until this one arrives). The plan goes out
@@ -38,7 +39,7 @@ import torch
 
 from metasym_core.control.metasym_mppi import MetaSymMPPI
 from metasym_core.control.mppi import MPPIConfig
-from metasym_core.control.reference import FigureEight
+from metasym_core.control.reference import Approach, FigureEight
 from metasym_core.errors import MetaSymError
 from metasym_core.models.metasym import MetaSym
 from metasym_core.online.live_predictor import Adaptation, ModelUpdate, adopt, load_compatible, stop_threads
@@ -46,6 +47,7 @@ from metasym_core.online.plan import ControlPlan
 from metasym_core.online.predictor import OnlinePredictor
 from metasym_core.online.throttle import Throttled
 from metasym_core.online.window import ContextWindow
+from metasym_core.systems.quadrotor import position_of
 
 WARN_EVERY_S = 2.0
 #: The systems a MetaSym MPPI can fly (its cost and limits are the quadrotor's).
@@ -84,6 +86,7 @@ class LiveController:
         self.plans = self.skipped = self.new_contexts = self.model_swaps = self.models_refused = 0
         self._last: tuple[int, float] | None = None  # (step, dt) of the newest accepted state
         self._solved_step: int | None = None  # the state the warm start was last shifted from
+        self._origin: tuple[float, np.ndarray] | None = None  # (time, position) of the first state solved from
         self._pending: list[_State] = []
         self._solve_ms: list[float] = []  # since the last report
         self._latest: Adaptation | None = None  # the newest accepted adaptation announced
@@ -180,8 +183,10 @@ class LiveController:
         if not batch:
             return None
         newest = batch[-1]
+        if self._origin is None:  # the controller takes over here: the reference begins with an approach
+            self._origin = (newest.step * newest.dt, position_of(newest.state))
         mppi = self._controller(newest.dt, loaded)
-        mppi.reference, mppi.mppi.config = reference, config
+        mppi.reference, mppi.mppi.config = Approach.towards(reference, self._origin[1]), config
         if latest is not None and latest is not self._tried:  # new, or the MPPI is (its parameters: v0)
             self._tried = latest
             adopt(mppi.predictor, self.model_tag, latest, self.info, self.warn)
@@ -194,7 +199,7 @@ class LiveController:
         if self._solved_step is not None:  # the warm start moves on by the steps not solved from
             for _ in range(min(newest.step - self._solved_step - 1, config.horizon)):
                 mppi.mppi.shift()
-        t = newest.step * newest.dt
+        t = newest.step * newest.dt - self._origin[0]  # along the approach, then the reference
         # the plant applies this state's control now and flies the previous plan (the warm start, shifted to
         # this state) until this one arrives: about as many steps as came in during the last solve
         lead = min(len(batch), config.horizon)

@@ -53,3 +53,51 @@ class FigureEight:
         """The largest speed along the reference [m/s] (sampled finely)."""
         t = np.linspace(0.0, self.period_s, 2001)
         return float(np.linalg.norm(self.velocity(t), axis=-1).max())
+
+
+@dataclass(frozen=True)
+class Approach:
+    """`reference` preceded by an approach from `start` (x, y, z): a straight line to the reference's first
+    point with a minimum-jerk profile of `duration_s` (at rest at both ends), then the reference with its
+    clock speeding up from 0 to 1 over `ramp_s` (τ = t²/(2·ramp) there), so position and velocity are
+    continuous throughout and the path never leaves the segment and the reference's own curve. Time 0 is the
+    start of the approach.
+
+    A controller that takes over a vehicle somewhere else than on its reference (the ROS plant hovers where
+    it started until the first plan) flies this instead of chasing the reference's far-away, moving point
+    at full effort, which tips a learned-model MPPI over."""
+
+    reference: FigureEight
+    start: tuple[float, float, float]
+    duration_s: float
+    ramp_s: float = 2.0
+
+    @classmethod
+    def towards(cls, reference: FigureEight, position, speed: float = 0.5, minimum_s: float = 1.0) -> Approach:
+        """The approach from `position`, `speed` [m/s] on average along the line (at least `minimum_s` long)."""
+        start = np.asarray(position, dtype=np.float64).reshape(3)
+        distance = float(np.linalg.norm(reference.position(0.0) - start))
+        return cls(reference, tuple(float(v) for v in start), max(minimum_s, distance / speed))
+
+    def _parts(self, t) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        t = np.asarray(t, dtype=np.float64)
+        s = np.clip(t / self.duration_s, 0.0, 1.0)[..., None]
+        blend = 10 * s**3 - 15 * s**4 + 6 * s**5
+        rate = (30 * s**2 - 60 * s**3 + 30 * s**4) / self.duration_s
+        after = np.maximum(t - self.duration_s, 0.0)  # time on the reference's side
+        ramping = after < self.ramp_s
+        tau = np.where(ramping, after**2 / (2 * self.ramp_s), after - self.ramp_s / 2)
+        speed = np.where(ramping, after / self.ramp_s, 1.0)[..., None]  # dτ/dt
+        return t, blend, rate, tau, speed
+
+    def position(self, t) -> np.ndarray:
+        """Positions [..., 3] at times `t` [s] since the approach began."""
+        t, blend, _, tau, _ = self._parts(t)
+        start, goal = np.asarray(self.start), self.reference.position(0.0)
+        return np.where((t < self.duration_s)[..., None], start + blend * (goal - start), self.reference.position(tau))
+
+    def velocity(self, t) -> np.ndarray:
+        """Velocities [..., 3] at times `t`."""
+        t, _, rate, tau, speed = self._parts(t)
+        start, goal = np.asarray(self.start), self.reference.position(0.0)
+        return np.where((t < self.duration_s)[..., None], rate * (goal - start), speed * self.reference.velocity(tau))
