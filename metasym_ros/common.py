@@ -118,6 +118,20 @@ def model_update_of(msg: ModelCheckpoint) -> ModelUpdate:
     return ModelUpdate(bytes(msg.data), msg.sha256, msg.tag, msg.path)
 
 
+def state_fields(msg) -> tuple[str, int, float, np.ndarray, np.ndarray, float]:
+    """A SystemState message's (system, step, stamp, state, control, dt), the leading arguments of the core's
+    `on_state` (`LivePredictor`, `LiveController`)."""
+    return (msg.system, msg.step, stamp_seconds(msg.header.stamp), np.frombuffer(msg.state, dtype=np.float64),
+            np.frombuffer(msg.control, dtype=np.float64), msg.dt)
+
+
+def plan_fields(msg: ControlPlan) -> tuple[str, int, float, float, np.ndarray, int, int]:
+    """A ControlPlan message's (system, step, stamp, dt, flat controls, horizon, control_dim), the arguments the
+    core's plan consumers take (`LivePredictor.on_plan`, `ExternalPlant.on_plan`, before `now`)."""
+    return (msg.system, msg.step, stamp_seconds(msg.header.stamp), msg.dt,
+            np.frombuffer(msg.controls, dtype=np.float64), msg.horizon, msg.control_dim)
+
+
 def plan_message(plan: Plan) -> ControlPlan:
     """A core plan (`metasym_core.online.plan.ControlPlan`) as a ControlPlan message; the header is the caller's."""
     controls = np.asarray(plan.controls)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 from rclpy.node import Node
 
 from metasym_core.checkpoint import resolve_checkpoint
@@ -30,7 +29,7 @@ from metasym_ros.common import (
     plan_message,
     positive,
     run_node,
-    stamp_seconds,
+    state_fields,
 )
 from metasym_ros.msg import AdaptationStatus, ControlPlan, ModelCheckpoint, SystemState
 from metasym_ros.qos import (
@@ -107,9 +106,7 @@ class ControllerNode(Node):
 
     # -- messages in -----------------------------------------------------------------------------
     def _on_state(self, msg: SystemState) -> None:
-        self.live.on_state(msg.system, msg.step, stamp_seconds(msg.header.stamp),
-                           np.frombuffer(msg.state, dtype=np.float64), np.frombuffer(msg.control, dtype=np.float64),
-                           msg.dt, token=msg.header)
+        self.live.on_state(*state_fields(msg), token=msg.header)
 
     def _on_adaptation(self, msg: AdaptationStatus) -> None:
         if msg.accepted:

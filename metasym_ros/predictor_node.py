@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import time
 
-import numpy as np
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Path
 from rclpy.node import Node
@@ -28,10 +27,12 @@ from metasym_ros.common import (
     f64,
     model_update_of,
     one_of,
+    plan_fields,
     positive,
     run_node,
     seconds_stamp,
     stamp_seconds,
+    state_fields,
 )
 from metasym_ros.msg import AdaptationStatus, ControlPlan, ModelCheckpoint, Prediction, PredictionMetrics, SystemState
 from metasym_ros.qos import (
@@ -127,13 +128,10 @@ class PredictorNode(Node):
 
     # -- messages in -----------------------------------------------------------------------------
     def _on_state(self, msg: SystemState) -> None:
-        self.live.on_state(msg.system, msg.step, stamp_seconds(msg.header.stamp),
-                           np.frombuffer(msg.state, dtype=np.float64), np.frombuffer(msg.control, dtype=np.float64),
-                           msg.dt, now=self._now(), token=msg.header)
+        self.live.on_state(*state_fields(msg), now=self._now(), token=msg.header)
 
     def _on_plan(self, msg: ControlPlan) -> None:
-        self.live.on_plan(msg.system, msg.step, stamp_seconds(msg.header.stamp), msg.dt,
-                          np.frombuffer(msg.controls, dtype=np.float64), msg.horizon, msg.control_dim, self._now())
+        self.live.on_plan(*plan_fields(msg), self._now())
 
     def _on_adaptation(self, msg: AdaptationStatus) -> None:
         if msg.accepted:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 from rclpy.node import Node
 
 from metasym_core.errors import MetaSymError
@@ -42,6 +41,7 @@ from metasym_ros.common import (
     declare,
     f64,
     one_of,
+    plan_fields,
     plan_message,
     positive,
     run_node,
@@ -179,9 +179,7 @@ class SimulatorNode(Node):
 
     def _on_plan(self, msg: ControlPlan) -> None:
         """An external controller's plan (controller external): kept, or dropped and counted by the plant."""
-        self.plant.on_plan(msg.system, msg.step, stamp_seconds(msg.header.stamp), msg.dt,
-                           np.frombuffer(msg.controls, dtype=np.float64), msg.horizon, msg.control_dim,
-                           self.get_clock().now().nanoseconds * 1e-9)
+        self.plant.on_plan(*plan_fields(msg), self.get_clock().now().nanoseconds * 1e-9)
 
     def _report(self) -> None:
         report = self.plant.report()

@@ -43,11 +43,15 @@ class ControlPlan:
     controls: np.ndarray  # [N, m]
     system: str = ""
 
+    def index_at(self, offsets_s) -> np.ndarray:
+        """The entries applied at `offsets_s` seconds after the plan's start (zero-order hold), unclipped:
+        negative before the start, `len(controls)` or more past the end."""
+        return np.floor(np.asarray(offsets_s, dtype=np.float64) / self.dt + 1e-9).astype(np.int64)
+
     def control_at(self, offsets_s: np.ndarray) -> np.ndarray:
         """The planned controls at `offsets_s` seconds after the plan's start, `[len, m]` (zero-order hold;
         before the start: the first control; past the end: the last)."""
-        index = np.floor(np.asarray(offsets_s, dtype=np.float64) / self.dt + 1e-9).astype(np.int64)
-        return self.controls[np.clip(index, 0, len(self.controls) - 1)]
+        return self.controls[np.clip(self.index_at(offsets_s), 0, len(self.controls) - 1)]
 
 
 class PlanFollower:

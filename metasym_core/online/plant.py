@@ -144,12 +144,11 @@ class ExternalPlant:
     def _entry(self, plan: ControlPlan, step: int) -> tuple[np.ndarray, bool]:
         """The plan's control for `step`, clipped (counted), and whether `step` lies past its end."""
         offset = (step - plan.step) * self.dt
-        index = math.floor(offset / plan.dt + 1e-9)
         planned = plan.control_at(np.array([offset]))[0]
         control = np.clip(planned, self.low, self.high)
         if not np.array_equal(control, planned):
             self.clipped += 1
-        return control, index >= len(plan.controls)
+        return control, bool(plan.index_at(offset) >= len(plan.controls))
 
     def _enter(self, mode: str, reason: str) -> None:
         """Switch to `mode` for `reason`: one line per change of mode (not of reason)."""
