@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import zipfile
@@ -38,6 +39,17 @@ def resolve_checkpoint(value: str | os.PathLike, system: str) -> str:
         bundled = ", ".join(sorted(p.stem for p in PRETRAINED.glob("*.pt"))) or "none"
         raise MetaSymError(f"checkpoint {text}: no such bundled model for {system} (bundled: {bundled})")
     return str(path)
+
+
+def bundled_learner(value: str | os.PathLike, system: str) -> dict:
+    """The learner settings a bundled model was tuned with (its recipe's `learner`, e.g. the quadrotor's
+    `pretrained:nominal_mass`: an adaptation rate and detector threshold of its own), or {} for any other
+    checkpoint. Overrides of the config's learner (`online.learner.learner_settings`)."""
+    path = Path(resolve_checkpoint(value, system))
+    if path.parent != PRETRAINED:
+        return {}
+    recipe = path.with_suffix(".recipe.json")
+    return dict(json.loads(recipe.read_text(encoding="utf-8")).get("learner", {})) if recipe.is_file() else {}
 
 
 def save_checkpoint(path: str | os.PathLike, model: MetaSym, extra: dict | None = None) -> Path:

@@ -76,9 +76,19 @@ def build_model(cfg: dict) -> MetaSym:
 
 
 def data_tag(options: dict) -> str:
-    """File-name tag of a dataset made with family `options`: `_flight`, `_flight_fixed-mass`, ..."""
-    return "".join(f"_{k}-{'+'.join(map(str, v))}" if isinstance(v, list | tuple) else f"_{v}"
-                   for k, v in options.items())
+    """File-name tag of a dataset made with family `options`: `_flight-r2`, `_flight-r2_fixed-mass`, ...
+    Flights carry the simulator's `FLIGHT_REVISION`, so a dataset (or a demo model) cached from flights an
+    older simulator flew is made again rather than reused."""
+    def part(key, value) -> str:
+        if isinstance(value, list | tuple):
+            return f"_{key}-{'+'.join(map(str, value))}"
+        if key == "source" and value == "flight":
+            from metasym_core.systems.quadrotor.flight import FLIGHT_REVISION
+
+            return f"_flight-r{FLIGHT_REVISION}"
+        return f"_{value}"
+
+    return "".join(part(k, v) for k, v in options.items())
 
 
 def data_options(cfg: dict) -> tuple[dict, int | None]:

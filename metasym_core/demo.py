@@ -57,7 +57,8 @@ def _recipe(max_steps: int, seed: int) -> dict:
     """Everything the demo model depends on (compared with the cached model's `recipe.json`)."""
     cfg = load_config("quadrotor")
     options, steps = _data()
-    return {"family_options": options, "steps": steps, "splits": _SPLITS, "max_steps": max_steps,
+    return {"family_options": options, "data_tag": data_tag(options), "steps": steps, "splits": _SPLITS,
+            "max_steps": max_steps,
             "seed": seed, "model": cfg.get("model"), "training": cfg.get("training"),
             "command": f"metasym demo --max-steps {max_steps} --seed {seed}"}
 

@@ -62,11 +62,12 @@ def test_shape_and_version_mismatch(tmp_path, model64):
 
 def test_data_section_of_the_configs():
     from metasym_core.config import data_options, data_tag, load_config
+    from metasym_core.systems.quadrotor.flight import FLIGHT_REVISION
 
-    assert data_tag({"source": "flight"}) == "_flight" and data_tag({}) == ""
-    assert data_tag({"source": "flight", "fixed": ["mass", "arm"]}) == "_flight_fixed-mass+arm"
+    assert data_tag({"source": "flight"}) == f"_flight-r{FLIGHT_REVISION}" and data_tag({}) == ""
+    assert data_tag({"source": "flight", "fixed": ["mass", "arm"]}) == f"_flight-r{FLIGHT_REVISION}_fixed-mass+arm"
 
-    assert data_options(load_config("quadrotor")) == ({"source": "flight", "fixed": ["mass"]}, 750)
+    assert data_options(load_config("quadrotor")) == ({"source": "flight"}, 750)
     assert data_options(load_config("spring_mesh")) == ({}, None)  # no section: the family defaults
     for section, needle in (({"steps": 0}, "data.steps"), ({"family": "flight"}, "data.family"),
                             ({"seed": 1}, "unknown data keys"), ("flight", "must be a mapping")):

@@ -22,7 +22,7 @@ def test_demo_small(tmp_path, capsys):
     log = capsys.readouterr().out
     assert "using the cached model" in log and "simulating" not in log
     recipe = json.loads((out / "run" / "recipe.json").read_text())
-    assert recipe["family_options"] == {"source": "flight", "fixed": ["mass"]} and recipe["max_steps"] == 12
+    assert recipe["family_options"] == {"source": "flight"} and recipe["max_steps"] == 12
     # another recipe (here: the training budget) does not reuse that model; the old one is kept aside
     assert main(["demo", "--out", str(out), "--max-steps", "13", "--shots", "60", "--horizon", "20"]) == 0
     log = capsys.readouterr().out

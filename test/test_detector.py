@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from _models import random_model
 
+from metasym_core.checkpoint import bundled_learner
 from metasym_core.errors import MetaSymError
 from metasym_core.online.detector import BiasDetector
 from metasym_core.online.learner import OnlineLearner, learner_settings
@@ -12,6 +13,7 @@ from metasym_core.online.predictor import load_model
 from metasym_core.online.replay import fly_quadrotor, model_errors, replay_learner
 
 pytestmark = pytest.mark.timeout(300)
+NOMINAL_MASS = "pretrained:nominal_mass"  # the bundled quadrotor model that must adapt to a mass change
 
 
 def test_bias_detector_fires_on_a_persistent_bias_not_on_noise_and_learns_a_new_reference():
@@ -59,13 +61,14 @@ def test_learner_settings_change_live_and_bad_ones_change_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_replayed_learner_stays_quiet_in_steady_flight_and_adapts_to_a_heavier_quadrotor():
-    """The learner with the residual-bias test (`metasym bench learner`'s settings) on the bundled model,
-    lock-stepped: no attempt in 20 s of steady flight, and a first accepted adaptation within 1 s of a +30 %
-    mass change (the same flight until then)."""
+    """The learner with the residual-bias test (`metasym bench learner`'s settings) on the bundled model that
+    cannot infer a mass change (`pretrained:nominal_mass`, with the settings of its recipe), lock-stepped: no
+    attempt in 20 s of steady flight, and a first accepted adaptation within 1 s of a +30 % mass change (the
+    same flight until then)."""
     from metasym_core.bench.learner import BIAS
 
-    model, cfg, _ = load_model("quadrotor", "pretrained", "cpu")
-    settings = learner_settings(cfg, BIAS)
+    model, cfg, _ = load_model("quadrotor", NOMINAL_MASS, "cpu")
+    settings = learner_settings(cfg, {**BIAS, **bundled_learner(NOMINAL_MASS, "quadrotor")})
     steady = replay_learner(model, fly_quadrotor(0, 20.0), settings)
     assert steady == []
     attempts = replay_learner(model, fly_quadrotor(0, 15.0, ("mass", 1.3, 10.0)), settings)
@@ -99,13 +102,15 @@ def test_alarms_that_no_adaptation_answers_end_the_burst_and_renew_the_reference
 @pytest.mark.slow
 def test_replayed_flight_meets_the_adaptation_acceptance_criterion():
     """The flight issue's criterion, lock-stepped (the live `metasym flight` test checks the plumbing; its
-    timing depends on the machine): the quadrotor config's learner on the bundled model, 15 s of flight with
-    a +30 % mass change at 5 s: a first accepted adaptation within 2 s, and the model error after it at most
-    half the error between the change and it."""
-    model, cfg, _ = load_model("quadrotor", "pretrained", "cpu")
+    timing depends on the machine): the quadrotor config's learner on the bundled model trained at nominal
+    mass (with its recipe's settings: the default model infers the mass in context and leaves the learner
+    little to do), 15 s of flight with a +30 % mass change at 5 s: a first accepted adaptation within 2 s, and
+    the model error after it at most half the error between the change and it."""
+    model, cfg, _ = load_model("quadrotor", NOMINAL_MASS, "cpu")
     flight = fly_quadrotor(0, 15.0, ("mass", 1.3, 5.0))
     versions, params = [], {}
-    attempts = replay_learner(model, flight, learner_settings(cfg), versions=versions, params=params)
+    attempts = replay_learner(model, flight, learner_settings(cfg, bundled_learner(NOMINAL_MASS, "quadrotor")),
+                              versions=versions, params=params)
     first = next(a for a in attempts if a.accepted and a.t_s >= 5.0)
     assert first.t_s - 5.0 <= 2.0
     change, adapted = flight.change_step, int(round(first.t_s / flight.dt)) + 1

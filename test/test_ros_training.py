@@ -90,6 +90,7 @@ def _stop_and_resume(tmp_path):
 
 
 def test_prepare_datasets_generates_once_and_stops(tmp_path):
+    from metasym_core.config import data_tag
     from metasym_core.train.runs import prepare_datasets
 
     assert prepare_datasets("quadrotor", "", "", tmp_path, should_stop=lambda: True) is None
@@ -103,7 +104,7 @@ def test_prepare_datasets_generates_once_and_stops(tmp_path):
     # the config's data section: family options (here the MPC flights) and their own files
     train, _ = prepare_datasets("quadrotor", "", "", tmp_path / "data", systems=1, steps=20,
                                 family_options={"source": "flight"})
-    assert (tmp_path / "data" / "quadrotor_flight_train.npz").is_file() and train.steps == 20
+    assert (tmp_path / "data" / f"quadrotor{data_tag({'source': 'flight'})}_train.npz").is_file() and train.steps == 20
 
 
 @pytest.mark.ros

@@ -128,7 +128,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=5, help="flights per case (default 5)")
     p.add_argument("--steady", type=float, default=80.0, help="simulated seconds of steady flight (default 80)")
     p.add_argument("--after", type=float, default=10.0, help="simulated seconds after the change (default 10)")
-    p.add_argument("--checkpoint", default="pretrained", help="quadrotor model (default: the bundled one)")
+    p.add_argument("--checkpoint", default="pretrained:nominal_mass",
+                   help="quadrotor model (default: the bundled one trained at nominal mass, which cannot infer a "
+                        "mass change and must adapt to it)")
     common(p)
     p.set_defaults(func=_learner)
 

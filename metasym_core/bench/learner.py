@@ -22,11 +22,13 @@ CHANGE_AT_S = 10.0
 BIAS = {"watch_rise": 0.0, "error_rise": 0.0, "bias_threshold": 5.5, "bias_window": 25}
 
 
-def run_learner_bench(seeds: int = 5, steady_s: float = 80.0, after_s: float = 10.0, checkpoint: str = "pretrained",
+def run_learner_bench(seeds: int = 5, steady_s: float = 80.0, after_s: float = 10.0,
+                      checkpoint: str = "pretrained:nominal_mass",
                       doc=DEFAULT_DOC, command: str = "metasym bench learner") -> dict[str, float]:
     """Figures (keys carry their unit) of the config's learner and the baseline over `seeds` seeds."""
     import torch
 
+    from metasym_core.checkpoint import bundled_learner
     from metasym_core.online.learner import learner_settings
     from metasym_core.online.predictor import load_model
     from metasym_core.online.replay import fly_quadrotor, replay_learner
@@ -35,7 +37,10 @@ def run_learner_bench(seeds: int = 5, steady_s: float = 80.0, after_s: float = 1
         raise MetaSymError("--seeds, --steady and --after must be positive")
     torch.set_num_threads(1)
     model, cfg, _ = load_model("quadrotor", checkpoint, "cpu")
-    policies = {"bias": learner_settings(cfg, BIAS), "baseline": learner_settings(cfg)}
+    tuned = bundled_learner(checkpoint, "quadrotor")  # the settings a bundled model was tuned with
+    adapting = {k: v for k, v in tuned.items() if k not in BIAS}  # how it adapts (not when): both policies
+    bias = {**BIAS, **tuned}
+    policies = {"bias": learner_settings(cfg, bias), "baseline": learner_settings(cfg, adapting)}
     runs = [(seed, None) for seed in range(seeds)] + [(seed, c) for c in CHANGES for seed in range(seeds)]
     steady = {name: [] for name in policies}  # attempts per steady flight
     detect = {(name, c[0]): [] for name in policies for c in CHANGES}  # s from the change to the first acceptance
@@ -76,13 +81,16 @@ def run_learner_bench(seeds: int = 5, steady_s: float = 80.0, after_s: float = 1
         rows.append([f"{param} ×{scale:g} at {CHANGE_AT_S:g} s → first accepted adaptation", *cells])
     print(f"CPU: {cpu_model()}")
     print(text_table(header, rows))
+    tuned_text = (f"; both adapt as the model was tuned to (its recipe: "
+                  f"{', '.join(f'`{k}: {v:g}`' for k, v in adapting.items())})" if adapting else "")
     body = (f"The learner node's adaptation policy replayed lock-stepped on the simulator's quadrotor flights "
             f"(`metasym_core.online.replay`: the node's 0.1 s timer and 1 s model-error metrics on the stream's "
             f"clock, 100 states per second, adaptations taking no stream time), model `{checkpoint}`, seeds "
             f"0-{seeds - 1}: {steady_s:g} s of steady flight (every attempt a false alarm; target ≤ 3), and a "
             f"change at {CHANGE_AT_S:g} s followed for {after_s:g} s (target: a first accepted adaptation within "
-            f"1 s). Residual-bias test: the config's learner with `bias_threshold: 5.5`, `watch_rise: 0`, "
-            f"`error_rise: 0`; baseline: the config's learner as it is (`watch_rise: 2`, `error_rise: 2`)."
-            f"\n\n{markdown_table(header, rows)}")
+            f"1 s). Residual-bias test: the config's learner with `bias_threshold: {bias['bias_threshold']:g}`, "
+            f"`watch_rise: 0`, `error_rise: 0`; baseline: the config's learner as it is (`watch_rise: "
+            f"{cfg['ros']['learner']['watch_rise']:g}`, `error_rise: {cfg['ros']['learner']['error_rise']:g}`)"
+            f"{tuned_text}.\n\n{markdown_table(header, rows)}")
     update_section("Online learner: new system or manoeuvre", body, command, doc=doc)
     return figures

@@ -2,7 +2,8 @@
 
 The same optimal-control problem as the simulator's MPC (`systems.quadrotor.ocp_costs`,
 `systems.quadrotor.flight.MPC_WEIGHTS`, BoxFDDP warm-started every period, 20 nodes of 0.05 s), but
-each node pulls towards the reference at its own time instead of one carrot. Built on given
+each node pulls towards the reference at its own time (`quad.tracking_models`), as the simulator's
+MPC tracks its waypoint path. Built on given
 physical parameters: the nominal ones (a user without learning: never told of a change) or
 the true ones (`set_param`: the oracle).
 """
@@ -41,28 +42,20 @@ class CrocoddylTracker:
         import crocoddyl
 
         dyn, _, _ = quad.step_model(quad.check_scales(self.params), self.dt)
-        goal = np.zeros(13)
-        goal[6] = 1.0
-        self._running = [dyn.action_model(quad.ocp_costs(dyn, goal, self.box, False, MPC_WEIGHTS), MPC_NODE_DT)
-                         for _ in range(self.horizon)]
-        self._terminal = dyn.action_model(quad.ocp_costs(dyn, goal, self.box, True, MPC_WEIGHTS), MPC_NODE_DT)
+        self._models = quad.tracking_models(dyn, self.box, self.horizon, MPC_NODE_DT, MPC_WEIGHTS)
         x0 = x13 if x13 is not None else np.concatenate([self.reference.position(0.0), [0, 0, 0, 1], np.zeros(6)])
-        problem = crocoddyl.ShootingProblem(x0.copy(), self._running, self._terminal)
+        problem = crocoddyl.ShootingProblem(x0.copy(), self._models[:-1], self._models[-1])
         problem.nthreads = 1
         self._solver = crocoddyl.SolverBoxFDDP(problem)
         self._hover = dyn.hover
         self._warm = warm_us  # None: the first solve starts cold, from hover
 
     def _set_references(self, t: float) -> None:
-        import pinocchio as pin
-
-        for j, model in enumerate([*self._running, self._terminal]):
+        for j, model in enumerate(self._models):
             goal = np.zeros(13)
             goal[:3] = self.reference.position(t + j * MPC_NODE_DT)
             goal[6] = 1.0
-            costs = model.differential.costs.costs
-            costs["goal_pose"].cost.residual.reference = pin.XYZQUATToSE3(goal[:7])
-            costs["goal_twist" if model is self._terminal else "state_reg"].cost.residual.reference = goal
+            quad.set_reference(model, goal)
 
     def control(self, t: float, x13: np.ndarray) -> np.ndarray:
         """Re-solve from `x13` at time `t` (warm-started) and return the first thrusts, clipped."""

@@ -16,6 +16,13 @@ import numpy as np
 from metasym_core.errors import MetaSymError
 
 
+def minimum_jerk(t, duration_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """(fraction done, its rate [1/s]) at times `t` [s] of a minimum-jerk move lasting `duration_s`:
+    10s³ − 15s⁴ + 6s⁵ of s = t / duration clipped to [0, 1], at rest at both ends (rate, acceleration 0)."""
+    s = np.clip(np.asarray(t, dtype=np.float64) / duration_s, 0.0, 1.0)
+    return 10 * s**3 - 15 * s**4 + 6 * s**5, (30 * s**2 - 60 * s**3 + 30 * s**4) / duration_s
+
+
 @dataclass(frozen=True)
 class FigureEight:
     """A figure-8 of half-width `a` [m] (x) and half-height `b` [m] (y) flown once every `period_s`,
@@ -81,9 +88,7 @@ class Approach:
 
     def _parts(self, t) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         t = np.asarray(t, dtype=np.float64)
-        s = np.clip(t / self.duration_s, 0.0, 1.0)[..., None]
-        blend = 10 * s**3 - 15 * s**4 + 6 * s**5
-        rate = (30 * s**2 - 60 * s**3 + 30 * s**4) / self.duration_s
+        blend, rate = (v[..., None] for v in minimum_jerk(t, self.duration_s))
         after = np.maximum(t - self.duration_s, 0.0)  # time on the reference's side
         ramping = after < self.ramp_s
         tau = np.where(ramping, after**2 / (2 * self.ramp_s), after - self.ramp_s / 2)

@@ -58,7 +58,8 @@ __all__ = ["ARM", "BOX_MARGIN", "CF", "CM", "CONTROL_NAMES", "DEFAULT_BOX", "GRA
            "START_SPEED_STD", "STATE_NAMES", "TAIL_NODES", "TORQUE_COEFF", "TRAIN_RANGE", "Dynamics", "box_array",
            "check_scales", "dynamics", "from_stored", "ocp_costs", "physical_params", "pose_of", "poses",
            "position_of", "positions_and_quaternions",
-           "random_pose", "solve_point_to_point", "step", "step_model", "to_stored"]
+           "random_pose", "set_reference", "solve_point_to_point", "step", "step_model", "to_stored",
+           "tracking_models"]
 
 # Nominal rotor constants (Crocoddyl's quadrotor example; METHOD §6).
 ARM = 0.1525
@@ -362,6 +363,26 @@ def ocp_costs(dyn: Dynamics, goal13: np.ndarray, box: np.ndarray, terminal: bool
     costs.addCost("thrust_reg", ureg, weights["thrust_reg"])
     costs.addCost("box", inside, weights["box"])
     return costs
+
+
+def tracking_models(dyn: Dynamics, box: np.ndarray, nodes: int, node_dt: float,
+                    weights: Mapping[str, float]) -> list:
+    """`nodes` running action models and the terminal one (last) of an MPC that tracks a reference in time:
+    each with its own `ocp_costs`, so that `set_reference` can point each node at the reference at its own
+    time (a model shared by all nodes would pull every node to one target)."""
+    rest = np.zeros(13)
+    rest[6] = 1.0
+    return [dyn.action_model(ocp_costs(dyn, rest, box, node == nodes, weights), node_dt) for node in range(nodes + 1)]
+
+
+def set_reference(model, goal13: np.ndarray) -> None:
+    """Point one node's costs (`ocp_costs`) at `goal13`: its pose and its state (running) or twist (terminal)
+    references."""
+    import pinocchio as pin
+
+    costs = model.differential.costs.costs
+    costs["goal_pose"].cost.residual.reference = pin.XYZQUATToSE3(np.asarray(goal13[:7], dtype=np.float64))
+    costs["state_reg" if "state_reg" in costs else "goal_twist"].cost.residual.reference = goal13
 
 
 OCP_WEIGHTS: dict[str, float] = {

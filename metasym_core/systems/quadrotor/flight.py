@@ -9,9 +9,13 @@ the same Euler action model as `quadrotor.step`, at the simulator's `dt`.
 MPC (chosen): 20 nodes of 0.05 s (1 s look-ahead), the costs of
 `quadrotor.ocp_costs` with `MPC_WEIGHTS`, BoxFDDP re-solved at every step (up to
 10 iterations, warm-started from the previous thrusts rolled out from the
-current state). It chases a target at most 1 m and 0.5 rad (yaw) from the
-current pose along the way to the waypoint; a waypoint counts as reached within
-0.3 m. With `control_noise` > 0 the applied thrusts carry a smooth random perturbation
+current state). It tracks a timed path (`PathSegment`): straight minimum-jerk
+segments from rest to rest through the waypoints, the heading turning alongside;
+every node tracks the path at its own time, so successive solves plan the same
+flight and the plan the simulator publishes is what the vehicle then does. A
+waypoint counts as reached when the vehicle comes within 0.3 m of it.
+
+With `control_noise` > 0 the applied thrusts carry a smooth random perturbation
 (AR(1), that standard deviation in N): exploration data for models that a sampling controller
 will drive beyond the MPC's gentle manoeuvres. This runs at roughly 1,000-1,500 steps per CPU second, so 100 Hz is
 faster than real time with a wide margin and `resolve_every` stays 1.
@@ -28,10 +32,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 import metasym_core.systems.quadrotor._model as quad
+from metasym_core.control.reference import minimum_jerk
 from metasym_core.errors import MetaSymError
 
 # Scale factors the simulator accepts (at start and in `set_param`, by bare name
@@ -40,9 +46,22 @@ from metasym_core.errors import MetaSymError
 SET_PARAM_RANGE = (0.5, 1.7)
 _ALIASES = {name.removesuffix("_scale"): name for name in quad.PARAM_NAMES}
 
+# The flights' revision: a change of how the simulator flies changes it, and with it the file names of
+# cached flight datasets (`config.data_tag`). 2: the timed path (1: a carrot ahead of the vehicle).
+FLIGHT_REVISION = 2
+
 # Chosen MPC settings: 20 nodes of 0.05 s = 1 s look-ahead.
 MPC_NODE_DT = 0.05
-CARROT = 1.0  # the MPC chases a target at most this far [m] along the line to the waypoint
+# The waypoint path: each segment lasts the longest of these bounds (peak speed along it, peak yaw rate, floor).
+# (A carrot a fixed distance ahead, which the path replaced, re-planned a deceleration that never came: the
+# plan's thrusts 0.6 s ahead differed from those then applied by 0.52 N² MSE, the path's by 0.017;
+# docs/decisions.md, "The simulator's MPC tracks a timed path".)
+PATH_PEAK_SPEED = 1.6  # [m/s]
+PATH_PEAK_YAW_RATE = 1.0  # [rad/s]
+PATH_MIN_S = 0.5  # [s]
+# The failsafe (`hold`) chases a target at most this far [m] from the current position (its hold point is
+# close; out of the box it may not be) ...
+CARROT = 1.0
 CARROT_YAW = 0.5  # ... and at most this far [rad] in yaw from the current heading
 EXCITATION_CORRELATION = 0.9  # step-to-step correlation of the `control_noise` perturbation (AR(1))
 # The geofence of an externally controlled flight (`breach`): at 3 m/s towards a face it calls for the
@@ -66,8 +85,52 @@ MPC_WEIGHTS: dict[str, float] = {
 }
 
 
+@dataclass(frozen=True)
+class PathSegment:
+    """One leg of the waypoint path: from `start` (x, y, z) at heading `yaw0` and rest, at time `t0` [s], to
+    `goal` (the waypoint, 13-D Crocoddyl state) at heading `yaw1` (unwrapped: the shorter turn) and rest,
+    `duration` s later, on a straight line with a minimum-jerk profile in position and heading."""
+
+    t0: float
+    duration: float
+    start: np.ndarray
+    goal: np.ndarray
+    yaw0: float
+    yaw1: float
+
+    @classmethod
+    def towards(cls, t0: float, start: np.ndarray, yaw0: float, goal: np.ndarray) -> PathSegment:
+        """The segment from (`start`, `yaw0`) at `t0` to the waypoint `goal`, as long as the bounds above ask."""
+        import pinocchio as pin
+
+        yaw1 = yaw0 + math.remainder(_yaw(pin.XYZQUATToSE3(goal[:7]).rotation) - yaw0, 2 * math.pi)
+        length = float(np.linalg.norm(goal[:3] - start))
+        # a minimum-jerk move's peak rate is 1.875 x its mean
+        duration = max(1.875 * length / PATH_PEAK_SPEED, 1.875 * abs(yaw1 - yaw0) / PATH_PEAK_YAW_RATE, PATH_MIN_S)
+        return cls(float(t0), duration, np.array(start[:3], dtype=np.float64), goal, float(yaw0), yaw1)
+
+    @property
+    def end(self) -> float:
+        return self.t0 + self.duration
+
+    def state(self, t: float) -> np.ndarray:
+        """The reference at time `t` as a 13-D Crocoddyl state: position, level attitude at the path's heading,
+        and the path's velocity and yaw rate in the body frame (as Pinocchio's free flyer keeps them)."""
+        import pinocchio as pin
+
+        done, rate = (float(v) for v in minimum_jerk(t - self.t0, self.duration))
+        delta = self.goal[:3] - self.start
+        rotation = pin.rpy.rpyToMatrix(0.0, 0.0, self.yaw0 + done * (self.yaw1 - self.yaw0))
+        out = np.zeros(13)
+        out[:3] = self.start + done * delta
+        out[3:7] = pin.SE3ToXYZQUAT(pin.SE3(rotation, np.zeros(3)))[3:7]
+        out[7:10] = rotation.T @ (rate * delta)
+        out[12] = rate * (self.yaw1 - self.yaw0)
+        return out
+
+
 class FlightSimulator:
-    """Waypoint flight under receding-horizon Crocoddyl MPC on the true model.
+    """Waypoint flight under receding-horizon Crocoddyl MPC on the true model (module doc).
 
     `advance()` returns the sample (t_k, x_k, u_k) — stored 12-D state at t_k and
     the thrusts applied on [t_k, t_k + dt) — then moves the plant to t_k + dt, so
@@ -105,6 +168,8 @@ class FlightSimulator:
         start = quad.random_pose(self._rng, self.box, 0.0)
         self._x = np.concatenate([start, np.zeros(6)])
         self.waypoint = self._new_waypoint()
+        self._path = [PathSegment.towards(0.0, start[:3], _yaw(_rotation(start)), self.waypoint)]
+        self._reached = False  # whether the vehicle came within `waypoint_tolerance` of the current waypoint
         self.t = 0.0
         self._k = 0
         self.waypoints_reached = 0
@@ -198,12 +263,19 @@ class FlightSimulator:
 
     def _mpc_control(self) -> np.ndarray:
         """The MPC's thrusts for this step (waypoint flight, or the `hold`), clipped to the rotor limits."""
-        if self._hold is None and np.linalg.norm(self._x[:3] - self.waypoint[:3]) < self.waypoint_tolerance:
-            self.waypoint = self._new_waypoint()
-            self.waypoints_reached += 1
+        if self._hold is None:
+            while self._path[0].end < self.t:  # that leg is flown: on to the next waypoint
+                if len(self._path) == 1:
+                    self._extend_path()
+                self._path.pop(0)
+            if self.waypoint is not self._path[0].goal:
+                self.waypoint, self._reached = self._path[0].goal, False
+            if not self._reached and np.linalg.norm(self._x[:3] - self.waypoint[:3]) < self.waypoint_tolerance:
+                self._reached = True
+                self.waypoints_reached += 1
         phase = 0 if self._hold is not None else self._k % self.resolve_every  # the failsafe solves every step
         if phase == 0:
-            self._set_goal(self._carrot(self._target()))
+            self._set_references()
             self._solve()
             self._plan_step = self._k
         node = min(int(phase * self.dt / MPC_NODE_DT), self.horizon - 1)
@@ -217,45 +289,62 @@ class FlightSimulator:
     def _new_waypoint(self) -> np.ndarray:
         return np.concatenate([quad.random_pose(self._rng, self.box, 0.0), np.zeros(6)])
 
+    def _extend_path(self) -> None:
+        """Append the leg from the last waypoint to a new one (drawn in order, so the flight does not depend on
+        how far ahead the MPC looks)."""
+        last = self._path[-1]
+        self._path.append(PathSegment.towards(last.end, last.goal[:3], last.yaw1, self._new_waypoint()))
+
+    def _path_state(self, t: float) -> np.ndarray:
+        """The path's reference at time `t` (`PathSegment.state`); past the last leg's end, of the next legs."""
+        while self._path[-1].end < t:
+            self._extend_path()
+        return next(leg for leg in self._path if t <= leg.end).state(t)
+
     def _build_mpc(self, warm_us: list | None) -> None:
         """(Re)build plant and MPC for the current parameters; warm-start from `warm_us` thrusts."""
         import crocoddyl
 
         scales = quad.check_scales(self._params)
         dyn, self._plant, self._plant_data = quad.step_model(scales, self.dt)
-        running, terminal = (
-            dyn.action_model(quad.ocp_costs(dyn, self.waypoint, self.box, last, MPC_WEIGHTS), MPC_NODE_DT)
-            for last in (False, True))
-        self._mpc_models = (running, terminal)
+        self._mpc_models = quad.tracking_models(dyn, self.box, self.horizon, MPC_NODE_DT, MPC_WEIGHTS)
         self._hover = np.asarray(dyn.hover, dtype=np.float64)
-        problem = crocoddyl.ShootingProblem(self._x.copy(), [running] * self.horizon, terminal)
+        problem = crocoddyl.ShootingProblem(self._x.copy(), self._mpc_models[:-1], self._mpc_models[-1])
         problem.nthreads = 1  # OpenMP over all cores is far slower for a problem this small
         self._solver = crocoddyl.SolverBoxFDDP(problem)
-        self._set_goal(self._carrot(self._target()))
+        self._set_references()
         if warm_us is None:  # cold start: hover thrusts, infeasible state guess
             self._solver.solve([self._x.copy()] * (self.horizon + 1), [dyn.hover] * self.horizon, 50, False)
         else:
             self._solver.solve(problem.rollout(warm_us), warm_us, 50, True)
         self._plan_step = self._k  # solved from the current state
 
-    def _target(self) -> np.ndarray:
-        """Where the MPC flies: the waypoint, or while it holds, the hold position level at the current heading
-        and at rest (a heading to return to would not stop a yaw spin: its direction flips each half turn)."""
-        if self._hold is None:
-            return self.waypoint
+    def _set_references(self) -> None:
+        """Every node's reference for a solve from now: the path at the node's time, or while the failsafe holds,
+        its target (`_hold_target`, approached as `_carrot` says) at every node."""
+        if self._hold is not None:
+            goal = self._carrot(self._hold_target())
+            for model in self._mpc_models:
+                quad.set_reference(model, goal)
+        else:
+            for node, model in enumerate(self._mpc_models):
+                quad.set_reference(model, self._path_state(self.t + node * MPC_NODE_DT))
+
+    def _hold_target(self) -> np.ndarray:
+        """Where the failsafe flies: the hold position level at the current heading and at rest (a heading to
+        return to would not stop a yaw spin: its direction flips each half turn)."""
         import pinocchio as pin
 
-        yaw = _yaw(pin.XYZQUATToSE3(self._x[:7]).rotation)
+        yaw = _yaw(_rotation(self._x))
         goal = np.zeros(13)
         goal[:3] = self._hold
         goal[3:7] = pin.SE3ToXYZQUAT(pin.SE3(pin.rpy.rpyToMatrix(0.0, 0.0, yaw), np.zeros(3)))[3:7]
         return goal
 
     def _carrot(self, target: np.ndarray) -> np.ndarray:
-        """MPC target: `target` (the waypoint, or the failsafe's hold), or a point at most CARROT m / CARROT_YAW
-        rad towards it.
+        """The failsafe's MPC target: `target`, or a point at most CARROT m / CARROT_YAW rad towards it.
 
-        Chasing a nearby target keeps the flight gentle; without the yaw limit a
+        Chasing a nearby target keeps the recovery gentle; without the yaw limit a
         heavy, weak-yaw drone saturates its rotors on a large yaw change and
         loses attitude control.
         """
@@ -273,15 +362,6 @@ class FlightSimulator:
             yaw = yaw_now + math.copysign(CARROT_YAW, turn)
             goal[3:7] = pin.SE3ToXYZQUAT(pin.SE3(pin.rpy.rpyToMatrix(0.0, 0.0, yaw), np.zeros(3)))[3:7]
         return goal
-
-    def _set_goal(self, goal13: np.ndarray) -> None:
-        import pinocchio as pin
-
-        placement = pin.XYZQUATToSE3(goal13[:7])
-        for model, reg in zip(self._mpc_models, ("state_reg", "goal_twist"), strict=True):
-            costs = model.differential.costs.costs
-            costs["goal_pose"].cost.residual.reference = placement
-            costs[reg].cost.residual.reference = goal13
 
     def _solve(self) -> None:
         # Warm start from the previous thrusts rolled out from the current state:
@@ -304,6 +384,13 @@ def _int_at_least(name: str, value: int, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise MetaSymError(f"{name} must be an integer >= {low}, got {value!r}")
     return int(value)
+
+
+def _rotation(xyzquat: np.ndarray) -> np.ndarray:
+    """Rotation matrix of a pose given as x, y, z and quaternion (the first 7 entries)."""
+    import pinocchio as pin
+
+    return pin.XYZQUATToSE3(np.asarray(xyzquat[:7], dtype=np.float64)).rotation
 
 
 def _yaw(rotation: np.ndarray) -> float:
