@@ -18,12 +18,20 @@ def test_table1_quick_quadrotor(tmp_path, capsys):
                  "--json", "--ablate-meta", "--ablate-attention"]) == 0
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     models = ("metasym", "metasym_unadapted", "metasym_nometa", "metasym_nometa_unadapted",
-              "metasym_no_meta_attention", "hold_last", "train_mean", "transformer", "dhnn", "mlp")
+              "metasym_no_meta_attention", "hold_last", "train_mean", "linear", "transformer", "dhnn", "mlp")
     for model in models:
         for what in ("ood_mse", "ood_mse_std", "params", "rollout_b1_h30_ms"):
             value = figures[f"quadrotor_{model}_{what}"]
             assert math.isfinite(value) and value >= 0, (model, what, value)
     assert "quadrotor_quantum_lstm_ood_mse" not in figures  # not applicable
+    # skill against holding the state: 0 for holding itself, 1 − MSE ratio for the others, per horizon step too
+    assert figures["quadrotor_hold_last_skill"] == 0.0 and figures["quadrotor_hold_last_skill_h1"] == 0.0
+    for model in models:
+        ratio = figures[f"quadrotor_{model}_ood_mse"] / figures["quadrotor_hold_last_ood_mse"]
+        assert figures[f"quadrotor_{model}_skill"] == pytest.approx(1 - ratio, rel=1e-9, abs=1e-12)
+        assert all(math.isfinite(figures[f"quadrotor_{model}_skill_h{k}"]) for k in (1, 10))
+    assert figures["quadrotor_linear_skill"] > 0  # the linear reference beats holding the state
+    assert figures["quadrotor_metasym_over_linear"] > 0
     # D.3: no meta-attention, so fewer parameters (the decoder's only: the encoder latents are not read)
     assert 0 < figures["quadrotor_metasym_no_meta_attention_params"] < figures["quadrotor_metasym_params"]
     assert figures["quadrotor_metasym_over_metasym_no_meta_attention"] > 0

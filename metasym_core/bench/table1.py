@@ -34,6 +34,7 @@ import torch
 
 from metasym_core.baselines import applicable_baselines, make_baseline, train_baseline
 from metasym_core.baselines.evaluate import rollout_errors, rollout_latency_ms, summary
+from metasym_core.baselines.linear import LinearNextStep
 from metasym_core.bench.energy import energy_curves, energy_errors, moving_mask
 from metasym_core.bench.report import DEFAULT_DOC, markdown_table, text_table, update_section
 from metasym_core.checkpoint import load_checkpoint
@@ -357,6 +358,14 @@ def run_system(system: str, sizes: Sizes, out: Path, quick: bool, seed: int = 0,
                                  sizes.shots, sizes.horizon, c)
     results["models"]["train_mean"] = {"errors": errs, "preds": preds, "params": 0, "latency_ms": 0.0,
                                        "train_s": 0.0}  # reference: a constant (what a noise-dominated record favours)
+    t0 = time.perf_counter()
+    linear = LinearNextStep().fit(data["train"])
+    train_s = time.perf_counter() - t0
+    errs, preds = rollout_errors(lambda i, x, u, hh, fut: linear.rollout(x, u, hh, fut.shape[1], fut), ood,
+                                 sizes.shots, sizes.horizon, c)
+    results["models"]["linear"] = {"errors": errs, "preds": preds, "params": int(linear.weights.size),
+                                   "latency_ms": rollout_latency_ms(lambda: linear.rollout(*latency_args)),
+                                   "train_s": train_s}  # reference: the pooled least-squares next-step model
     for name in applicable_baselines(system):
         t0 = time.perf_counter()
         opts = budget_sizes(name, ood.state_dim, ood.control_dim, n_meta, c, cfg["model"]["decoder"]["layers"])
@@ -400,6 +409,13 @@ def _latency_args(ds: SystemDataset, c: int) -> tuple:
 
 
 # -- figures, report, plots ------------------------------------------------------------------------
+def skill(errors: np.ndarray, hold: np.ndarray) -> float:
+    """1 − MSE / MSE of holding the last state, over the same systems (and steps): 0 for holding, 1 for a
+    perfect prediction, negative for worse than holding."""
+    reference = float(np.mean(hold))
+    return 1.0 - float(np.mean(errors)) / reference if reference > 0 else math.nan
+
+
 def system_figures(system: str, res: dict) -> dict[str, float]:
     """Flat figures of one system; keys carry what they measure."""
     fig: dict[str, float] = {}
@@ -412,6 +428,11 @@ def system_figures(system: str, res: dict) -> dict[str, float]:
         fig[f"{system}_{key}_train_s"] = r["train_s"]
         if "signal_mse" in r:
             fig[f"{system}_{key}_ood_mse_vs_mean_signal"] = r["signal_mse"]["mean"]
+    hold = res["models"]["hold_last"]["errors"]
+    for key, r in res["models"].items():  # skill: 1 − MSE / MSE of holding the state (> 0 beats it)
+        fig[f"{system}_{key}_skill"] = skill(r["errors"], hold)
+        for step in sorted({1, min(10, hold.shape[1]), hold.shape[1]}):
+            fig[f"{system}_{key}_skill_h{step}"] = skill(r["errors"][:, step - 1], hold[:, step - 1])
     if "energy" in res:
         for key, value in energy_errors(res["energy"]).items():
             fig[f"{system}_{key}_energy_rel_err_last_step"] = value
@@ -434,6 +455,7 @@ _LABELS = {"metasym": "MetaSym (adapted)", "metasym_unadapted": "MetaSym (not ad
            "metasym_nometa_unadapted": "MetaSym w/o meta-attention (D.3 a: pooled, not adapted)",
            "metasym_no_meta_attention": "MetaSym w/o meta-attention block (D.3 b: encoder unused)",
            "hold_last": "hold last state (reference)", "train_mean": "training mean (reference)",
+           "linear": "linear next-step model (reference: pooled least squares)",
            "transformer": "Transformer", "dhnn": "DHNN", "mlp": "MLP",
            "quantum_lstm": "QuantumLSTM"}
 
@@ -444,7 +466,7 @@ def _rows(system: str, res: dict, fig: dict) -> list[list[str]]:
         paper = PAPER.get(system, {}).get(key)
         rows.append([system, _LABELS.get(key, key), f"{r['params']:d}",
                      f"{fig[f'{system}_{key}_ood_mse']:.4g} ({fig[f'{system}_{key}_ood_mse_std']:.3g})",
-                     f"{r['latency_ms']:.2f}",
+                     f"{fig[f'{system}_{key}_skill']:.3f}", f"{r['latency_ms']:.2f}",
                      paper[0] if paper else "—", f"{paper[1]} ({paper[2]})" if paper else "—"])
     return rows
 
@@ -551,7 +573,7 @@ def run_table1_bench(systems: list[str], quick: bool = False, out_json: str | Pa
     finally:
         torch.set_num_threads(threads)
     figures["table1_wall_s"] = time.perf_counter() - start
-    header = ["system", "model", "params", "OOD MSE mean (std)", f"rollout B=1 H={LATENCY_HORIZON} ms",
+    header = ["system", "model", "params", "OOD MSE mean (std)", "skill vs hold", f"rollout B=1 H={LATENCY_HORIZON} ms",
               "paper params", "paper MSE"]
     print(text_table(header, rows))
     payload = {"quick": quick, "figures": figures, "paper": PAPER, "systems": per_system, "plots": plots,
@@ -627,6 +649,10 @@ def _doc_body(rows, header, systems, quick, figures, per_system, plots, failed) 
             f"(std) over OOD systems), autoregressive from the same context with the true future controls and "
             f"steps; MetaSym adapted with its K-shot inner loop on the observed frames, and unadapted. Baselines "
             f"are trained pooled (no meta-learning) on the same data with parameter counts matched to MetaSym's. "
+            f"Skill vs hold = 1 − MSE / MSE of holding the last state (0: no better than holding; figures "
+            f"`*_skill` and `*_skill_h1/_h10/_hH` per horizon step). References: hold the last state, the "
+            f"training mean, and `linear`, a pooled least-squares next-step model on the same inputs "
+            f"(`baselines/linear.py`; params = its weights). "
             f"The paper's columns are its Table 1 (units lost in extraction; scale not comparable).\n\n"
             + markdown_table(header, rows) + "\n\nRollout time vs the physics simulator (B=1, "
             f"{LATENCY_HORIZON} steps, 1 torch thread):\n\n" + "\n".join(f"- {line}" for line in sim)
