@@ -20,6 +20,7 @@ from rclpy.node import Node
 from metasym_core.errors import MetaSymError
 from metasym_core.online.live_predictor import Adaptation, ModelUpdate
 from metasym_core.online.plan import ControlPlan as Plan
+from metasym_core.online.predictor import describe_model
 from metasym_ros.msg import AdaptationStatus, ControlPlan, ModelCheckpoint
 
 
@@ -65,6 +66,12 @@ def _apply_live(live: dict, params) -> None:
     for param in params:
         if param.name in live:
             live[param.name][1](param.value)
+
+
+def log_model(node: Node, system: str, checkpoint: str, model, warning: str | None) -> None:
+    """Log once at start which model `node` runs (`describe_model`); an untrained one as a warning."""
+    text = describe_model(system, checkpoint, model) + (f" ({warning})" if warning else "")
+    (node.get_logger().warning if warning else node.get_logger().info)(text)
 
 
 def one_of(choices) -> Callable[[object], None]:

@@ -24,6 +24,7 @@ from metasym_ros.common import (
     adaptation_of,
     at_least,
     declare,
+    log_model,
     model_update_of,
     one_of,
     plan_message,
@@ -82,8 +83,7 @@ class ControllerNode(Node):
 
         model, _, warning = load_model(self.system, checkpoint, device)
         log = self.get_logger()
-        if warning:
-            log.warning(warning)
+        log_model(self, self.system, checkpoint, model, warning)
         config = MPPIConfig(samples=samples, horizon=horizon, noise_std=noise_std, temperature=temperature)
         self.live = LiveController(model, self.system, self._publish, reference=reference, config=config,
                                    threads=threads, seed=seed, device=device, model_path=checkpoint,

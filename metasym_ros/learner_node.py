@@ -24,7 +24,7 @@ from metasym_core.online.local_params import to_entries
 from metasym_core.online.predictor import load_model
 from metasym_core.online.streams import STREAMS
 from metasym_core.train.runs import BackgroundTraining
-from metasym_ros.common import at_least, declare, f64, one_of, positive, run_node, stamp_seconds
+from metasym_ros.common import at_least, declare, f64, log_model, one_of, positive, run_node, stamp_seconds
 from metasym_ros.msg import AdaptationStatus, LocalParameter, ModelCheckpoint, PredictionMetrics, SystemState
 from metasym_ros.qos import (
     ADAPTATION_QOS,
@@ -68,8 +68,8 @@ class LearnerNode(Node):
                             apply=lambda value: self.live.set_max_age(value), check=positive)
         train_first = train_at_start and not (checkpoint and os.path.isfile(checkpoint))
         model, cfg, warning = load_model(self.system, "" if train_first else checkpoint, device)
-        if warning and not train_first:
-            self.get_logger().warning(warning)
+        if not train_first:
+            log_model(self, self.system, checkpoint, model, warning)
         settings = {}  # the adaptation's settings (OnlineLearner.configure), all live
         for name, key, default, text in learner_parameters(cfg.get("training") or {}):
             settings[key] = declare(self, name, default, text, apply=self._configure(key), check=self._check(key))

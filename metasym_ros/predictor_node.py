@@ -25,6 +25,7 @@ from metasym_ros.common import (
     at_least,
     declare,
     f64,
+    log_model,
     model_update_of,
     one_of,
     plan_fields,
@@ -92,9 +93,8 @@ class PredictorNode(Node):
         self._last_path = -math.inf
 
         model, _, warning = load_model(self.system, checkpoint, device)
-        if warning:
-            self.get_logger().warning(warning)
         log = self.get_logger()
+        log_model(self, self.system, checkpoint, model, warning)
         self.live = LivePredictor(model, self.system, self._publish, horizon=horizon, max_age_s=max_age_s,
                                   max_rate_hz=max_rate_hz, plan_max_age_s=plan_max_age_s, threads=threads,
                                   batch_threads=batch_threads, device=device, model_path=checkpoint,

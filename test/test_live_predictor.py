@@ -76,6 +76,9 @@ def test_states_are_predicted_once_the_window_is_full_under_the_held_control(liv
     _wait(lambda: live.predictions == 6 + H, "the later predictions")
     report = live.report()
     assert np.isfinite(report["realised_mse"]) and report["dropped"] == 0
+    # at start it said what a state costs and how many predictions per second that allows
+    rate = [m for m in live.sink.infos if "predictions/s" in m]
+    assert len(rate) == 1 and f"one rollout of {H} steps takes" in rate[0]
 
 
 def test_a_fresh_plan_gives_the_future_controls_and_a_stale_one_falls_back(live):

@@ -175,6 +175,26 @@ def test_rollout_batch_equals_single_rollouts():
         predictor.rollout_batch(xs * np.nan, us, hs, cand, 0.02)
 
 
+def test_describe_model_names_the_file_its_recipe_and_the_parameter_count(tmp_path):
+    """What a node logs at start about its model (`describe_model`)."""
+    from metasym_core.checkpoint import PRETRAINED, save_checkpoint
+    from metasym_core.online.predictor import describe_model
+
+    model, _, _ = load_model("quadrotor", "pretrained", "cpu")
+    count = f"{sum(p.numel() for p in model.parameters()):,} parameters"
+    text = describe_model("quadrotor", "pretrained", model)
+    assert str(PRETRAINED / "quadrotor.pt") in text and "(pretrained)" in text and count in text
+    assert str(PRETRAINED / "quadrotor.recipe.json") in text
+    untrained, _, _ = load_model("quantum", "", "cpu")
+    assert describe_model("quantum", "", untrained).startswith("model: UNTRAINED quantum model")
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(run / "final.pt", model)
+    assert "recipe none beside it" in describe_model("quadrotor", str(run / "final.pt"), model)
+    (run / "recipe.json").write_text("{}")  # a `metasym demo` run folder
+    assert f"recipe {run / 'recipe.json'}" in describe_model("quadrotor", str(run / "final.pt"), model)
+
+
 def test_load_model_without_checkpoint_warns_and_matches_config():
     model, cfg, warning = load_model("quantum", "", "cpu")
     assert "UNTRAINED" in warning and model.state_dim == cfg["state_dim"] == 2

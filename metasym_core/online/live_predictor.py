@@ -251,6 +251,11 @@ class LivePredictor:
         torch.set_num_threads(self.threads)  # OpenMP thread counts are per thread: set it in this one too
         try:
             self.predictor.warm_up()  # pay the first-call cost before the first state, not on it
+            ms = self.predictor.warm_up()  # ... and time a warm one: what each state will cost
+            rate = min(1000.0 / ms, self.max_rate_hz) if ms > 0 else self.max_rate_hz
+            self.info(f"one rollout of {self.predictor.horizon} steps takes {ms:.2f} ms here: up to "
+                      f"{rate:.0f} predictions/s (max_rate_hz {self.max_rate_hz:g}); states faster than that "
+                      "are predicted from the newest one")
         except (MetaSymError, RuntimeError) as exc:
             self.warn("warm-up", f"warm-up rollout failed: {exc}")
         with self._lock:

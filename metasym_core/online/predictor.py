@@ -49,6 +49,20 @@ def load_model(system: str, checkpoint: str | os.PathLike = "", device: str = "a
     return model.eval(), cfg, warning
 
 
+def describe_model(system: str, checkpoint: str | os.PathLike, model: MetaSym) -> str:
+    """One line saying which model a node runs: the file (`pretrained` names resolved), the recipe that made
+    it when one lies beside it (`<name>.recipe.json`, or a run folder's `recipe.json`), and its parameter
+    count; without a checkpoint, an untrained model of config/<system>.yaml."""
+    count = f"{sum(p.numel() for p in model.parameters()):,} parameters"
+    if not checkpoint:
+        return f"model: UNTRAINED {system} model from config/{system}.yaml, {count}"
+    path = resolve_checkpoint(checkpoint, system)
+    recipes = [os.path.splitext(path)[0] + ".recipe.json", os.path.join(os.path.dirname(path), "recipe.json")]
+    recipe = next((r for r in recipes if os.path.isfile(r)), None)
+    named = f" ({checkpoint})" if os.fspath(checkpoint) != path else ""
+    return f"model: {path}{named}, recipe {recipe or 'none beside it'}, {count}"
+
+
 def load_model_bytes(system: str, data: bytes, sha256: str, device: str = "auto") -> tuple[MetaSym, dict]:
     """`load_model` from a checkpoint's bytes (as a ModelCheckpoint message carries them): refused unless
     their sha256 is `sha256`; read through a private temporary file with `weights_only=True`."""
