@@ -101,9 +101,8 @@ class PathSegment:
     @classmethod
     def towards(cls, t0: float, start: np.ndarray, yaw0: float, goal: np.ndarray) -> PathSegment:
         """The segment from (`start`, `yaw0`) at `t0` to the waypoint `goal`, as long as the bounds above ask."""
-        import pinocchio as pin
 
-        yaw1 = yaw0 + math.remainder(_yaw(pin.XYZQUATToSE3(goal[:7]).rotation) - yaw0, 2 * math.pi)
+        yaw1 = yaw0 + math.remainder(_yaw(_rotation(goal)) - yaw0, 2 * math.pi)
         length = float(np.linalg.norm(goal[:3] - start))
         # a minimum-jerk move's peak rate is 1.875 x its mean
         duration = max(1.875 * length / PATH_PEAK_SPEED, 1.875 * abs(yaw1 - yaw0) / PATH_PEAK_YAW_RATE, PATH_MIN_S)
@@ -224,9 +223,8 @@ class FlightSimulator:
 
     def breach(self) -> str | None:
         """The geofence (module doc): why the vehicle must not fly on under another controller, or None."""
-        import pinocchio as pin
 
-        rotation = pin.XYZQUATToSE3(self._x[:7]).rotation
+        rotation = _rotation(self._x)
         p = self._x[:3]
         low, high = self.box[:, 0] + FENCE_INSET, self.box[:, 1] - FENCE_INSET
         if np.any(p < low) or np.any(p > high):
@@ -355,8 +353,8 @@ class FlightSimulator:
         dist = float(np.linalg.norm(delta))
         if dist > CARROT:
             goal[:3] = self._x[:3] + delta * (CARROT / dist)
-        yaw_now = _yaw(pin.XYZQUATToSE3(self._x[:7]).rotation)
-        yaw_goal = _yaw(pin.XYZQUATToSE3(goal[:7]).rotation)
+        yaw_now = _yaw(_rotation(self._x))
+        yaw_goal = _yaw(_rotation(goal))
         turn = math.remainder(yaw_goal - yaw_now, 2 * math.pi)
         if abs(turn) > CARROT_YAW:
             yaw = yaw_now + math.copysign(CARROT_YAW, turn)
