@@ -19,8 +19,9 @@ from metasym_core.models.metasym import MetaSym
 FORMAT = "metasym-checkpoint"
 VERSION = 1
 #: buffers added after format version 1 was fixed: a checkpoint without them loads them as zeros
-#: (`encoder.shift`: a zero shift is the uncentred encoder those checkpoints were trained with)
-OPTIONAL_ZERO_BUFFERS = ("encoder.shift",)
+#: (`encoder.shift`: a zero shift is the uncentred encoder those checkpoints were trained with; `fixed`: no
+#: coordinate held, which only the encoder residual reads, newer than those checkpoints)
+OPTIONAL_ZERO_BUFFERS = ("encoder.shift", "fixed")
 #: models bundled with the package, `<system>.pt` with the `<system>.recipe.json` that made them
 PRETRAINED = Path(__file__).resolve().parent / "pretrained"
 

@@ -83,6 +83,37 @@ def test_resume_and_ctrl_c_reproduce_uninterrupted_run(data, tmp_path):
     assert (tmp_path / "full" / "final.pt").is_file() and (tmp_path / "full" / "best.pt").is_file()
 
 
+def test_the_encoder_cosine_schedule_is_applied_and_survives_a_resume(data, tmp_path):
+    """`encoder_cosine`: the encoder's Adam rate at step s is encoder_lr·(1 + cos(π s/S))/2 (a function of
+    the step alone), the decoder's is untouched, and a run resumed inside phase 1 equals the uninterrupted one."""
+    tc = TrainingConfig.from_config(_cfg(encoder_cosine=True, encoder_lr=0.02))
+    assert tc.encoder_rate(0) == 0.02 and tc.encoder_rate(2) == pytest.approx(0.01)
+    assert tc.encoder_rate(4) == pytest.approx(0.0, abs=1e-12)
+    assert TrainingConfig.from_config(_cfg()).encoder_rate(3) == TrainingConfig.from_config(_cfg()).encoder_lr
+    train, val = data
+    seen = []
+    full = Trainer(_cfg(encoder_cosine=True), train, val, tmp_path / "full", seed=3, progress=False)
+    real = full._apply
+
+    def spy(loss, opt, params):
+        seen.append((opt is full.enc_opt, opt.param_groups[0]["lr"]))
+        return real(loss, opt, params)
+    full._apply = spy
+    full.run()
+    lr = full.tc.encoder_lr
+    expected = [lr * 0.5 * (1 + math.cos(math.pi * s / 4)) for s in range(4)]
+    assert [r for enc, r in seen if enc] == pytest.approx(expected)
+    assert {r for enc, r in seen if not enc} == {full.tc.outer_lr}
+    part = Trainer(_cfg(encoder_cosine=True), train, val, tmp_path / "part", seed=3, max_steps=2, progress=False)
+    part.run()
+    again = Trainer(_cfg(encoder_cosine=True), train, val, tmp_path / "part", seed=3, progress=False)
+    again.resume()
+    again.run()
+    assert _same(full.model, again.model)
+    with pytest.raises(MetaSymError, match="training.encoder_cosine = 1 must be a boolean"):
+        TrainingConfig.from_config(_cfg(encoder_cosine=1))
+
+
 def test_nan_loss_keeps_last_good_checkpoint(data, tmp_path):
     train, val = data
     t = Trainer(_cfg(), train, val, tmp_path, seed=0, max_steps=3, progress=False)

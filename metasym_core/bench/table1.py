@@ -239,7 +239,7 @@ def decoder_bound(model, ds: SystemDataset, samples: int = 4) -> float:
 
         def predict(e_last, xn=xn, un=un, hn=hn, en=en, x=x):
             e = torch.cat([en[:, :-1], m._norm("state", e_last)[None, None]], dim=1)
-            return x[0, -1] + m.decoder(xn, un, hn, e)[0, -1] * m.delta_std
+            return m.anchor(x[0, -1], e_last) + m.decoder(xn, un, hn, e)[0, -1] * m.delta_std
 
         e_last = m.encoder(x[:, -1], h[:, -1])[0].detach()
         J = jacrev(predict)(e_last).detach()

@@ -1,8 +1,9 @@
 """Teacher-forced next-step losses in normalised units, shared by adaptation and training.
 
-The decoder predicts the increment `Δ = (x_{t+1} - x_t) / delta_std` (METHOD §3,
-`MetaSym.predict_next`), so the next-state error divided by `delta_std` is
-`Δ̂ - Δ`: every state dimension weighs the same whatever its units, and a loss of
+The decoder predicts the increment `Δ = (x_{t+1} - a_t) / delta_std` over its anchor
+`a_t = MetaSym.anchor(...)` (METHOD §3, `MetaSym.predict_next`): the state `x_t`, or with the
+encoder residual the encoder's flow step `Φ_θ(x_t, h_t)`. So the next-state error divided by
+`delta_std` is `Δ̂ - Δ`: every state dimension weighs the same whatever its units, and a loss of
 1 means "as bad as predicting no motion". The encoder is fixed here, so its
 latents are computed once per window (`DecoderBatch`), not once per inner step.
 """
@@ -41,7 +42,8 @@ class DecoderBatch:
 def decoder_batch(model: MetaSym, states: torch.Tensor, controls: torch.Tensor, h: torch.Tensor) -> DecoderBatch:
     """Tokens of `[B, T, ·]` windows (`h` `[B, T, 1]`) through the fixed encoder, plus targets."""
     x, u, hn, e = model.tokens(states, controls, h)
-    target = (states[:, 1:] - states[:, :-1]) / model.delta_std
+    base = model.anchor(states, e * model.state_std + model.state_mean)
+    target = (states[:, 1:] - base[:, :-1]) / model.delta_std
     return DecoderBatch(x, u, hn, e, target)
 
 
@@ -91,7 +93,7 @@ def rollout_loss(model: MetaSym, batch: DecoderBatch, local: dict[str, torch.Ten
             delta = model.decoder(*args, local=local)[:, -1]
         else:
             delta = functional_call(model.decoder, global_params, args, {"local": local})[:, -1]
-        cur = cur + delta * model.delta_std
+        cur = model.anchor(cur, ew[:, -1] * model.state_std + model.state_mean) + delta * model.delta_std
         loss = loss + ((cur - true[:, c + k]) / (model.delta_std * (k + 1))).pow(2).mean()
         if k + 1 < horizon:
             new_e = model._norm("state", model.encoder(cur, h_raw[:, c + k]))

@@ -17,6 +17,8 @@ from metasym_core.errors import MetaSymError
 from metasym_core.models.attention import CausalSelfAttention, MetaAttention, window_bias
 
 LOCAL_SUFFIXES = ("meta_attn.w_q.weight", "meta_attn.w_v.weight", "meta_attn.w_v.bias")
+#: what the decoder's increment is added to (see `ActiveDecoder`)
+RESIDUALS = ("state", "encoder")
 
 
 class ControlNet(nn.Module):
@@ -83,10 +85,15 @@ class ActiveDecoder(nn.Module):
         dropout: dropout on attention weights and residual branches in training.
         meta_attention: False builds ablation D.3 (paper Table 5): blocks without
             meta-attention, so no local parameters φ and the encoder latents are not read.
+        residual: what the increment is added to (`MetaSym.anchor`): "state" predicts
+            `x_{t+1} = x_t + Δ`; "encoder" predicts `x_{t+1} = Φ_θ(x_t, h_t) + Δ`, the symplectic
+            encoder's flow step plus the decoder's correction (dissipation, controls, quirks), as
+            in the paper's near-symplecticity argument D(e) = e + … (docs/decisions.md).
     """
 
     def __init__(self, state_dim: int, control_dim: int, d_model: int, heads: int = 4, layers: int = 1,
-                 context: int = 10, dropout: float = 0.0, meta_attention: bool = True) -> None:
+                 context: int = 10, dropout: float = 0.0, meta_attention: bool = True,
+                 residual: str = "state") -> None:
         super().__init__()
         if state_dim <= 0 or control_dim < 0 or d_model <= 0 or layers < 1 or context < 1:
             raise MetaSymError("ActiveDecoder needs state_dim > 0, control_dim >= 0, d_model > 0, "
@@ -99,6 +106,9 @@ class ActiveDecoder(nn.Module):
         if not isinstance(meta_attention, bool):
             raise MetaSymError(f"meta_attention must be true or false, got {meta_attention!r}")
         self.meta_attention = meta_attention
+        if residual not in RESIDUALS:
+            raise MetaSymError(f"residual must be one of {', '.join(RESIDUALS)}, got {residual!r}")
+        self.residual = residual
         self.control_net = ControlNet(state_dim, control_dim, d_model)
         self.blocks = nn.ModuleList(DecoderBlock(d_model, state_dim, heads, context, dropout, meta_attention)
                                     for _ in range(layers))
@@ -108,10 +118,11 @@ class ActiveDecoder(nn.Module):
         nn.init.zeros_(self.head[-1].bias)
 
     def config(self) -> dict:
-        """Constructor arguments, for checkpoints (older ones lack `meta_attention`: the default True)."""
+        """Constructor arguments, for checkpoints (older ones lack `meta_attention` and `residual`: the
+        defaults True and "state")."""
         return {"state_dim": self.state_dim, "control_dim": self.control_dim, "d_model": self.d_model,
                 "heads": self.heads, "layers": self.layers, "context": self.context, "dropout": self.dropout,
-                "meta_attention": self.meta_attention}
+                "meta_attention": self.meta_attention, "residual": self.residual}
 
     # -- parameter split -------------------------------------------------------------------------
     @staticmethod

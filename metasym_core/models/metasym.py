@@ -29,6 +29,9 @@ class MetaSym(nn.Module):
             raise MetaSymError(f"encoder dim {encoder.dim} != decoder state_dim {decoder.state_dim}")
         self.encoder, self.decoder = encoder, decoder
         register_normalization(self, decoder.state_dim, decoder.control_dim)
+        # coordinates that never moved in the training data (the spring mesh's fixed row): the encoder
+        # residual holds them (`anchor`); fitted by `set_normalization`, all False before
+        self.register_buffer("fixed", torch.zeros(decoder.state_dim, dtype=torch.bool))
 
     @property
     def state_dim(self) -> int:
@@ -57,10 +60,23 @@ class MetaSym(nn.Module):
         fit_normalization(self, states, controls, steps, self.state_dim, self.control_dim)
         with torch.no_grad():
             self.encoder.shift.copy_(self.state_mean)
+            flat = states.reshape(-1, self.state_dim)
+            self.fixed.copy_((flat == flat[:1]).all(dim=0))
 
     # -- pieces ------------------------------------------------------------------------------------
     def _norm(self, name: str, x: torch.Tensor) -> torch.Tensor:
         return normalize(self, name, x)
+
+    @property
+    def encoder_residual(self) -> bool:
+        """Whether the increment is added to the encoder's latent Φ_θ(x_t, h_t) (else to x_t)."""
+        return self.decoder.residual == "encoder"
+
+    def anchor(self, states: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """What the decoder's increment is added to: the raw latent `Φ_θ(x_t, h_t)` with the encoder
+        residual (but `x_t` on the `fixed` coordinates: the encoder mixes every coordinate and would
+        move a boundary the data never moved), else the state `x_t` (all `[..., D]`, unnormalised)."""
+        return torch.where(self.fixed, states, latents) if self.encoder_residual else states
 
     def tokens(self, x: torch.Tensor, u: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Normalised decoder inputs `(x, u, h, e)` with `e = Φ_θ(x, h)` the encoder latent."""
@@ -93,8 +109,10 @@ class MetaSym(nn.Module):
     def predict_next(self, states: torch.Tensor, controls: torch.Tensor, h: torch.Tensor,
                      local_params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Unchecked `forward` for inner loops (`h` is `[B, T, 1]`); pure, so `torch.func` can transform it."""
-        delta = self.decoder(*self.tokens(states, controls, h), local=local_params)
-        return states + delta * self.delta_std
+        e = self.encoder(states, h)
+        delta = self.decoder(self._norm("state", states), self._norm("control", controls), self._norm("step", h),
+                             self._norm("state", e), local=local_params)
+        return self.anchor(states, e) + delta * self.delta_std
 
     # -- autoregressive rollout ------------------------------------------------------------------------
     def _rollout_args(self, states, controls, steps, horizon, future_controls, local_params):
@@ -140,7 +158,7 @@ class MetaSym(nn.Module):
         e = self.encoder(states, h[:, :T])
         delta, kv = self.decoder.forward_with_kv(self._norm("state", states), self._norm("control", controls),
                                                  self._norm("step", h[:, :T]), self._norm("state", e), local_params)
-        x = states[:, -1] + delta[:, -1] * self.delta_std
+        x = self.anchor(states[:, -1], e[:, -1]) + delta[:, -1] * self.delta_std
         rings = initial_windows(kv, self.context)
         plan = StreamingPlan(self, local_params, future[:, :horizon - 1], h[:, T:T + horizon - 1], T, shift=shift)
         out = [x]

@@ -108,6 +108,8 @@ class StreamingPlan:
         self.blocks = []
         # without meta-attention (ablation D.3) the decoder never reads the latents: no encoder pass per step
         self.meta = dec.meta_attention
+        self.encoder_residual = model.encoder_residual  # the prediction adds to Φ(x, h): encode every step
+        self.fixed = model.fixed
         for i, blk in enumerate(dec.blocks):
             qkv = blk.self_attn.qkv.weight
             folded = dict(
@@ -168,7 +170,7 @@ class StreamingPlan:
              rings: list[torch.Tensor]) -> torch.Tensor:
         """Predict the state after `x [B, D]` (step k of the plan, absolute `position`)."""
         slot = position % self.context
-        e = self.encode(x, h) if self.meta else None
+        e = self.encode(x, h) if self.meta or self.encoder_residual else None
         z = torch.addmm(self.tok_uh[:, k], x, self.tok_x)
         d = z.shape[-1]
         n = 4 if self.meta else 2  # rings per block: self k, v (and meta k, v)
@@ -187,4 +189,5 @@ class StreamingPlan:
             w1, b1, w2, b2 = blk["mlp"]
             z = z + F.linear(F.silu(F.linear(F.layer_norm(z, (d,), *blk["ln3"]), w1, b1)), w2, b2)
         w1, b1, w2, b2 = self.head
-        return x + F.linear(F.silu(F.linear(F.layer_norm(z, (d,), *self.ln_f), w1, b1)), w2, b2)
+        base = torch.where(self.fixed, x, e) if self.encoder_residual else x
+        return base + F.linear(F.silu(F.linear(F.layer_norm(z, (d,), *self.ln_f), w1, b1)), w2, b2)

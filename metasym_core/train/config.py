@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 from metasym_core.errors import MetaSymError
@@ -15,6 +16,7 @@ class TrainingConfig:
     encoder_inner_steps: int = 3  # METHOD §4
     encoder_inner_lr: float = 1e-3  # inner SGD rate (normalised loss)
     encoder_lr: float = 1e-2  # outer Adam rate
+    encoder_cosine: bool = False  # decay the encoder's outer rate to 0 over its phase (cosine; `encoder_rate`)
     outer_steps: int = 300  # decoder outer steps (phase 2)
     inner_steps: int = 10  # decoder inner SGD steps K (paper: 10-15)
     inner_lr: float = 0.1  # decoder inner SGD rate; also the default of online adaptation
@@ -66,3 +68,13 @@ class TrainingConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def encoder_rate(self, step: int) -> float:
+        """The encoder's outer Adam rate at outer step `step` (0-based): `encoder_lr`, or with
+        `encoder_cosine` `encoder_lr · (1 + cos(π·step/encoder_steps)) / 2`. Why: the linear shears
+        must travel far from their N(0, 0.01²) start (on the spring mesh to entries of order k·8), which
+        a small constant rate takes thousands of steps for and a large one ends in noise; a function of
+        the step alone, so a resumed run continues the same schedule."""
+        if not self.encoder_cosine or self.encoder_steps == 0:
+            return self.encoder_lr
+        return self.encoder_lr * 0.5 * (1.0 + math.cos(math.pi * min(step, self.encoder_steps) / self.encoder_steps))

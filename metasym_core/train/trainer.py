@@ -149,6 +149,8 @@ class Trainer:
         else:
             loss = 0.5 * (maml_loss(model.encoder, support, support, model.delta_std, 0)
                           + maml_loss(model.encoder, query, query, model.delta_std, 0))
+        for group in self.enc_opt.param_groups:
+            group["lr"] = tc.encoder_rate(self.step)
         return self._apply(loss * (len(systems) / tc.batch_systems), self.enc_opt, model.encoder.parameters())
 
     def _decoder_step(self) -> float:
