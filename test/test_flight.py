@@ -43,8 +43,8 @@ def test_the_bundled_model_is_what_metasym_demo_makes():
     assert recipe == json.loads(json.dumps(_recipe(1800, 0))), "regenerate the bundled model (see the module doc)"
     path = resolve_checkpoint("pretrained", "quadrotor")
     assert load_checkpoint(path)[0].state_dim == 12 and resolve_checkpoint("a/b.pt", "quadrotor") == "a/b.pt"
-    with pytest.raises(MetaSymError, match="no such bundled model for quantum"):
-        resolve_checkpoint("pretrained", "quantum")
+    with pytest.raises(MetaSymError, match="no such bundled model for quadrotor"):
+        resolve_checkpoint("pretrained:nope", "quadrotor")
 
 
 def test_the_bundled_mppi_model_follows_its_recipe_and_the_config():
