@@ -99,7 +99,8 @@ def at_least(low: float) -> Callable[[object], None]:
 def f64(values) -> array.array:
     """A float64[] field value (the generated setters take array.array('d'), not numpy); one copy."""
     out = array.array("d")
-    out.frombytes(memoryview(np.ascontiguousarray(values, dtype=np.float64)).cast("B"))
+    flat = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)  # [H, 0] (no controls) casts only flat
+    out.frombytes(memoryview(flat).cast("B"))
     return out
 
 

@@ -47,11 +47,11 @@ class LearnerNode(Node):
         super().__init__("learner", **kwargs)
         self.system = declare(self, "system", "quadrotor", "System family: " + " | ".join(STREAMS),
                               check=one_of(STREAMS))
-        checkpoint = resolve_checkpoint(declare(self, "checkpoint", "", "Meta-trained model; pretrained = the "
-                                                "bundled model; empty = untrained (warning) or meta-train "
-                                                "first (train_at_start)"), self.system)
+        checkpoint = resolve_checkpoint(declare(self, "checkpoint", "pretrained", "Meta-trained model; pretrained "
+                                                "= the bundled model; empty = meta-train first (train_at_start), "
+                                                "else none: no adaptations"), self.system)
         device = declare(self, "device", "auto", "auto | cpu | cuda[:N]")
-        train_at_start = declare(self, "train_at_start", False, "Meta-train (or reuse/resume a run of train_dir) "
+        train_at_start = declare(self, "train_at_start", True, "Meta-train (or reuse/resume a run of train_dir) "
                                  "at start when checkpoint is empty or missing")
         train_data = declare(self, "train_data", "", "Training dataset .npz (empty: generate the family's "
                              "default into train_dir/data)")
@@ -80,7 +80,8 @@ class LearnerNode(Node):
                                           error=log.error)
         self.live = LiveLearner(model, self.system, settings, self._publish, params_root=params_dir or None,
                                 max_age_s=max_age_s, device=device, model_path="" if train_first else checkpoint,
-                                paused=train_first, info=log.info, debug=log.debug, warn=log.warning)
+                                paused=train_first or not checkpoint, info=log.info, debug=log.debug,
+                                warn=log.warning)
         self._pub = self.create_publisher(AdaptationStatus, ADAPTATION_TOPIC, ADAPTATION_QOS)
         self._model_pub = self.create_publisher(ModelCheckpoint, MODEL_TOPIC, MODEL_QOS)
         self._subs = [self.create_subscription(SystemState, STATE_TOPIC, self._on_state, STATE_QOS),
@@ -95,6 +96,8 @@ class LearnerNode(Node):
                  f"{settings['bias_threshold'] or 'off'}")
         if train_first:
             self.trainer.start(at_start=True)
+        elif not checkpoint:
+            log.warning("no trained model and train_at_start false: no adaptations (call ~/train to train one)")
 
     def _configure(self, key: str):
         return lambda value: self.live.configure(key, value)

@@ -63,8 +63,9 @@ class PredictorNode(Node):
         super().__init__("predictor", **kwargs)
         self.system = declare(self, "system", "quadrotor", "System family: " + " | ".join(STREAMS),
                               check=one_of(STREAMS))
-        checkpoint = resolve_checkpoint(declare(self, "checkpoint", "", "Model checkpoint; pretrained = the "
-                                                "bundled model; empty = untrained model (warning)"), self.system)
+        checkpoint = resolve_checkpoint(declare(self, "checkpoint", "pretrained", "Model checkpoint; pretrained = "
+                                                "the bundled model; empty = none: no predictions until a learner "
+                                                "sends a trained one"), self.system)
         device = declare(self, "device", "auto", "auto | cpu | cuda[:N]")
         threads = declare(self, "threads", 1, "torch CPU threads of the per-state prediction (0 = torch default)")
         realtime_priority = declare(self, "realtime_priority", 0, "SCHED_FIFO priority 1-99 of this node's "
@@ -98,7 +99,7 @@ class PredictorNode(Node):
         self.live = LivePredictor(model, self.system, self._publish, horizon=horizon, max_age_s=max_age_s,
                                   max_rate_hz=max_rate_hz, plan_max_age_s=plan_max_age_s, threads=threads,
                                   batch_threads=batch_threads, device=device, model_path=checkpoint,
-                                  info=log.info, warn=log.warning)
+                                  trained=bool(checkpoint), info=log.info, warn=log.warning)
         self._pub = self.create_publisher(Prediction, PREDICTION_TOPIC, PREDICTION_QOS)
         self._path_pub = (self.create_publisher(Path, PATH_TOPIC, PATH_QOS) if self.system == "quadrotor"
                           else None)

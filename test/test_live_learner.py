@@ -80,7 +80,7 @@ def test_paused_learner_neither_adapts_nor_accepts_requests_until_a_model_comes(
     rng = np.random.default_rng(0)
     for k in range(40):
         live.on_state("oscillator", 0.1 * k, rng.normal(size=2), rng.normal(size=1), 0.1, now=0.1 * k)
-    assert live.request() == (False, "adaptation paused until the start-up training ends")
+    assert live.request() == (False, "adaptation paused until a trained model is in use (start-up training or ~/train)")
     assert not live.tick(now=100.0)
     live.configure("lr", 0.05)  # a setting changed meanwhile holds for the model swapped in
     with pytest.raises((MetaSymError, ValueError)):

@@ -204,3 +204,31 @@ def test_live_settings_take_effect(live):
     assert live.on_state("quadrotor", 6, 0.0, rng.normal(size=D), rng.normal(size=M), DT, now=10.0) == "stale"
     live.max_rate_hz = 20.0
     assert live.max_rate_hz == pytest.approx(20.0)
+
+
+def test_without_a_trained_model_nothing_is_published_until_one_arrives(one_thread, tmp_path):
+    """`trained=False` (the node had no checkpoint): it says so once, publishes no prediction and refuses
+    batched rollouts; the first state after a learner's checkpoint is swapped in is predicted on."""
+    sink = _Sink()
+    live = LivePredictor(random_model(D, M, d_model=16, context=5), "quadrotor", sink.publish, horizon=H,
+                         max_age_s=1e9, max_rate_hz=1e6, trained=False, info=sink.infos.append,
+                         warn=sink.warnings.append)
+    live.start()
+    try:
+        assert live.ready.wait(DEADLINE_S)
+        assert len(sink.warnings) == 1 and "publishing no predictions" in sink.warnings[0]
+        rng = np.random.default_rng(5)
+        _feed(live, 12, rng)
+        assert sink.published == [] and live.predictions == 0 and live.withheld == 8
+        with pytest.raises(MetaSymError, match="no trained quadrotor model yet"):
+            live.rollout_batch(5, 1, 2, D, M, np.zeros(5 * D), np.zeros(5 * M), np.full(5, DT), np.zeros(2 * M), DT)
+        data = _checkpoint_bytes(tmp_path, 3)
+        assert live.on_model("quadrotor", ModelUpdate(data, hashlib.sha256(data).hexdigest(), content_tag(data),
+                                                      "m3.pt"))
+        _wait(lambda: live.model_swaps == 1 and not live.loading, "the swap")
+        assert any("publishing predictions from now on" in m for m in sink.infos)
+        _feed(live, 1, rng, start=12)
+        _wait(lambda: live.predictions == 1, "the first prediction")
+        assert sink.published[0][0] == ("header", 12) and len(sink.warnings) == 1
+    finally:
+        live.stop()

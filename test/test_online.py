@@ -384,3 +384,19 @@ def test_rollout_candidates_apply_their_first_control_from_the_newest_state():
         predictor.rollout_candidates(xs, past[:-1], cand, 0.02)
     with pytest.raises(MetaSymError, match="candidates"):
         predictor.rollout_candidates(xs, past, cand[..., :1], 0.02)
+
+
+def test_model_error_tracker_can_rerun_only_the_predicted_states():
+    """`predicted_only`: a predictor that predicts from some states (rate-limited, the spring mesh) reruns
+    those and no others; marks before a gap or long past are dropped with the history."""
+    from metasym_core.online.realised import ModelErrorTracker
+
+    tracker = ModelErrorTracker(context=3, horizon=4, every=2, predicted_only=True)
+    batches = []
+    for step in range(30):
+        if step % 3 == 2:
+            tracker.predicted(step)
+        tracker.observe(step, np.full(2, step), np.full(1, 0.0), 0.1)
+        if (batch := tracker.due()) is not None:
+            batches.append(batch.base_steps)
+    assert batches == [[2, 5], [8, 11], [14, 17], [20, 23]]  # 26 waits for its horizon, 29 too

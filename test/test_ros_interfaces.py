@@ -202,3 +202,13 @@ def test_rollout_batch_service_between_two_nodes():
         np.testing.assert_allclose(
             np.frombuffer(response.states, dtype=np.float64).reshape(K, H, S), expected
         )
+
+
+def test_f64_takes_any_shape_including_no_controls():
+    """`common.f64` fills float64[] fields; an autonomous system's controls are [H, 0] (the spring mesh
+    and quantum predictions), which a memoryview cannot cast unflattened."""
+    from metasym_ros.common import f64
+
+    assert f64(np.zeros((30, 0))) == array.array("d")
+    assert f64(np.arange(6.0).reshape(2, 3)) == array.array("d", range(6))
+    assert f64(np.arange(4.0)[::2]) == array.array("d", [0.0, 2.0])  # strided views too

@@ -37,7 +37,8 @@ def tiny_data(tmp_path_factory):
 
 def _learner_params(tiny_data, tmp_path, **extra):
     train, val = tiny_data
-    return {"system": "quadrotor", "train_data": train, "val_data": val, "train_dir": str(tmp_path / "train"),
+    return {"system": "quadrotor", "checkpoint": "", "train_data": train, "val_data": val,
+            "train_dir": str(tmp_path / "train"),
             "params_dir": str(tmp_path / "phi"), "window": 40, "period_s": 0.0, "error_rise": 1e9, **extra}
 
 
@@ -200,7 +201,7 @@ def test_train_service_refuses_while_training_and_stops_on_shutdown(tiny_data, t
     run = tmp_path / "train" / "run001"
     t0 = None
     with ros_context() as (ns, make, thread):
-        learner = make(LearnerNode, _learner_params(tiny_data, tmp_path, train_steps=100_000))
+        learner = make(LearnerNode, _learner_params(tiny_data, tmp_path, train_steps=100_000, train_at_start=False))
         probe = make("probe")
         thread.start()
         client = probe.create_client(Trigger, f"{ns}/learner/train")
@@ -231,7 +232,7 @@ def test_train_service_refuses_while_training_and_stops_on_shutdown(tiny_data, t
 @pytest.mark.timeout(120)
 def test_sigint_during_training_exits_cleanly_and_leaves_last_pt(tiny_data, tmp_path):
     train, val = tiny_data
-    params = {"system": "quadrotor", "train_at_start": "true", "train_data": train, "val_data": val,
+    params = {"system": "quadrotor", "checkpoint": '""', "train_at_start": "true", "train_data": train, "val_data": val,
               "train_dir": str(tmp_path / "train"), "train_steps": "100000"}
     cmd = [sys.executable, "-m", "metasym_ros.learner_node", "--ros-args"]
     for key, value in params.items():
@@ -275,4 +276,5 @@ def test_learner_refuses_bad_training_parameters(tiny_data, tmp_path):
         with pytest.raises(MetaSymError, match="train_data: dataset not found"):
             make(LearnerNode, _learner_params(tiny_data, tmp_path, train_data=str(tmp_path / "none.npz")))
         with pytest.raises(MetaSymError, match="checkpoint not found"):  # without train_at_start: as before
-            make(LearnerNode, _learner_params(tiny_data, tmp_path, checkpoint=str(tmp_path / "none.pt")))
+            make(LearnerNode, _learner_params(tiny_data, tmp_path, checkpoint=str(tmp_path / "none.pt"),
+                                              train_at_start=False))

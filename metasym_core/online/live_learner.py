@@ -11,7 +11,8 @@ versions) with what a long-lived process needs, so the ROS learner node stays an
 - `request()` asks for an adaptation at once (the `~/adapt_now` service);
 - `use_model(path)` swaps in a model meta-trained meanwhile: its versions start again at 0, the
   buffered window stays, and its parameter files (if any) go to `<params_root>/<tag>/`;
-- adaptation is `paused` while a start-up training makes the first model.
+- adaptation is `paused` while a start-up training makes the first model, or while there is no trained
+  model at all (no checkpoint, no training): adapting an untrained model would publish noise.
 
 `publish(outcome, model_tag)` gets every attempt, accepted or refused, on the worker thread.
 """
@@ -49,7 +50,7 @@ class LiveLearner:
         self.learner = OnlineLearner(model, system, self.params_root, **self.settings)
         self.learner.buffer.max_age_s = max_age_s
         self.model_path, self.model_tag = model_path, ""
-        self.paused = paused  # no adaptation of an untrained model a start-up training replaces
+        self.paused = paused  # no adaptation of an untrained model (a training may replace it)
         self.outcomes: list[AdaptationOutcome] = []
         self._lock = threading.Lock()
         self._busy = threading.Event()
@@ -113,7 +114,7 @@ class LiveLearner:
         if full:
             return True, "adaptation scheduled"
         if self.paused:
-            return False, "adaptation paused until the start-up training ends"
+            return False, "adaptation paused until a trained model is in use (start-up training or ~/train)"
         return False, f"not enough samples yet ({size}/{capacity})"
 
     # -- adaptation ------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ leaving, so it is tested without DDS and the node stays an adapter (parameters, 
   (latency = one rollout, not a queue of them). A state superseded while pending counts as
   "skipped". Each prediction rolls out under the newest fresh control plan (`PlanFollower`).
 - **bookkeeping.** After each prediction is out: its realised error against the states that
-  arrive later (`RealisedErrorTracker`), and every `HINDCAST_EVERY` states one batched rollout
-  under the controls that were applied (the model's own error, `model_mse`).
+  arrive later (`RealisedErrorTracker`), and for every `HINDCAST_EVERY` predictions whose horizon
+  has arrived one batched rollout of them under the controls that were applied (the model's own
+  error, `model_mse`; only the states predicted from, so it costs what the predictions cost).
 - **adaptations.** An accepted adaptation's local parameters are checked and swapped in between
   two rollouts, so no prediction is dropped, but only when they belong to the model in use (its
   tag) and are newer than the version in force.
@@ -21,6 +22,10 @@ leaving, so it is tested without DDS and the node stays an adapter (parameters, 
   or context differ from the running model's is refused. A new model starts at version 0, and a
   newest adaptation that arrived before its model is applied once the model is in.
 - **batched rollouts** for MPC clients: K candidate control sequences from one context.
+- **no trained model, no predictions.** Built with `trained=False` (an untrained model: the node
+  had no checkpoint), it publishes nothing and refuses batched rollouts, and says so once: its
+  predictions would be noise. States still fill the window, so it predicts from the first state
+  after a learner's trained checkpoint is swapped in.
 
 `publish(token, result, control_source, plan_step)` is called for each prediction, from whichever
 thread predicted; `token` is what the caller passed with the state (the node's message header).
@@ -46,7 +51,7 @@ from metasym_core.online.realised import MetricsAccumulator, ModelErrorTracker, 
 from metasym_core.online.throttle import Throttled
 
 WARN_EVERY_S = 2.0  # throttle of the drop warnings
-HINDCAST_EVERY = 10  # states per batched hindcast of the model error (model_mse)
+HINDCAST_EVERY = 10  # predictions per batched hindcast of the model error (model_mse)
 
 Publish = Callable[[object, PredictionResult, str, int], None]
 
@@ -122,9 +127,14 @@ class LivePredictor:
     def __init__(self, model: MetaSym, system: str, publish: Publish, *, horizon: int = 30,
                  max_age_s: float = 1.0, max_rate_hz: float = 200.0, plan_max_age_s: float = 0.5,
                  threads: int = 1, batch_threads: int = 1, device: str = "auto", model_path: str = "",
-                 info: Callable[[str], None] = lambda _text: None,
+                 trained: bool = True, info: Callable[[str], None] = lambda _text: None,
                  warn: Callable[[str], None] = lambda _text: None):
         self.system, self.publish, self.info, self.device = system, publish, info, device
+        self.trained = trained  # False: an untrained model, nothing published until a trained one arrives
+        self.withheld = 0  # states not predicted on for want of a trained model
+        if not trained:
+            warn(f"no trained {system} model: publishing no predictions (they would be meaningless) until a "
+                 "learner sends a trained checkpoint (learner train_at_start), or give the predictor a checkpoint")
         self.warn = Throttled(warn, WARN_EVERY_S)
         self.default_threads = torch.get_num_threads()
         self.threads = threads if threads > 0 else self.default_threads
@@ -134,7 +144,7 @@ class LivePredictor:
         self.window = self.predictor.make_window(max_age_s)
         self.plans = PlanFollower(model.control_dim, system, plan_max_age_s)
         self.tracker = RealisedErrorTracker()
-        self.hindcasts = ModelErrorTracker(self.predictor.context, horizon, every=HINDCAST_EVERY)
+        self.hindcasts = ModelErrorTracker(self.predictor.context, horizon, every=HINDCAST_EVERY, predicted_only=True)
         self.metrics = MetricsAccumulator()
         self.dropped: Counter[str] = Counter()  # drops the window and plans do not count (system, lost, skipped, error)
         self.predictions = 0
@@ -171,7 +181,8 @@ class LivePredictor:
     def horizon(self, value: int) -> None:
         with self._lock:
             self.predictor.horizon = int(value)
-            self.hindcasts = ModelErrorTracker(self.predictor.context, int(value), every=HINDCAST_EVERY)
+            self.hindcasts = ModelErrorTracker(self.predictor.context, int(value), every=HINDCAST_EVERY,
+                                               predicted_only=True)
 
     @property
     def max_rate_hz(self) -> float:
@@ -227,7 +238,8 @@ class LivePredictor:
             return reason
         inline = False
         with self._lock:
-            queued = self.window.full
+            queued = self.window.full and self.trained
+            self.withheld += self.window.full and not self.trained
             if queued:
                 if self._pending is not None:
                     self.dropped["skipped"] += 1  # superseded before its rollout started
@@ -300,6 +312,7 @@ class LivePredictor:
             self.publish(token, result, source, plan.step if plan is not None else 0)
             with self._lock:
                 self.predictions += 1
+                self.hindcasts.predicted(step)
                 for evaluation in self.tracker.add(step, result.states, result.version):
                     self.metrics.add(evaluation)
                 self.metrics.latency_ms.append(result.latency_ms)
@@ -396,8 +409,9 @@ class LivePredictor:
             self.predictor, self.model_path, self.model_tag = predictor, update.path, update.tag
             self.model_swaps += 1
             latest = self._latest
+            first_trained, self.trained = not self.trained, True
         self.info(f"using model {update.path} ({update.tag}, swap {self.model_swaps}); local parameters start "
-                  "again at v0")
+                  "again at v0" + ("; publishing predictions from now on" if first_trained else ""))
         if latest is not None:
             self._apply(latest)  # its parameters arrived before the model itself
 
@@ -408,6 +422,8 @@ class LivePredictor:
         """K candidate control sequences from one context, all flat as a RolloutBatch request carries them
         → (trajectories [K, H, D], parameter version). Raises MetaSymError naming a bad request."""
         predictor = self.predictor  # one model for the whole call, even if a new one is swapped in
+        if not self.trained:
+            raise MetaSymError(f"no trained {self.system} model yet: rollouts would be meaningless")
         D, m = predictor.model.state_dim, predictor.model.control_dim
         L, K, H = context_len, candidates, horizon
         if (state_dim, control_dim) != (D, m):

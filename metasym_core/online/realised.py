@@ -151,12 +151,17 @@ class ModelErrorTracker:
     adaptation can reduce. Samples are collected and scored `every` at a time
     (one batched rollout), always with the parameters in force at scoring time.
     Only contiguous runs of step counters are used (a gap restarts the history).
+    With `predicted_only`, only the samples marked by `predicted` (those a prediction was
+    published from) are rerun: a predictor that predicts from a quarter of the states (the
+    spring mesh) would otherwise spend four times its prediction work on hindcasts.
     """
 
-    def __init__(self, context: int, horizon: int, every: int = 10):
+    def __init__(self, context: int, horizon: int, every: int = 10, predicted_only: bool = False):
         if min(context, horizon, every) < 1:
             raise ValueError(f"context, horizon and every must be >= 1, got {context}, {horizon}, {every}")
         self.context, self.horizon, self.every = int(context), int(horizon), int(every)
+        self.predicted_only = predicted_only
+        self._marks: set[int] = set()  # steps predicted from, whose horizon has not arrived yet
         # room for hindcasts that wait a while for `due` (the caller may be busy); older ones are dropped
         self._rows: deque = deque(maxlen=self.context + self.horizon + 4 * self.every)
         self._ready: list[int] = []  # base steps whose horizon has arrived, not yet scored
@@ -168,8 +173,17 @@ class ModelErrorTracker:
             self._rows.clear()
             self._ready.clear()
         self._rows.append((step, np.array(state, np.float64), np.array(control, np.float64), float(dt)))
+        base = step - self.horizon
+        if self.predicted_only:
+            if base not in self._marks:
+                return
+            self._marks = {m for m in self._marks if m > base}
         if len(self._rows) >= self.context + self.horizon:
-            self._ready.append(step - self.horizon)
+            self._ready.append(base)
+
+    def predicted(self, step: int) -> None:
+        """Mark `step` as predicted from (with `predicted_only`: rerun it once its horizon has arrived)."""
+        self._marks.add(int(step))
 
     def due(self) -> Hindcast | None:
         """The pending hindcasts once `every` are ready (then they are handed out once), else None."""
