@@ -112,7 +112,7 @@ class PredictorNode(Node):
         self._srv = self.create_service(RolloutBatch, "~/rollout_batch", self._on_rollout_batch)
         self._metrics_timer = self.create_timer(metrics_period, self._publish_metrics)
         self.live.start()
-        log.info(f"predicting {self.system} with {checkpoint or 'an untrained model'}: context "
+        log.info(f"predicting {self.system} with {checkpoint or 'no model yet (waiting for one)'}: context "
                  f"{self.live.predictor.context}, horizon {horizon}, device {self.live.predictor.device}")
         if realtime_priority:  # once every thread exists; later ones (rollout pools) inherit it
             refused = set_fifo(realtime_priority)
