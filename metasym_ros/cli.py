@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import yaml
 
@@ -56,10 +57,13 @@ def _register_flight(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from metasym_ros.launcher import launch
-
     if args.duration is not None and not args.duration > 0:
         raise MetaSymError(f"--duration must be positive, got {args.duration}")
+    try:
+        from metasym_ros.launcher import launch
+    except KeyboardInterrupt:  # between the parser's quiet SIGINT and the launcher's own handlers
+        print("metasym: interrupted during start-up; nothing was done", file=sys.stderr)
+        return 0
     return launch(args.system, dict(args.overrides), args.duration)
 
 

@@ -147,14 +147,15 @@ class GraphRunner:
 def launch(system: str, overrides: Mapping[str, object] | None = None, duration_s: float | None = None,
            grace_s: float = GRACE_S) -> int:
     """Run the graph of `system` until SIGINT/SIGTERM (or `duration_s`); the exit code of the graph."""
-    specs = node_graph(system, overrides)
     stop = {"signal": None}
 
     def on_signal(signum, _frame):
         stop["signal"] = signum
 
+    # the handlers first: a SIGINT while the graph is built (config, parameters) stops it like any other
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
+        specs = node_graph(system, overrides)
         with GraphRunner(announce=lambda line: print(f"metasym launch: {line}", flush=True)) as graph:
             graph.start(specs)
             end = time.monotonic() + duration_s if duration_s else None
