@@ -119,10 +119,11 @@ def test_flight_changes_mass_adapts_online_and_publishes_plan_aware_predictions(
     # are asserted lock-stepped: test_detector.py::test_replayed_flight_meets_the_adaptation_acceptance_criterion
     assert fig["adaptations_accepted_after_change"] >= 1
     assert fig["first_adaptation_after_change_sim_s"] >= 0.0
-    # what a subscriber sees: predictions under the MPC's plan, scored against holding the state, next to
-    # the same predictions rerun with the last control held
+    # what a subscriber sees: predictions under the MPC's plan, beating holding the state (the 0.5;
+    # 0.16-0.17 in CI runs). Whether the plan beats the held control (by a few per cent on this path) is
+    # asserted lock-stepped, test_plan.py: here the reruns start from other contexts on another schedule
     assert fig["predictions_under_plan"] > 0.9 * fig["predictions_received"]
-    assert 0 < fig["ratio_to_hold"] < fig["held_ratio_to_hold"]
+    assert 0 < fig["ratio_to_hold"] <= 0.5 and 0 < fig["held_ratio_to_hold"] and 0 < fig["model_ratio_to_hold"]
     assert fig["windows"] >= 3 and 0 <= fig["windows_at_most_0.5_fraction"] <= 1
     for key in ("mse_before_change", "mse_after_change", "mse_after_adaptation", "model_mse_before_change",
                 "model_mse_after_change", "model_mse_after_adaptation",

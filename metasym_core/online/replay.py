@@ -19,18 +19,21 @@ import numpy as np
 
 from metasym_core.models.metasym import MetaSym
 from metasym_core.online.learner import OnlineLearner
+from metasym_core.online.plan import SOURCE_PLAN, ControlPlan, PlanFollower
 from metasym_core.online.predictor import OnlinePredictor
 from metasym_core.online.realised import Hindcast
 
 
 @dataclass(frozen=True)
 class Flight:
-    """A recorded stream: states `[N, D]`, controls `[N, m]`, step `dt` [s], the step of a parameter change."""
+    """A recorded stream: states `[N, D]`, controls `[N, m]`, step `dt` [s], the step of a parameter change,
+    and the controller's plan after each sample (empty: none recorded)."""
 
     states: np.ndarray
     controls: np.ndarray
     dt: float
     change_step: int | None = None
+    plans: tuple[ControlPlan, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -50,14 +53,44 @@ def fly_quadrotor(seed: int, seconds: float, change: tuple[str, float, float] | 
     stream = make_stream("quadrotor", dt=dt, seed=seed)
     steps = int(round(seconds / dt))
     change_step = int(round(change[2] / dt)) if change else None
-    xs, us = [], []
+    xs, us, plans = [], [], []
     for k in range(steps):
         if change_step is not None and k == change_step:
             stream.set_param(change[0], change[1])  # as the simulator node: from this sample's control on
         sample = stream.advance()
         xs.append(sample.state)
         us.append(sample.control)
-    return Flight(np.array(xs), np.array(us), dt, change_step)
+        plans.append(stream.plan())  # as the simulator node: the plan after each state it publishes
+    return Flight(np.array(xs), np.array(us), dt, change_step, tuple(plans))
+
+
+def replay_predictions(model: MetaSym, flight: Flight, horizon: int = 30, every: int = 5,
+                       max_age_s: float = 1.0) -> dict[str, np.ndarray]:
+    """The predictor's horizon-step predictions from every `every`-th full context of `flight`, lock-stepped,
+    each scored as its MSE against the states that followed, under three future controls: "plan" (the
+    newest recorded plan, through `PlanFollower` as the live predictor uses it), "held" (the newest control
+    held, the predictor without a plan) and "applied" (the controls that were applied: the model error).
+    "hold" is holding the last state; "source" says which controls "plan" used (the plan, or held when it
+    did not cover the state)."""
+    if len(flight.plans) != len(flight.states):
+        raise ValueError("replay_predictions needs a flight recorded with its plans")
+    predictor = OnlinePredictor(model, horizon)
+    c, n = predictor.context, len(flight.states)
+    out: dict[str, list] = {"plan": [], "held": [], "applied": [], "hold": [], "source": []}
+    steps = np.full(c, flight.dt)
+    for b in range(c - 1, n - horizon, every):
+        follower = PlanFollower(flight.controls.shape[1], flight.plans[b].system, max_age_s)
+        follower.push(flight.plans[b])
+        planned, source, _ = follower.future_controls(b, b * flight.dt, flight.dt, horizon, flight.controls[b])
+        truth = flight.states[b + 1:b + 1 + horizon]
+        context = (flight.states[b - c + 1:b + 1], flight.controls[b - c + 1:b + 1], steps)
+        for name, future in (("plan", planned), ("held", np.repeat(flight.controls[b:b + 1], horizon, axis=0)),
+                             ("applied", flight.controls[b + 1:b + 1 + horizon])):
+            pred = predictor.predict_arrays(*context, future_controls=future).states
+            out[name].append(float(np.mean((pred - truth) ** 2)))
+        out["hold"].append(float(np.mean((flight.states[b] - truth) ** 2)))
+        out["source"].append(source == SOURCE_PLAN)
+    return {k: np.array(v) for k, v in out.items()}
 
 
 def _model_error(predictor: OnlinePredictor, flight: Flight, bases, horizon: int, local, version: int) -> float:
