@@ -76,8 +76,10 @@ def test_the_residual_travels_in_checkpoints_and_old_ones_read_as_state(tmp_path
 
 
 def test_a_bad_residual_is_a_one_line_error():
-    with pytest.raises(MetaSymError, match="residual must be one of state, encoder, got 'latent'"):
+    with pytest.raises(MetaSymError, match="residual must be one of state, encoder or nominal:<system>, got 'latent'"):
         ActiveDecoder(4, 0, 8, residual="latent")
+    with pytest.raises(MetaSymError, match="no nominal model 'pendulum'; known: nominal:quadrotor"):
+        ActiveDecoder(4, 0, 8, residual="nominal:pendulum")
 
 
 def test_coordinates_the_data_never_moved_are_held():

@@ -237,9 +237,9 @@ def decoder_bound(model, ds: SystemDataset, samples: int = 4) -> float:
         h = torch.from_numpy(padded_steps(ds.times[i:i + 1])[:, t0:t0 + c, None])
         xn, un, hn, en = (v.detach() for v in m.tokens(x, u, h))
 
-        def predict(e_last, xn=xn, un=un, hn=hn, en=en, x=x):
+        def predict(e_last, xn=xn, un=un, hn=hn, en=en, x=x, u=u, h=h):
             e = torch.cat([en[:, :-1], m._norm("state", e_last)[None, None]], dim=1)
-            return m.anchor(x[0, -1], e_last) + m.decoder(xn, un, hn, e)[0, -1] * m.delta_std
+            return m.anchor(x[0, -1], e_last, u[0, -1], h[0, -1]) + m.decoder(xn, un, hn, e)[0, -1] * m.delta_std
 
         e_last = m.encoder(x[:, -1], h[:, -1])[0].detach()
         J = jacrev(predict)(e_last).detach()

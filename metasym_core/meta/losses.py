@@ -1,8 +1,9 @@
 """Teacher-forced next-step losses in normalised units, shared by adaptation and training.
 
 The decoder predicts the increment `Δ = (x_{t+1} - a_t) / delta_std` over its anchor
-`a_t = MetaSym.anchor(...)` (METHOD §3, `MetaSym.predict_next`): the state `x_t`, or with the
-encoder residual the encoder's flow step `Φ_θ(x_t, h_t)`. So the next-state error divided by
+`a_t = MetaSym.anchor(...)` (METHOD §3, `MetaSym.predict_next`): the state `x_t`, with the
+encoder residual the encoder's flow step `Φ_θ(x_t, h_t)`, with a nominal one `f(x_t, u_t, h_t)`.
+So the next-state error divided by
 `delta_std` is `Δ̂ - Δ`: every state dimension weighs the same whatever its units, and a loss of
 1 means "as bad as predicting no motion". The encoder is fixed here, so its
 latents are computed once per window (`DecoderBatch`), not once per inner step.
@@ -42,7 +43,7 @@ class DecoderBatch:
 def decoder_batch(model: MetaSym, states: torch.Tensor, controls: torch.Tensor, h: torch.Tensor) -> DecoderBatch:
     """Tokens of `[B, T, ·]` windows (`h` `[B, T, 1]`) through the fixed encoder, plus targets."""
     x, u, hn, e = model.tokens(states, controls, h)
-    base = model.anchor(states, e * model.state_std + model.state_mean)
+    base = model.anchor(states, e * model.state_std + model.state_mean, controls, h)
     target = (states[:, 1:] - base[:, :-1]) / model.delta_std
     return DecoderBatch(x, u, hn, e, target)
 
@@ -85,6 +86,7 @@ def rollout_loss(model: MetaSym, batch: DecoderBatch, local: dict[str, torch.Ten
     x, u, h, e = (take(t) for t in batch.inputs())
     true = x * model.state_std + model.state_mean
     h_raw = h * model.step_std + model.step_mean
+    u_raw = u * model.control_std + model.control_mean
     xw, ew, cur = x[:, :c], e[:, :c], true[:, c - 1]
     loss = torch.zeros((), dtype=x.dtype, device=x.device)
     for k in range(horizon):
@@ -93,7 +95,8 @@ def rollout_loss(model: MetaSym, batch: DecoderBatch, local: dict[str, torch.Ten
             delta = model.decoder(*args, local=local)[:, -1]
         else:
             delta = functional_call(model.decoder, global_params, args, {"local": local})[:, -1]
-        cur = model.anchor(cur, ew[:, -1] * model.state_std + model.state_mean) + delta * model.delta_std
+        cur = (model.anchor(cur, ew[:, -1] * model.state_std + model.state_mean, u_raw[:, c - 1 + k],
+                            h_raw[:, c - 1 + k]) + delta * model.delta_std)
         loss = loss + ((cur - true[:, c + k]) / (model.delta_std * (k + 1))).pow(2).mean()
         if k + 1 < horizon:
             new_e = model._norm("state", model.encoder(cur, h_raw[:, c + k]))

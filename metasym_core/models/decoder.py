@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from metasym_core.errors import MetaSymError
+from metasym_core.models import nominal
 from metasym_core.models.attention import CausalSelfAttention, MetaAttention, window_bias
 
 LOCAL_SUFFIXES = ("meta_attn.w_q.weight", "meta_attn.w_v.weight", "meta_attn.w_v.bias")
-#: what the decoder's increment is added to (see `ActiveDecoder`)
+#: what the decoder's increment is added to (see `ActiveDecoder`; also "nominal:<name>", `models.nominal`)
 RESIDUALS = ("state", "encoder")
 
 
@@ -88,7 +89,9 @@ class ActiveDecoder(nn.Module):
         residual: what the increment is added to (`MetaSym.anchor`): "state" predicts
             `x_{t+1} = x_t + Δ`; "encoder" predicts `x_{t+1} = Φ_θ(x_t, h_t) + Δ`, the symplectic
             encoder's flow step plus the decoder's correction (dissipation, controls, quirks), as
-            in the paper's near-symplecticity argument D(e) = e + … (docs/decisions.md).
+            in the paper's near-symplecticity argument D(e) = e + … (docs/decisions.md);
+            "nominal:<name>" predicts `x_{t+1} = f(x_t, u_t, h_t) + Δ`, a known nominal step
+            (`models.nominal.NOMINAL`, e.g. "nominal:quadrotor") plus the learned correction.
     """
 
     def __init__(self, state_dim: int, control_dim: int, d_model: int, heads: int = 4, layers: int = 1,
@@ -106,8 +109,10 @@ class ActiveDecoder(nn.Module):
         if not isinstance(meta_attention, bool):
             raise MetaSymError(f"meta_attention must be true or false, got {meta_attention!r}")
         self.meta_attention = meta_attention
-        if residual not in RESIDUALS:
-            raise MetaSymError(f"residual must be one of {', '.join(RESIDUALS)}, got {residual!r}")
+        if residual not in RESIDUALS and not nominal.is_nominal(residual):
+            raise MetaSymError(f"residual must be one of {', '.join(RESIDUALS)} or nominal:<system>, got "
+                               f"{residual!r}")
+        nominal.check(residual)
         self.residual = residual
         self.control_net = ControlNet(state_dim, control_dim, d_model)
         self.blocks = nn.ModuleList(DecoderBlock(d_model, state_dim, heads, context, dropout, meta_attention)

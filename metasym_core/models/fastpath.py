@@ -353,7 +353,7 @@ def inference_entry(model, tensors: list[torch.Tensor]) -> tuple | None:
 def try_rollout(model, states: torch.Tensor, controls: torch.Tensor, h: torch.Tensor, future: torch.Tensor,
                 horizon: int, local: dict[str, torch.Tensor] | None) -> torch.Tensor | None:
     """`MetaSym.rollout` on checked inputs (`h [B, T + horizon, 1]`) via NumPy, or None if it does not apply."""
-    if model.encoder_residual:
+    if not model.state_residual:
         return None  # the folded NumPy step adds the increment to x_t only
     B, T = states.shape[:2]
     extra = list(local.values()) if local else []

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from metasym_core.errors import MetaSymError
-from metasym_core.models import backends
+from metasym_core.models import backends, nominal
 from metasym_core.models.decoder import ActiveDecoder
 from metasym_core.models.encoder import SymplecticEncoder
 from metasym_core.models.normalization import fit_normalization, normalize, register_normalization
@@ -32,6 +32,8 @@ class MetaSym(nn.Module):
         # coordinates that never moved in the training data (the spring mesh's fixed row): the encoder
         # residual holds them (`anchor`); fitted by `set_normalization`, all False before
         self.register_buffer("fixed", torch.zeros(decoder.state_dim, dtype=torch.bool))
+        # the known step a `nominal:<name>` residual corrects (`models.nominal`), else None
+        self._nominal = nominal.nominal_step(decoder.residual) if nominal.is_nominal(decoder.residual) else None
 
     @property
     def state_dim(self) -> int:
@@ -69,13 +71,22 @@ class MetaSym(nn.Module):
 
     @property
     def encoder_residual(self) -> bool:
-        """Whether the increment is added to the encoder's latent Φ_θ(x_t, h_t) (else to x_t)."""
+        """Whether the increment is added to the encoder's latent Φ_θ(x_t, h_t)."""
         return self.decoder.residual == "encoder"
 
-    def anchor(self, states: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        """What the decoder's increment is added to: the raw latent `Φ_θ(x_t, h_t)` with the encoder
-        residual (but `x_t` on the `fixed` coordinates: the encoder mixes every coordinate and would
-        move a boundary the data never moved), else the state `x_t` (all `[..., D]`, unnormalised)."""
+    @property
+    def state_residual(self) -> bool:
+        """Whether the increment is added to the state x_t (the default; all rollout backends apply)."""
+        return self.decoder.residual == "state"
+
+    def anchor(self, states: torch.Tensor, latents: torch.Tensor, controls: torch.Tensor,
+               h: torch.Tensor) -> torch.Tensor:
+        """What the decoder's increment is added to (all `[..., ·]`, unnormalised; `h [..., 1]`): the state
+        `x_t`; with the encoder residual the raw latent `Φ_θ(x_t, h_t)` (but `x_t` on the `fixed`
+        coordinates: the encoder mixes every coordinate and would move a boundary the data never moved);
+        with a nominal residual the nominal step f(x_t, u_t, h_t) (`models.nominal`)."""
+        if self._nominal is not None:
+            return self._nominal(states, controls, h)
         return torch.where(self.fixed, states, latents) if self.encoder_residual else states
 
     def tokens(self, x: torch.Tensor, u: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -112,7 +123,7 @@ class MetaSym(nn.Module):
         e = self.encoder(states, h)
         delta = self.decoder(self._norm("state", states), self._norm("control", controls), self._norm("step", h),
                              self._norm("state", e), local=local_params)
-        return self.anchor(states, e) + delta * self.delta_std
+        return self.anchor(states, e, controls, h) + delta * self.delta_std
 
     # -- autoregressive rollout ------------------------------------------------------------------------
     def _rollout_args(self, states, controls, steps, horizon, future_controls, local_params):
@@ -158,7 +169,7 @@ class MetaSym(nn.Module):
         e = self.encoder(states, h[:, :T])
         delta, kv = self.decoder.forward_with_kv(self._norm("state", states), self._norm("control", controls),
                                                  self._norm("step", h[:, :T]), self._norm("state", e), local_params)
-        x = self.anchor(states[:, -1], e[:, -1]) + delta[:, -1] * self.delta_std
+        x = self.anchor(states[:, -1], e[:, -1], controls[:, -1], h[:, T - 1]) + delta[:, -1] * self.delta_std
         rings = initial_windows(kv, self.context)
         plan = StreamingPlan(self, local_params, future[:, :horizon - 1], h[:, T:T + horizon - 1], T, shift=shift)
         out = [x]

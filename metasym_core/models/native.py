@@ -203,7 +203,7 @@ def try_rollout(model, states: torch.Tensor, controls: torch.Tensor, h: torch.Te
                 horizon: int, local: dict[str, torch.Tensor] | None) -> torch.Tensor | None:
     """`MetaSym.rollout` on checked inputs (`h [B, T + horizon, 1]`) via the kernel, or None if it does not apply."""
     lib = library()
-    if lib is None or model.encoder_residual:  # the kernel adds the increment to x_t only
+    if lib is None or not model.state_residual:  # the kernel adds the increment to x_t only
         return None
     extra = list(local.values()) if local else []
     entry = fastpath.inference_entry(model, [states, controls, h, future, *extra])

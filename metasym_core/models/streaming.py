@@ -109,7 +109,7 @@ class StreamingPlan:
         # without meta-attention (ablation D.3) the decoder never reads the latents: no encoder pass per step
         self.meta = dec.meta_attention
         self.encoder_residual = model.encoder_residual  # the prediction adds to Φ(x, h): encode every step
-        self.fixed = model.fixed
+        self.anchor, self.state_residual, self.future_u = model.anchor, model.state_residual, future_u
         for i, blk in enumerate(dec.blocks):
             qkv = blk.self_attn.qkv.weight
             folded = dict(
@@ -189,5 +189,5 @@ class StreamingPlan:
             w1, b1, w2, b2 = blk["mlp"]
             z = z + F.linear(F.silu(F.linear(F.layer_norm(z, (d,), *blk["ln3"]), w1, b1)), w2, b2)
         w1, b1, w2, b2 = self.head
-        base = torch.where(self.fixed, x, e) if self.encoder_residual else x
+        base = x if self.state_residual else self.anchor(x, e, self.future_u[:, k], h)
         return base + F.linear(F.silu(F.linear(F.layer_norm(z, (d,), *self.ln_f), w1, b1)), w2, b2)
