@@ -38,6 +38,9 @@ def test_se3_exp_and_log_invert_each_other_with_finite_gradients_at_rest():
     x, _ = _states(100, seed=1)
     xi = torch.tensor(x[:, :6])
     np.testing.assert_allclose(torch_step.log6(*torch_step.exp6(xi)).numpy(), xi.numpy(), rtol=0, atol=1e-12)
+    with torch.inference_mode():  # a rollout first (its cached constants must still serve autograd later)
+        torch_step.step(torch.zeros(1, 12, dtype=torch.float64), torch.ones(1, 4, dtype=torch.float64),
+                        torch.full((1, 1), 0.02, dtype=torch.float64))
     rest = torch.zeros(1, 12, dtype=torch.float64, requires_grad=True)
     hover = torch.full((1, 4), 1.477 * quad.GRAVITY / 4, dtype=torch.float64)
     out = torch_step.step(rest, hover, torch.full((1, 1), 0.02, dtype=torch.float64))

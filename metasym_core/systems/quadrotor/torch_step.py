@@ -73,11 +73,20 @@ def _constants(scales: tuple[float, ...]) -> tuple[float, tuple[float, float, fl
     return pp["mass"], (pp["ixx"], pp["iyy"], pp["izz"]), pp["arm"], pp["torque_coeff"]
 
 
+@functools.lru_cache(maxsize=16)
+def _inertia(scales: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The principal inertias as a tensor, made once per dtype and device (no host copy inside a CUDA graph);
+    a normal tensor even when first asked for under inference mode, so autograd may save it later."""
+    with torch.inference_mode(False):
+        return torch.tensor(_constants(scales)[1], dtype=dtype, device=device)
+
+
 def step(x: torch.Tensor, u: torch.Tensor, h: torch.Tensor,
          scales: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)) -> torch.Tensor:
     """The stored states after one step: `x [..., 12]`, thrusts `u [..., 4]`, steps `h [..., 1]` (module doc)."""
-    mass, inertia, arm, ctorque = _constants(tuple(float(s) for s in scales))
-    J = torch.tensor(inertia, dtype=x.dtype, device=x.device)
+    scales = tuple(float(s) for s in scales)
+    mass, _, arm, ctorque = _constants(scales)
+    J = _inertia(scales, x.dtype, x.device)
     u = u.clamp(0.0, MAX_THRUST)
     R, p = exp6(x[..., :6])
     v, w = x[..., 6:9], x[..., 9:12]
