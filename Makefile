@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DEPS_HASH := $(shell cat requirements.txt setup.py | sha256sum | cut -c1-16)
 DEPS_STAMP := $(VENV)/.deps-$(DEPS_HASH)
 
-.PHONY: all venv native interfaces test test-fast lint demo bench clean
+.PHONY: all venv native interfaces test test-fast lint demo demo-control bench clean
 
 all: venv native interfaces
 
@@ -64,6 +64,11 @@ test-fast: venv native interfaces lint
 demo: venv native interfaces
 	$(VENV)/bin/metasym demo
 	$(VENV)/bin/metasym flight --checkpoint runs/demo/run/final.pt
+
+# The closed loop, lock-stepped: MPPI on MetaSym flies a figure-8 through a +30 % mass change, next to the
+# nominal-model MPC, MPPI on the nominal physics and the oracle (one seed; `metasym bench control` runs five).
+demo-control: venv native interfaces
+	$(VENV)/bin/metasym bench control --seeds 1 --doc runs/demo-control/summary.md --plot runs/demo-control/closed_loop.png
 
 bench: venv native
 	$(VENV)/bin/metasym bench rollout

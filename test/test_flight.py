@@ -49,8 +49,9 @@ def test_the_bundled_model_is_what_metasym_demo_makes():
 
 def test_the_bundled_mppi_model_follows_its_recipe_and_the_config():
     """`pretrained:mppi`, the closed loop's model: its recipe's model and training are config/quadrotor.yaml's
-    (d_model 32), and the checkpoint is that model; a change of the config means retraining it (the recipe's
-    commands)."""
+    (d_model 32, a correction to the nominal rigid-body step), and the checkpoint is that model, trained on
+    the current simulator's flights; a change of the config or the simulator means retraining it (the
+    recipe's commands)."""
     import copy
 
     from metasym_core.checkpoint import PRETRAINED, load_checkpoint, resolve_checkpoint
@@ -61,14 +62,12 @@ def test_the_bundled_mppi_model_follows_its_recipe_and_the_config():
     cfg = load_config("quadrotor")
     recipe = json.loads((PRETRAINED / "quadrotor_mppi.recipe.json").read_text())
     model = copy.deepcopy(cfg["model"])
-    model["decoder"]["d_model"] = 32
+    model["decoder"].update(d_model=32, residual="nominal:quadrotor")
     assert recipe["model"] == model and recipe["training"] == cfg["training"], "retrain pretrained:mppi (recipe)"
     assert recipe["family_options"] == {"source": "flight", "control_noise": 0.5}
-    # trained on the simulator's first flights (a carrot ahead of the vehicle): retrained on the timed path's
-    # it crashed the closed loop 5 of 5 times within 12 s (docs/decisions.md), so it stays, marked as such
-    assert recipe["flight_revision"] == 1 and FLIGHT_REVISION == 2, "retrain pretrained:mppi or update this"
+    assert recipe["flight_revision"] == FLIGHT_REVISION, "flown by another simulator: retrain pretrained:mppi"
     bundled = load_checkpoint(resolve_checkpoint("pretrained:mppi", "quadrotor"))[0].config()
-    assert bundled["decoder"]["d_model"] == 32 and bundled["decoder"]["context"] == model["decoder"]["context"]
+    assert bundled["decoder"] == {"state_dim": 12, "control_dim": 4, **model["decoder"], "meta_attention": True}
     assert cfg["ros"]["controller"]["checkpoint"] == "pretrained:mppi"
     for bad in ("pretrained:nope", "pretrained:../quadrotor"):
         with pytest.raises(MetaSymError, match="no such bundled model"):

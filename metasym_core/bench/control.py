@@ -5,6 +5,8 @@ through the same +30 % mass change, lock-stepped (`control.closed_loop.fly`), ov
 
 - `nominal_mpc`: the Crocoddyl tracking MPC on the nominal model, never told of the change
   (what a user without learning has);
+- `nominal_mppi`: the same MPPI on the nominal rigid-body step alone, never told of the change (what
+  known physics gives without learning);
 - `metasym_mppi_no_adapt`: MPPI on the MetaSym model, its meta-learned φ₀ throughout;
 - `metasym_mppi`: the same, adapting online with the config's learner (an accepted adaptation
   reaches the rollouts 0.2 s later, `MetaSymMPPI.adapt_delay_s`);
@@ -28,19 +30,21 @@ from tqdm import tqdm
 from metasym_core.bench.report import DEFAULT_DOC, cpu_model, markdown_table, text_table, update_section
 from metasym_core.errors import MetaSymError
 
-CONTROLLERS = ("nominal_mpc", "metasym_mppi_no_adapt", "metasym_mppi", "oracle_mpc")
+CONTROLLERS = ("nominal_mpc", "nominal_mppi", "metasym_mppi_no_adapt", "metasym_mppi", "oracle_mpc")
 SETTLE_S = 2.0  # take-off transient / post-change window left out of the RMSEs
 
 
 def _controller(name: str, model, cfg: dict, reference, dt: float, samples: int, horizon: int, seed: int):
     from metasym_core.control.crocoddyl_mpc import CrocoddylTracker
-    from metasym_core.control.metasym_mppi import MetaSymMPPI
+    from metasym_core.control.metasym_mppi import MetaSymMPPI, NominalMPPI
     from metasym_core.control.mppi import MPPIConfig
     from metasym_core.online.learner import learner_settings
     from metasym_core.systems import quadrotor as quad
 
     if name.endswith("_mpc"):
         return CrocoddylTracker({k: 1.0 for k in quad.PARAM_NAMES}, reference, dt)
+    if name == "nominal_mppi":
+        return NominalMPPI(model, reference, dt, MPPIConfig(samples=samples, horizon=horizon), seed=seed)
     return MetaSymMPPI(model, reference, dt, MPPIConfig(samples=samples, horizon=horizon),
                        learner_settings(cfg) if name == "metasym_mppi" else None, seed=seed)
 
@@ -93,7 +97,7 @@ def run_control_bench(seeds: int = 5, seconds: float = 30.0, change_at: float = 
         rows.append([name, _cell(before), _cell(after), _cell(altitude), f"{crashes}/{seeds}{at}",
                      f"{figures[f'{name}_solve_p50_ms']:.1f} / {figures[f'{name}_solve_p99_ms']:.1f}"])
     nominal = figures["nominal_mpc_rmse_after_change_m"]
-    for name in ("metasym_mppi", "metasym_mppi_no_adapt"):  # issue 16's criterion: only without a crash
+    for name in ("metasym_mppi", "metasym_mppi_no_adapt", "nominal_mppi"):  # issue 16's criterion: no crash
         crashed = figures[f"{name}_crashes"] > 0
         ratio = figures[f"{name}_rmse_after_change_m"] / nominal if nominal > 0 and not crashed else math.nan
         figures[f"{name}_over_nominal_after_change"] = round(ratio, 3) if math.isfinite(ratio) else math.nan
@@ -101,15 +105,17 @@ def run_control_bench(seeds: int = 5, seconds: float = 30.0, change_at: float = 
               "crashes", "solve p50 / p99 [ms]"]
     print(f"CPU: {cpu_model()}")
     print(text_table(header, rows))
+    print(_summary(figures))
     if plot:
         _plot(plot, flights, change_at)
     body = (f"Closed loop, lock-stepped (`metasym_core.control`): a figure-8 of ±{FigureEight().a:g} m × "
             f"±{FigureEight().b / 2:g} m at {FigureEight().altitude:g} m, one lap per {FigureEight().period_s:g} s "
             f"(peak {FigureEight().peak_speed:.2f} m/s), flown {seconds:g} s at {1 / dt:g} Hz with mass ×{scale:g} "
             f"at {change_at:g} s, seeds 0-{seeds - 1} (MPPI sampling and the lap's phase). MPPI: K = {samples}, "
-            f"H = {horizon}, model `{checkpoint}` (`pretrained:mppi`: d_model 32, trained on MPC flights with "
-            f"smooth random thrust perturbations of 0.5 N and the mass varying, "
-            f"`metasym_core/pretrained/quadrotor_mppi.recipe.json`); the Crocoddyl MPCs: 20 nodes of 0.05 s. "
+            f"H = {horizon}, model `{checkpoint}` (`pretrained:mppi`: d_model 32, a correction to the nominal "
+            f"rigid-body step, `residual: nominal:quadrotor`, trained on MPC flights with smooth random thrust "
+            f"perturbations of 0.5 N and the mass varying, `metasym_core/pretrained/quadrotor_mppi.recipe.json`); "
+            f"`nominal_mppi`: the same MPPI on that nominal step alone; the Crocoddyl MPCs: 20 nodes of 0.05 s. "
             f"RMSE before the change "
             f"from {SETTLE_S:g} s on (flights that reached the change), after it from {SETTLE_S:g} s after it (flights "
             f"that did not crash); mean ± spread over those seeds. Solve times are the controller's own, on this "
@@ -117,6 +123,20 @@ def run_control_bench(seeds: int = 5, seconds: float = 30.0, change_at: float = 
             f"\n\n{markdown_table(header, rows)}")
     update_section("Closed loop: MPPI on MetaSym against the nominal MPC", body, command, doc=doc)
     return figures
+
+
+def _summary(figures: dict[str, float]) -> str:
+    """One line: the adapting MetaSym-MPPI's tracking after the change against the nominal MPC's."""
+    def after(name: str) -> str:
+        crashes = figures[f"{name}_crashes"]
+        rmse = figures[f"{name}_rmse_after_change_m"]
+        return (f"{rmse:.3f} m" if math.isfinite(rmse) else "—") + (f" ({crashes} crashed)" if crashes else "")
+
+    ratio = figures["metasym_mppi_over_nominal_after_change"]
+    return (f"After the mass change: MetaSym-MPPI adapting {after('metasym_mppi')}, without adaptation "
+            f"{after('metasym_mppi_no_adapt')}, the nominal MPC {after('nominal_mpc')}, MPPI on the nominal "
+            f"physics {after('nominal_mppi')}, the oracle {after('oracle_mpc')}; adapting / nominal MPC = "
+            + (f"{ratio:.2f} (target <= 0.5, no crash)" if math.isfinite(ratio) else "n/a (a flight crashed)"))
 
 
 def _mean(values) -> float:

@@ -106,3 +106,31 @@ class MetaSymMPPI:
                 self.adaptations.append((t, outcome.accepted, outcome.version))
                 if outcome.accepted:
                     self._pending.append((t + self.adapt_delay_s, outcome.params, outcome.version))
+
+
+class NominalMPPI(MetaSymMPPI):
+    """The same MPPI on the quadrotor's nominal rigid-body step alone (`systems.quadrotor.torch_step` at
+    nominal parameters, never told of a change, no learning): the baseline that says what the learned model
+    adds to known physics. `model` only sizes the context (its weights are not used)."""
+
+    def __init__(self, model: MetaSym, reference: FigureEight, dt: float, config: MPPIConfig | None = None,
+                 seed: int = 0, weights: TrackingWeights | None = None):
+        super().__init__(model, reference, dt, config, None, seed=seed, weights=weights)
+
+    def _rollout(self, x12: np.ndarray):
+        import torch
+
+        from metasym_core.systems.quadrotor.torch_step import step
+
+        def rollout(candidates: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                u = torch.as_tensor(candidates, dtype=torch.float64)
+                x = torch.as_tensor(x12, dtype=torch.float64).expand(u.shape[0], -1)
+                h = torch.full((u.shape[0], 1), self.dt, dtype=torch.float64)
+                out = []
+                for k in range(u.shape[1]):
+                    x = step(x, u[:, k], h)
+                    out.append(x)
+                return torch.stack(out, dim=1).numpy()
+
+        return rollout
