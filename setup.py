@@ -24,7 +24,8 @@ setup(
     # itself is empty); optional, so an install without a C compiler still works (rollouts: NumPy / torch)
     ext_modules=[Extension("metasym_core.models._native", sources=["metasym_core/models/csrc/rollout.c"],
                            depends=["metasym_core/models/csrc/rollout_body.h",
-                                    "metasym_core/models/csrc/rollout_types.h"],
+                                    "metasym_core/models/csrc/rollout_types.h",
+                                    "metasym_core/models/csrc/nominal.h"],
                            extra_compile_args=["-O3", "-std=c11", "-ffp-contract=fast", "-fno-math-errno",
                                                "-Wno-psabi"], optional=True)],
     install_requires=[

@@ -222,12 +222,14 @@ def test_torch_path_where_the_kernel_does_not_apply(kernel_calls):
     assert (got - ref).abs().max() < 1e-10
 
 
-def test_every_isa_level_this_cpu_runs_equals_the_reference(kernel_calls):
+@pytest.mark.parametrize("residual", ["state", "nominal:quadrotor"])
+def test_every_isa_level_this_cpu_runs_equals_the_reference(kernel_calls, residual):
     """Each ISA level (its own vector width: 16-byte SSE2, 32-byte AVX2, 64-byte AVX-512) gives the reference
-    rollout in float64 and float32, with a batch ending in a partial block; a level the CPU lacks is refused."""
+    rollout in float64 and float32, with a batch ending in a partial block; a level the CPU lacks is refused.
+    Also with the quadrotor's nominal step (csrc/nominal.h, in double on every level)."""
     from metasym_core.errors import MetaSymError
 
-    model = random_model(layers=2, context=6)
+    model = random_model(layers=2, context=6, residual=residual)
     model32 = copy.deepcopy(model).float()
     x, u, h, fu = _inputs(37, 8, 9)
     with torch.no_grad():

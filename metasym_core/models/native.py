@@ -16,7 +16,11 @@ The kernel is an optional extension built by `pip install .` / `make` (setup.py)
 where it is absent (no C compiler) `try_rollout` returns None and the NumPy or
 torch path runs. It serves CPU float32/float64 rollouts without autograd in eval
 mode, any batch, context, step sizes (per row and per token) and local parameters,
-and equals `MetaSym.rollout_reference` to round-off (test/test_native.py).
+and equals `MetaSym.rollout_reference` to round-off (test/test_native.py). Its increment is
+added to x_t, or with `residual: nominal:quadrotor` to the quadrotor's nominal step
+(`csrc/nominal.h`, the C twin of `systems/quadrotor/torch_step.py`, row by row in double:
+K = 256 MPPI candidates over 25 steps in 16 ms on one AMD EPYC core, against 100 ms on the
+torch path); the encoder residual runs elsewhere.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import torch
 from metasym_core.errors import MetaSymError
 from metasym_core.models import fastpath
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 #: names the ISA level the kernel uses (`isas()` lists them; "best" is the default)
 ISA_ENV = "METASYM_NATIVE_ISA"
 #: larger models stay on the torch path: their weights, re-read for every block of rows and every token,
@@ -132,6 +136,20 @@ def available() -> bool:
     return library() is not None
 
 
+#: the kernel's nominal steps (csrc/nominal.h): 0 adds the increment to x_t
+NOMINAL_NONE, NOMINAL_QUADROTOR = 0, 1
+
+
+def _nominal_code(model) -> int | None:
+    """The kernel's code for what the model's increment is added to, or None where the kernel cannot (the
+    encoder residual, a nominal step it does not have)."""
+    if model.state_residual:
+        return NOMINAL_NONE
+    if model.decoder.residual == "nominal:quadrotor" and (model.state_dim, model.control_dim) == (12, 4):
+        return NOMINAL_QUADROTOR
+    return None
+
+
 class Packed:
     """A model's weights (with one set of local parameters) folded and packed in the kernel's order.
 
@@ -144,7 +162,8 @@ class Packed:
         D, m, d, H, c = dec.state_dim, dec.control_dim, dec.d_model, dec.heads, dec.context
         norms = [mod for mod in dec.modules() if isinstance(mod, torch.nn.LayerNorm)]
         eps = {float(mod.eps) for mod in norms}
-        self.ok = len(eps) == 1 and enc.activation in _ACTIVATIONS
+        nominal = _nominal_code(model)
+        self.ok = len(eps) == 1 and enc.activation in _ACTIVATIONS and nominal is not None
         if not self.ok:
             return
         with torch.no_grad():
@@ -181,12 +200,16 @@ class Packed:
             dstd = model.delta_std.double()
             put(dec.ln_f.weight, dec.ln_f.bias, lin1.weight, lin1.bias, lin2.weight.double() * dstd[:, None],
                 lin2.bias.double() * dstd)
+            if nominal == NOMINAL_QUADROTOR:
+                from metasym_core.systems.quadrotor.torch_step import kernel_constants
+
+                put(torch.tensor(kernel_constants(), dtype=torch.float64))
             flat = torch.cat(f).numpy()
         self.ok = flat.size <= MAX_WEIGHTS
         self.weights = {np.float64: flat, np.float32: flat.astype(np.float32)}
         self.dims = np.array([D, m, d, H, c, dec.layers, int(dec.meta_attention), enc.layers, enc.sublayers,
                               _ACTIVATIONS[enc.activation], dec.blocks[0].mlp[0].out_features,
-                              lin1.out_features], dtype=np.int32)
+                              lin1.out_features, nominal], dtype=np.int32)
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
@@ -203,7 +226,7 @@ def try_rollout(model, states: torch.Tensor, controls: torch.Tensor, h: torch.Te
                 horizon: int, local: dict[str, torch.Tensor] | None) -> torch.Tensor | None:
     """`MetaSym.rollout` on checked inputs (`h [B, T + horizon, 1]`) via the kernel, or None if it does not apply."""
     lib = library()
-    if lib is None or not model.state_residual:  # the kernel adds the increment to x_t only
+    if lib is None or _nominal_code(model) is None:  # the kernel adds the increment to x_t or its nominal step
         return None
     extra = list(local.values()) if local else []
     entry = fastpath.inference_entry(model, [states, controls, h, future, *extra])

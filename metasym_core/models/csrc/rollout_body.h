@@ -130,8 +130,9 @@ typedef struct {
 } FN(Block);
 
 typedef struct {
-  int D, m, d, H, c, L, meta, el, es, act, hid, hhid, n;
+  int D, m, d, H, c, L, meta, el, es, act, hid, hhid, n, nominal;
   REAL eps;
+  const REAL *nominal_params; /* the nominal step's constants (nominal.h), when `nominal` */
   const REAL *shift, *A, *ebias, *ea, *tok_w, *tok_b;
   FN(Block) * blocks;
   const REAL *lnf_g, *lnf_b, *head1_w, *head1_b, *head2_w, *head2_b;
@@ -175,6 +176,8 @@ static size_t FN(unpack)(const int *dims, const REAL *w, FN(Model) * M, FN(Block
   M->lnf_g = FN(take)(p, d), M->lnf_b = FN(take)(p, d);
   M->head1_w = FN(take)(p, (size_t)M->hhid * d), M->head1_b = FN(take)(p, M->hhid);
   M->head2_w = FN(take)(p, (size_t)D * M->hhid), M->head2_b = FN(take)(p, D);
+  M->nominal = dims[DIM_NOMINAL];
+  M->nominal_params = M->nominal == NOMINAL_QUADROTOR ? FN(take)(p, QUAD_PARAMS) : NULL;
   return (size_t)(cur - w);
 }
 
@@ -204,6 +207,20 @@ static INLINE void FN(encode)(const FN(Model) * M, const vec *x, vec h, vec *e, 
     }
   }
   for (int i = 0; i < M->D; i++) e[i] += M->shift[i];
+}
+
+/* in[0..D) = f(x, u, h) + delta on every lane, f the nominal step (nominal.h): x = in[0..D), u = in[D..D+m),
+ * h = in[D+m] */
+static INLINE void FN(nominal_step)(const FN(Model) * M, vec *in, const vec *delta) {
+  const int D = M->D, m = M->m;
+  double prm[QUAD_PARAMS], x[12], u[4], out[12];
+  for (int i = 0; i < QUAD_PARAMS; i++) prm[i] = (double)M->nominal_params[i];
+  for (int l = 0; l < LANES; l++) {
+    for (int i = 0; i < D; i++) x[i] = (double)in[i][l];
+    for (int i = 0; i < m; i++) u[i] = (double)in[D + i][l];
+    quad_step(prm, x, u, (double)in[D + m][l], out);
+    for (int i = 0; i < D; i++) in[i][l] = (REAL)out[i] + delta[i][l];
+  }
 }
 
 /* scratch layout, in units of LANES-vectors */
@@ -268,7 +285,10 @@ static INLINE void FN(run_block)(const FN(Model) * M, int r0, int nrows, int T, 
     FN(matvec)(M->hhid, d, M->head1_w, M->head1_b, y, hidden, 0);
     FN(silu)(M->hhid, hidden);
     FN(matvec)(D, M->hhid, M->head2_w, M->head2_b, hidden, delta, 0);
-    for (int i = 0; i < D; i++) in[i] += delta[i]; /* x_{t+1} */
+    if (M->nominal) /* x_{t+1} = f(x_t, u_t, h_t) + Δ, the nominal step row by row */
+      FN(nominal_step)(M, in, delta);
+    else
+      for (int i = 0; i < D; i++) in[i] += delta[i]; /* x_{t+1} */
     if (t >= T - 1) {
       const int k = t - T + 1;
       for (int l = 0; l < nrows; l++)

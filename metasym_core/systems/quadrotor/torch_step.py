@@ -100,3 +100,10 @@ def step(x: torch.Tensor, u: torch.Tensor, h: torch.Tensor,
     w2 = w + h * (torque - torch.linalg.cross(w, J * w)) / J
     dR, dp = exp6(torch.cat([v2, w2], -1) * h)
     return torch.cat([log6(R @ dR, p + (R @ dp[..., None])[..., 0]), v2, w2], -1)
+
+
+def kernel_constants(scales: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)) -> list[float]:
+    """The constants of `step` in the compiled kernel's order (models/csrc/nominal.h): mass, the principal
+    inertias, arm, torque coefficient, gravity, thrust limit."""
+    mass, inertia, arm, ctorque = _constants(tuple(float(s) for s in scales))
+    return [mass, *inertia, arm, ctorque, GRAVITY, MAX_THRUST]
