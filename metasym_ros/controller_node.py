@@ -43,6 +43,7 @@ from metasym_ros.qos import (
     STATE_QOS,
     STATE_TOPIC,
 )
+from metasym_ros.realtime import check_priority, go_real_time
 
 # The figure-8 reference's parameters: name -> (FigureEight field, description).
 REFERENCE = {
@@ -65,6 +66,9 @@ class ControllerNode(Node):
         device = declare(self, "device", "auto", "auto | cpu | cuda[:N]")
         threads = declare(self, "threads", 1, "torch CPU threads of the solves (0 = torch default)",
                           check=at_least(0))
+        realtime_priority = declare(self, "realtime_priority", 0, "SCHED_FIFO priority 1-99 of this node's "
+                                    "process (all its threads); 0 = normal scheduling")
+        check_priority(realtime_priority)
         seed = declare(self, "seed", 0, "Seed of the MPPI sampling")
         samples = declare(self, "samples", 256, "MPPI candidate sequences K per solve", check=at_least(2))
         horizon = declare(self, "horizon", 25, "MPPI horizon H [steps of the states' dt]", check=at_least(1))
@@ -95,6 +99,7 @@ class ControllerNode(Node):
                       self.create_subscription(ModelCheckpoint, MODEL_TOPIC, self._on_model, MODEL_QOS)]
         self._timer = self.create_timer(report_period, self._report)
         self.live.start()
+        go_real_time(realtime_priority, log)
         log.info(f"controlling {self.system} with {checkpoint or 'an untrained model'} (context {model.context}): "
                  f"MPPI K={samples}, H={horizon}, noise {noise_std:g} N, λ {temperature:g}; figure-8 "
                  f"{2 * reference.a:g} x {reference.b:g} m at {reference.altitude:g} m, lap {reference.period_s:g} s")
@@ -128,7 +133,8 @@ class ControllerNode(Node):
 
     def _report(self) -> None:
         r = self.live.report()
-        self.get_logger().info(f"{r['solves']} solves, {r['solve_ms_p50']:.1f}/{r['solve_ms_p99']:.1f} ms p50/p99; "
+        self.get_logger().info(f"tracking error {r['tracking_rmse_m']:.3f} m RMSE; "
+                               f"{r['solves']} solves, {r['solve_ms_p50']:.1f}/{r['solve_ms_p99']:.1f} ms p50/p99; "
                                f"{r['plans']} plans, {r['skipped']} states skipped (newest only), {r['dropped']} "
                                f"dropped, {r['new_contexts']} new contexts; local parameters v{r['version']}")
 

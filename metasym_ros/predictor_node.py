@@ -52,7 +52,7 @@ from metasym_ros.qos import (
     STATE_QOS,
     STATE_TOPIC,
 )
-from metasym_ros.realtime import check_priority, set_fifo
+from metasym_ros.realtime import check_priority, go_real_time
 from metasym_ros.srv import RolloutBatch
 
 
@@ -114,12 +114,7 @@ class PredictorNode(Node):
         self.live.start()
         log.info(f"predicting {self.system} with {checkpoint or 'no model yet (waiting for one)'}: context "
                  f"{self.live.predictor.context}, horizon {horizon}, device {self.live.predictor.device}")
-        if realtime_priority:  # once every thread exists; later ones (rollout pools) inherit it
-            refused = set_fifo(realtime_priority)
-            if refused:
-                log.warning(f"{refused}; running with normal scheduling")
-            else:
-                log.info(f"real-time scheduling: SCHED_FIFO priority {realtime_priority}")
+        go_real_time(realtime_priority, log)
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9

@@ -51,6 +51,18 @@ def set_fifo(priority: int) -> str | None:
     return None
 
 
+def go_real_time(priority: int, logger) -> None:
+    """`set_fifo(priority)` once a node's threads exist (later ones, e.g. rollout pools, inherit it), saying
+    in the node's log what came of it; 0: nothing."""
+    if not priority:
+        return
+    refused = set_fifo(priority)
+    if refused:
+        logger.warning(f"{refused}; running with normal scheduling")
+    else:
+        logger.info(f"real-time scheduling: SCHED_FIFO priority {priority}")
+
+
 def permitted(priority: int) -> bool:
     """Whether this process may take SCHED_FIFO `priority`: CAP_SYS_NICE, or an rtprio limit that high."""
     import resource

@@ -89,6 +89,7 @@ class LiveController:
         self._origin: tuple[float, np.ndarray] | None = None  # (time, position) of the first state solved from
         self._pending: list[_State] = []
         self._solve_ms: list[float] = []  # since the last report
+        self._errors: list[float] = []  # position error [m] against the reference at each solve, since then
         self._latest: Adaptation | None = None  # the newest accepted adaptation announced
         self._tried: Adaptation | None = None  # the one last offered to the MPPI's model (applied or refused)
         self._request: ModelUpdate | None = None  # the newest announced model not yet loaded
@@ -200,6 +201,7 @@ class LiveController:
             for _ in range(min(newest.step - self._solved_step - 1, config.horizon)):
                 mppi.mppi.shift()
         t = newest.step * newest.dt - self._origin[0]  # along the approach, then the reference
+        error = float(np.linalg.norm(position_of(newest.state) - mppi.reference.position(t)))
         # the plant applies this state's control now and flies the previous plan (the warm start, shifted to
         # this state) until this one arrives: about as many steps as came in during the last solve
         lead = min(len(batch), config.horizon)
@@ -214,6 +216,7 @@ class LiveController:
         self._solved_step = newest.step
         with self._lock:
             self._solve_ms.extend(mppi.solve_ms)
+            self._errors.append(error)
             self.skipped += len(batch) - 1
         mppi.solve_ms.clear()
         if controls is None or self._stop.is_set():
@@ -286,10 +289,14 @@ class LiveController:
 
     # -- metrics ---------------------------------------------------------------------------------
     def report(self) -> dict[str, float | int]:
-        """Solve times since the last report (count, p50, p99 [ms]) and the counters so far."""
+        """Solve times (count, p50, p99 [ms]) and the tracking error (RMSE [m] of the position against the
+        reference at the states solved from) since the last report, and the counters so far."""
         with self._lock:
             times, self._solve_ms = self._solve_ms, []
+            errors, self._errors = self._errors, []
         p50, p99 = (np.percentile(times, [50, 99]) if times else (math.nan, math.nan))
-        return {"solves": len(times), "solve_ms_p50": float(p50), "solve_ms_p99": float(p99), "plans": self.plans,
+        rmse = float(np.sqrt(np.mean(np.square(errors)))) if errors else math.nan
+        return {"solves": len(times), "solve_ms_p50": float(p50), "solve_ms_p99": float(p99),
+                "tracking_rmse_m": rmse, "plans": self.plans,
                 "skipped": self.skipped, "dropped": self.dropped_total, "new_contexts": self.new_contexts,
                 "version": self.version}
