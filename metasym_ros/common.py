@@ -50,6 +50,15 @@ def declare(node: Node, name: str, default, description: str, apply: Callable[[o
     return value
 
 
+def declare_realtime_priority(node: Node) -> int:
+    """The read-only `realtime_priority` of a latency-critical node (checked; `realtime.go_real_time` applies it
+    once the node's threads exist)."""
+    from metasym_ros.realtime import check_priority
+
+    return declare(node, "realtime_priority", 0, "SCHED_FIFO priority 1-99 of this node's process (all its "
+                   "threads); 0 = normal scheduling", check=check_priority)
+
+
 def _check_live(live: dict, params) -> SetParametersResult:
     for param in params:
         check = live.get(param.name, (None, None))[0]

@@ -24,6 +24,7 @@ from metasym_ros.common import (
     adaptation_of,
     at_least,
     declare,
+    declare_realtime_priority,
     log_model,
     model_update_of,
     one_of,
@@ -43,7 +44,7 @@ from metasym_ros.qos import (
     STATE_QOS,
     STATE_TOPIC,
 )
-from metasym_ros.realtime import check_priority, go_real_time
+from metasym_ros.realtime import go_real_time
 
 # The figure-8 reference's parameters: name -> (FigureEight field, description).
 REFERENCE = {
@@ -66,9 +67,7 @@ class ControllerNode(Node):
         device = declare(self, "device", "auto", "auto | cpu | cuda[:N]")
         threads = declare(self, "threads", 1, "torch CPU threads of the solves (0 = torch default)",
                           check=at_least(0))
-        realtime_priority = declare(self, "realtime_priority", 0, "SCHED_FIFO priority 1-99 of this node's "
-                                    "process (all its threads); 0 = normal scheduling")
-        check_priority(realtime_priority)
+        realtime_priority = declare_realtime_priority(self)
         seed = declare(self, "seed", 0, "Seed of the MPPI sampling")
         samples = declare(self, "samples", 256, "MPPI candidate sequences K per solve", check=at_least(2))
         horizon = declare(self, "horizon", 25, "MPPI horizon H [steps of the states' dt]", check=at_least(1))

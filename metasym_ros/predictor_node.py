@@ -24,6 +24,7 @@ from metasym_ros.common import (
     adaptation_of,
     at_least,
     declare,
+    declare_realtime_priority,
     f64,
     log_model,
     model_update_of,
@@ -52,7 +53,7 @@ from metasym_ros.qos import (
     STATE_QOS,
     STATE_TOPIC,
 )
-from metasym_ros.realtime import check_priority, go_real_time
+from metasym_ros.realtime import go_real_time
 from metasym_ros.srv import RolloutBatch
 
 
@@ -68,9 +69,7 @@ class PredictorNode(Node):
                                                 "sends a trained one"), self.system)
         device = declare(self, "device", "auto", "auto | cpu | cuda[:N]")
         threads = declare(self, "threads", 1, "torch CPU threads of the per-state prediction (0 = torch default)")
-        realtime_priority = declare(self, "realtime_priority", 0, "SCHED_FIFO priority 1-99 of this node's "
-                                    "process (all its threads); 0 = normal scheduling")
-        check_priority(realtime_priority)
+        realtime_priority = declare_realtime_priority(self)
         # live parameters: each takes effect at once (`ros2 param set`), a bad value is refused
         horizon = declare(self, "horizon", 30, "Predicted steps H", check=at_least(1),
                           apply=lambda value: setattr(self.live, "horizon", value))
