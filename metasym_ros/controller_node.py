@@ -69,8 +69,8 @@ class ControllerNode(Node):
                           check=at_least(0))
         realtime_priority = declare_realtime_priority(self)
         seed = declare(self, "seed", 0, "Seed of the MPPI sampling")
-        samples = declare(self, "samples", 256, "MPPI candidate sequences K per solve", check=at_least(2))
-        horizon = declare(self, "horizon", 25, "MPPI horizon H [steps of the states' dt]", check=at_least(1))
+        samples = declare(self, "samples", 512, "MPPI candidate sequences K per solve", check=at_least(2))
+        horizon = declare(self, "horizon", 20, "MPPI horizon H [steps of the states' dt]", check=at_least(1))
         # live parameters: each takes effect from the next solve (`ros2 param set`), a bad value is refused
         noise_std = declare(self, "noise_std", 0.6, "MPPI sampling noise per thrust [N]", check=positive,
                             apply=lambda value: self.live.configure(noise_std=value))

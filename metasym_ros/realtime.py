@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 
 from metasym_core.errors import MetaSymError
+from metasym_core.online.heap import keep_heap
 
 _TASKS = "/proc/self/task"
 
@@ -52,8 +53,12 @@ def set_fifo(priority: int) -> str | None:
 
 
 def go_real_time(priority: int, logger) -> None:
-    """`set_fifo(priority)` once a node's threads exist (later ones, e.g. rollout pools, inherit it), saying
-    in the node's log what came of it; 0: nothing."""
+    """The real-time set-up of a latency-critical node process, once its threads exist: its heap kept
+    (`metasym_core.online.heap.keep_heap`: no page faults in its loops' allocations), then
+    `set_fifo(priority)` (later threads, e.g. rollout pools, inherit it; 0: normal scheduling), saying in
+    the node's log what came of it."""
+    if not keep_heap():
+        logger.info("heap thresholds left as they are (not glibc)")
     if not priority:
         return
     refused = set_fifo(priority)

@@ -32,6 +32,17 @@ def test_vectorised_poses_match_pinocchio_to_round_off():
         np.testing.assert_allclose(q * np.sign(q @ q_pin), q_pin, atol=1e-12)
 
 
+def test_pose_terms_are_the_poses_without_matrices():
+    rng = np.random.default_rng(1)
+    states = rng.normal(size=(5, 8, 12)) * 0.8
+    states[0, 0, 3:6] = 1e-9  # the small-angle series
+    p, R = quad.poses(states)
+    q, v_world, tilt = quad.pose_terms(states)
+    np.testing.assert_allclose(np.stack(q, -1), p, atol=1e-13)
+    np.testing.assert_allclose(np.stack(v_world, -1), np.einsum("...ij,...j->...i", R, states[..., 6:9]), atol=1e-13)
+    np.testing.assert_allclose(tilt, 3.0 - np.trace(R, axis1=-2, axis2=-1), atol=1e-13)
+
+
 def test_figure_eight_starts_at_its_centre_and_its_velocity_is_the_derivative():
     ref = FigureEight(a=1.5, b=1.0, period_s=8.0, altitude=1.5)
     np.testing.assert_allclose(ref.position(0.0), [0.0, 0.0, 1.5])
@@ -129,6 +140,8 @@ def test_bench_control_reports_every_controller_beside_the_nominal_mpc(tmp_path,
     assert png.stat().st_size > 10_000 and "## Closed loop" in doc.read_text()
     with pytest.raises(MetaSymError, match="change-at"):
         run_control_bench(seeds=1, seconds=3.0, change_at=2.5, doc=doc)
+    with pytest.raises(MetaSymError, match="threads"):
+        run_control_bench(seeds=1, seconds=4.5, change_at=2.2, threads=0, doc=doc)
 
 
 def test_a_figure_eight_started_into_its_lap_is_the_same_path_shifted_in_time():

@@ -152,6 +152,31 @@ def test_shared_context_streams_once_and_equals_separate_rows(kernel_calls, K):
     assert (shared[:, 1:] - shared[:1, 1:]).abs().amax() > 1e-6 or K == 1  # the candidates differ
 
 
+def test_candidates_that_start_at_the_newest_state_share_the_rest_of_the_context(kernel_calls):
+    """MPPI's rows: one context, each row's last context control its candidate's first. The kernel streams
+    the first T - 1 tokens once (`shares_context`) and gives what separate rows give."""
+    model = random_model(d_model=16, layers=2)
+    x, u, h, fu = _inputs(1, 10, 12)
+    K = 21
+    g = torch.Generator().manual_seed(4)
+    u_rows = u.expand(K, 10, 4).clone()
+    u_rows[:, -1] = torch.randn(K, 4, generator=g, dtype=torch.float64)
+    fu = torch.randn(K, 12, 4, generator=g, dtype=torch.float64)
+    states, steps = x.expand(K, 10, 12), h.expand(K, 22)
+    assert native.shares_context(states, u_rows.numpy(), steps.numpy())
+    assert not native.shares_context(states.contiguous(), u_rows.numpy(), steps.numpy())
+    other = u_rows.clone()
+    other[3, -2] += 1.0  # an earlier context control differs: nothing is shared
+    assert not native.shares_context(states, other.numpy(), steps.numpy())
+    with torch.no_grad():
+        shared = model.rollout(states, u_rows, steps, 12, future_controls=fu)
+        separate = model.rollout(states.contiguous(), u_rows, steps.contiguous(), 12, future_controls=fu)
+        ref = model.rollout_reference(states.contiguous(), u_rows, steps.contiguous(), 12, future_controls=fu)
+    assert kernel_calls == [True, True]
+    assert (shared - separate).abs().max() < 1e-13 and (shared - ref).abs().max() < 1e-10
+    assert (shared[:, 0] - shared[:1, 0]).abs().amax() > 1e-6  # the first predictions differ by row
+
+
 def test_a_forked_child_rolls_out_on_its_own_threads():
     """The thread pool does not survive fork(): a child must build its own instead of waiting forever."""
     import multiprocessing as mp
@@ -255,6 +280,44 @@ def test_every_isa_level_this_cpu_runs_equals_the_reference(kernel_calls, residu
         native.use_isa("best")
     assert kernel_calls == [True] * 2 * len(ran)
     assert levels[-1] in ran  # the baseline level runs everywhere
+
+
+def test_the_kernels_nominal_step_is_the_torch_step_at_every_angle(kernel_calls):
+    """csrc/nominal.h's vector step (its own sin, cos and atan2) equals systems/quadrotor/torch_step.py to
+    round-off on every ISA level: rotation angles from 0 (the series) through the quadrants to near π,
+    thrusts below 0 and above the limit (saturated). A model whose increment is 0 rolls out that step alone."""
+    from metasym_core.systems.quadrotor import MAX_THRUST
+    from metasym_core.systems.quadrotor.torch_step import step
+
+    model = random_model(context=1, residual="nominal:quadrotor")
+    with torch.no_grad():
+        model.decoder.head[-1].weight.zero_()
+        model.decoder.head[-1].bias.zero_()
+    g = torch.Generator().manual_seed(3)
+    angles = torch.tensor([0.0, 1e-9, 3e-5, 2e-4, 0.3, 0.9, 1.6, 2.2, 2.8, 3.0] * 4, dtype=torch.float64)
+    B = len(angles)
+    axis = torch.nn.functional.normalize(torch.randn(B, 3, generator=g, dtype=torch.float64), dim=-1)
+    x = torch.cat([torch.randn(B, 3, generator=g, dtype=torch.float64), axis * angles[:, None],
+                   torch.randn(B, 3, generator=g, dtype=torch.float64),
+                   0.3 * torch.randn(B, 3, generator=g, dtype=torch.float64)], -1)
+    u = torch.rand(B, 4, generator=g, dtype=torch.float64) * (MAX_THRUST + 4.0) - 2.0
+    h = torch.rand(B, 2, generator=g, dtype=torch.float64) * 0.02 + 0.005
+    with torch.no_grad():
+        want = step(x, u, h[:, :1])
+    ran = []
+    try:
+        for level in native.isas():
+            try:
+                native.use_isa(level)
+            except Exception:
+                continue
+            with torch.no_grad():
+                got = model.rollout(x[:, None], u[:, None], h, 1)[:, 0]
+            assert (got - want).abs().max() < 1e-12, level
+            ran.append(level)
+    finally:
+        native.use_isa("best")
+    assert ran and kernel_calls == [True] * len(ran)
 
 
 @pytest.mark.slow

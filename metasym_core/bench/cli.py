@@ -65,10 +65,14 @@ def _learner(args: argparse.Namespace) -> int:
 def _control(args: argparse.Namespace) -> int:
     from metasym_core.bench.control import run_control_bench
 
-    command = (f"metasym bench control --seeds {args.seeds} --seconds {args.seconds:g} --samples {args.samples} "
-               f"--horizon {args.horizon} --checkpoint {args.checkpoint}")
+    options = "".join(f" --{name} {value}" for name, value in
+                      (("samples", args.samples), ("horizon", args.horizon), ("threads", args.threads))
+                      if value is not None)
+    command = (f"metasym bench control --seeds {args.seeds} --seconds {args.seconds:g}{options} "
+               f"--checkpoint {args.checkpoint}")
     figures = run_control_bench(args.seeds, args.seconds, args.change_at, args.scale, args.samples, args.horizon,
-                                args.checkpoint, plot=args.plot or None, doc=args.doc, command=command)
+                                args.checkpoint, plot=args.plot or None, doc=args.doc, command=command,
+                                threads=args.threads)
     if args.json:
         print_json(figures)
     return 0
@@ -139,8 +143,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=float, default=30.0, help="simulated seconds per flight (default 30)")
     p.add_argument("--change-at", type=float, default=10.0, help="time of the mass change [s] (default 10)")
     p.add_argument("--scale", type=float, default=1.3, help="mass factor of the change (default 1.3)")
-    p.add_argument("--samples", type=int, default=256, help="MPPI candidates K (default 256, as the controller node)")
-    p.add_argument("--horizon", type=int, default=25, help="MPPI horizon H in control steps (default 25)")
+    p.add_argument("--samples", type=int,
+                   help="MPPI candidates K (default: the controller node's, config/quadrotor.yaml)")
+    p.add_argument("--horizon", type=int, help="MPPI horizon H in control steps (default: the controller node's)")
+    p.add_argument("--threads", type=int, help="CPU threads of an MPPI solve (default: the controller node's)")
     p.add_argument("--checkpoint", default="pretrained:mppi",
                    help="quadrotor model (default: the bundled one trained for MPPI)")
     p.add_argument("--plot", default="runs/bench_control.png", help="PNG of seed 0's flights ('' = none)")

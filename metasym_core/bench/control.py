@@ -34,46 +34,58 @@ CONTROLLERS = ("nominal_mpc", "nominal_mppi", "metasym_mppi_no_adapt", "metasym_
 SETTLE_S = 2.0  # take-off transient / post-change window left out of the RMSEs
 
 
-def _controller(name: str, model, cfg: dict, reference, dt: float, samples: int, horizon: int, seed: int):
+def _controller(name: str, model, cfg: dict, reference, dt: float, mppi, seed: int):
     from metasym_core.control.crocoddyl_mpc import CrocoddylTracker
     from metasym_core.control.metasym_mppi import MetaSymMPPI, NominalMPPI
-    from metasym_core.control.mppi import MPPIConfig
     from metasym_core.online.learner import learner_settings
     from metasym_core.systems import quadrotor as quad
 
     if name.endswith("_mpc"):
         return CrocoddylTracker({k: 1.0 for k in quad.PARAM_NAMES}, reference, dt)
     if name == "nominal_mppi":
-        return NominalMPPI(model, reference, dt, MPPIConfig(samples=samples, horizon=horizon), seed=seed)
-    return MetaSymMPPI(model, reference, dt, MPPIConfig(samples=samples, horizon=horizon),
+        return NominalMPPI(model, reference, dt, mppi, seed=seed)
+    return MetaSymMPPI(model, reference, dt, mppi,
                        learner_settings(cfg) if name == "metasym_mppi" else None, seed=seed)
 
 
 def run_control_bench(seeds: int = 5, seconds: float = 30.0, change_at: float = 10.0, scale: float = 1.3,
-                      samples: int = 256, horizon: int = 25, checkpoint: str = "pretrained:mppi",
+                      samples: int | None = None, horizon: int | None = None, checkpoint: str = "pretrained:mppi",
                       plot: str | None = None, doc=DEFAULT_DOC,
-                      command: str = "metasym bench control") -> dict[str, float]:
-    """Figures (keys carry their unit) of the four controllers over `seeds` seeds (module doc)."""
+                      command: str = "metasym bench control", threads: int | None = None) -> dict[str, float]:
+    """Figures (keys carry their unit) of the four controllers over `seeds` seeds (module doc). `samples`,
+    `horizon` and `threads` default to the controller node's (the config's `ros.controller`)."""
     import torch
 
     from metasym_core.control.closed_loop import Change, fly
+    from metasym_core.control.mppi import MPPIConfig
     from metasym_core.control.reference import FigureEight
+    from metasym_core.online.heap import keep_heap
     from metasym_core.online.predictor import load_model
 
     if seeds < 1 or not seconds > change_at + SETTLE_S or not change_at > SETTLE_S:
         raise MetaSymError(f"need --seeds >= 1 and {SETTLE_S:g} s < --change-at < --seconds - {SETTLE_S:g} s")
-    torch.set_num_threads(1)
     model, cfg, _ = load_model("quadrotor", checkpoint, "cpu")
+    node = cfg["ros"]["controller"]
+    samples = int(node["samples"]) if samples is None else samples
+    horizon = int(node["horizon"]) if horizon is None else horizon
+    threads = int(node["threads"]) if threads is None else threads
+    if samples < 2 or horizon < 1 or threads < 1:
+        raise MetaSymError(f"need --samples >= 2, --horizon >= 1 and --threads >= 1, got {samples}, {horizon}, "
+                           f"{threads}")
+    torch.set_num_threads(threads)
+    keep_heap()  # as the controller node does
+    mppi = MPPIConfig(samples=samples, horizon=horizon, noise_std=float(node["noise_std"]),
+                      temperature=float(node["temperature"]))
     dt = float(cfg["ros"]["simulator"]["dt"])
     flights = {name: [] for name in CONTROLLERS}
     runs = [(seed, name) for seed in range(seeds) for name in CONTROLLERS]
     for seed, name in tqdm(runs, desc="closed-loop flights", unit="flight"):
         reference = FigureEight(start_s=FigureEight().period_s * seed / max(seeds, 1))
-        controller = _controller(name, model, cfg, reference, dt, samples, horizon, seed)
+        controller = _controller(name, model, cfg, reference, dt, mppi, seed)
         change = Change("mass", scale, change_at, tell=name == "oracle_mpc")
         flights[name].append(fly(controller, reference, seconds, dt, change))
     figures: dict[str, float] = {"seeds": seeds, "flight_s": seconds, "change_at_s": change_at,
-                                 "mppi_samples": samples, "mppi_horizon": horizon}
+                                 "mppi_samples": samples, "mppi_horizon": horizon, "solve_threads": threads}
     rows = []
     for name in CONTROLLERS:
         fs = flights[name]
@@ -119,7 +131,7 @@ def run_control_bench(seeds: int = 5, seconds: float = 30.0, change_at: float = 
             f"RMSE before the change "
             f"from {SETTLE_S:g} s on (flights that reached the change), after it from {SETTLE_S:g} s after it (flights "
             f"that did not crash); mean ± spread over those seeds. Solve times are the controller's own, on this "
-            f"CPU, one thread."
+            f"CPU, {threads} thread{'s' if threads > 1 else ''}."
             f"\n\n{markdown_table(header, rows)}")
     update_section("Closed loop: MPPI on MetaSym against the nominal MPC", body, command, doc=doc)
     return figures

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from metasym_core.control.reference import FigureEight
-from metasym_core.systems.quadrotor import poses
+from metasym_core.systems.quadrotor import pose_terms
 
 
 @dataclass(frozen=True)
@@ -30,14 +30,14 @@ def tracking_cost(states: np.ndarray, controls: np.ndarray, reference: FigureEig
     weights = weights or TrackingWeights()
     K, H, _ = states.shape
     times = t0 + dt * np.arange(1, H + 1)
-    p, R = poses(states)
-    ref_p, ref_v = reference.position(times), reference.velocity(times)
-    v_world = np.einsum("khij,khj->khi", R, states[..., 6:9])
-    per_step = (weights.position * np.sum((p - ref_p) ** 2, -1)
-                + weights.velocity * np.sum((v_world - ref_v) ** 2, -1)
-                + weights.attitude * (3.0 - np.trace(R, axis1=-2, axis2=-1))
-                + weights.rates * np.sum(states[..., 9:12] ** 2, -1)
-                + weights.thrust * np.sum((controls - hover) ** 2, -1)
-                + weights.crash * (p[..., 2] < weights.floor))
+    p, v_world, tilt = pose_terms(states)
+    ref_p, ref_v = reference.position(times), reference.velocity(times)  # [H, 3]
+    u = np.moveaxis(np.asarray(controls, dtype=np.float64), -1, 0) - hover
+    rates = np.moveaxis(np.asarray(states, dtype=np.float64)[..., 9:12], -1, 0)
+    per_step = weights.attitude * tilt + weights.crash * (p[2] < weights.floor)
+    for i in range(3):
+        per_step += (weights.position * (p[i] - ref_p[:, i]) ** 2 + weights.velocity * (v_world[i] - ref_v[:, i]) ** 2
+                     + weights.rates * rates[i] ** 2)
+    per_step += weights.thrust * np.sum(u * u, axis=0)
     per_step[:, -1] *= weights.terminal
     return per_step.sum(axis=1)

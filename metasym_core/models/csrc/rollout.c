@@ -30,7 +30,6 @@
 enum { DIM_D, DIM_M, DIM_DM, DIM_H, DIM_C, DIM_L, DIM_META, DIM_ELAYERS, DIM_ESUB, DIM_ACT, DIM_MLP, DIM_HEAD,
        DIM_NOMINAL };
 enum { ACT_SIGMOID, ACT_TANH, ACT_ELU };
-#include "nominal.h"
 
 /* An (empty) Python module, so that the library imports like any extension; its functions are called
  * through ctypes, which releases the GIL for the call. */

@@ -35,6 +35,16 @@ static INLINE vec FN(sigmoid)(vec x) { return 1 / (1 + FN(vexp)(-x)); }
  * time: four independent chains of multiply-adds instead of one (each waits on the previous). */
 static INLINE void FN(matvec)(int no, int ni, const REAL *W, const REAL *b, const vec *in, vec *out, int add) {
   int o = 0;
+  for (; o + 8 <= no; o += 8) {
+    const REAL *w0 = W + (size_t)o * ni;
+    vec a[8];
+    for (int j = 0; j < 8; j++) a[j] = (vec){} + (b ? b[o + j] : 0);
+    for (int i = 0; i < ni; i++) {
+      const vec x = in[i];
+      for (int j = 0; j < 8; j++) a[j] += w0[(size_t)j * ni + i] * x;
+    }
+    for (int j = 0; j < 8; j++) out[o + j] = add ? out[o + j] + a[j] : a[j];
+  }
   for (; o + 4 <= no; o += 4) {
     const REAL *w0 = W + (size_t)o * ni, *w1 = w0 + ni, *w2 = w1 + ni, *w3 = w2 + ni;
     vec a0 = (vec){} + (b ? b[o] : 0), a1 = (vec){} + (b ? b[o + 1] : 0);
@@ -100,25 +110,28 @@ static INLINE void FN(attend)(int t, int c, int d, int H, const REAL *rel, const
   for (int j = 0; j < npos; j++) at[j] = (size_t)((t - j) % c) * d;
   for (int hh = 0; hh < H; hh++) {
     const int off = hh * dh;
-    vec mx = (vec){};
-    for (int j = 0; j < npos; j++) {
-      const vec *k = K + at[j] + off;
-      vec s = (vec){} + rel[hh * c + j];
-      for (int i = 0; i < dh; i++) s += q[off + i] * k[i];
-      sc[j] = s;
-      mx = j ? FN(select)(s > mx, s, mx) : s;
+    /* scores and outputs accumulate position by position: npos (then dh) independent chains of
+     * multiply-adds instead of one chain per score (each add waiting on the previous) */
+    for (int j = 0; j < npos; j++) sc[j] = (vec){} + rel[hh * c + j];
+    for (int i = 0; i < dh; i++) {
+      const vec qi = q[off + i];
+      for (int j = 0; j < npos; j++) sc[j] += qi * K[at[j] + off + i];
     }
+    vec mx = sc[0];
+    for (int j = 1; j < npos; j++) mx = FN(select)(sc[j] > mx, sc[j], mx);
     vec sum = (vec){};
     for (int j = 0; j < npos; j++) {
       sc[j] = FN(vexp)(sc[j] - mx);
       sum += sc[j];
     }
     sum = 1 / sum;
-    for (int i = 0; i < dh; i++) {
-      vec acc = (vec){};
-      for (int j = 0; j < npos; j++) acc += sc[j] * V[at[j] + off + i];
-      out[off + i] = acc * sum;
+    vec *o = out + off;
+    for (int i = 0; i < dh; i++) o[i] = (vec){};
+    for (int j = 0; j < npos; j++) {
+      const vec w = sc[j], *v = V + at[j] + off;
+      for (int i = 0; i < dh; i++) o[i] += w * v[i];
     }
+    for (int i = 0; i < dh; i++) o[i] *= sum;
   }
 }
 
@@ -209,17 +222,24 @@ static INLINE void FN(encode)(const FN(Model) * M, const vec *x, vec h, vec *e, 
   for (int i = 0; i < M->D; i++) e[i] += M->shift[i];
 }
 
-/* in[0..D) = f(x, u, h) + delta on every lane, f the nominal step (nominal.h): x = in[0..D), u = in[D..D+m),
- * h = in[D+m] */
+/* in[0..D) = f(x, u, h) + delta on every lane, f the nominal step (nominal.h, in double, VBYTES / 8 lanes
+ * at a time): x = in[0..D), u = in[D..D+m), h = in[D+m] */
 static INLINE void FN(nominal_step)(const FN(Model) * M, vec *in, const vec *delta) {
+  typedef CAT2(dvec, ISA) dvec;
+  enum { DLANES = VBYTES / 8 };
   const int D = M->D, m = M->m;
-  double prm[QUAD_PARAMS], x[12], u[4], out[12];
+  double prm[QUAD_PARAMS];
   for (int i = 0; i < QUAD_PARAMS; i++) prm[i] = (double)M->nominal_params[i];
-  for (int l = 0; l < LANES; l++) {
-    for (int i = 0; i < D; i++) x[i] = (double)in[i][l];
-    for (int i = 0; i < m; i++) u[i] = (double)in[D + i][l];
-    quad_step(prm, x, u, (double)in[D + m][l], out);
-    for (int i = 0; i < D; i++) in[i][l] = (REAL)out[i] + delta[i][l];
+  for (int l0 = 0; l0 < LANES; l0 += DLANES) {
+    dvec x[12], u[4], h = {}, out[12];
+    for (int l = 0; l < DLANES; l++) {
+      for (int i = 0; i < D; i++) x[i][l] = (double)in[i][l0 + l];
+      for (int i = 0; i < m; i++) u[i][l] = (double)in[D + i][l0 + l];
+      h[l] = (double)in[D + m][l0 + l];
+    }
+    CAT2(quad_step, ISA)(prm, x, u, h, out);
+    for (int l = 0; l < DLANES; l++)
+      for (int i = 0; i < D; i++) in[i][l0 + l] = (REAL)out[i][l] + delta[i][l0 + l];
   }
 }
 
@@ -232,9 +252,10 @@ static INLINE size_t FN(scratch_vectors)(const FN(Model) * M) {
          + D /* delta */ + M->c /* sc */;
 }
 
-/* Rows [0, nrows) of a LANES-block starting at row r0; lanes past nrows repeat row r0 (discarded). */
-static INLINE void FN(run_block)(const FN(Model) * M, int r0, int nrows, int T, int horizon, int t_begin,
-                                 const REAL *x0, const REAL *u, const REAL *h, REAL *out, vec *S) {
+/* Tokens [t_begin, t_end) of rows [0, nrows) of a LANES-block starting at row r0; lanes past nrows repeat
+ * row r0 (discarded). With `shared`, x0 holds one row: every row's states. */
+static INLINE void FN(run_block)(const FN(Model) * M, int r0, int nrows, int T, int horizon, int t_begin, int t_end,
+                                 int shared, const REAL *x0, const REAL *u, const REAL *h, REAL *out, vec *S) {
   const int D = M->D, m = M->m, d = M->d, c = M->c, H = M->H, tokens = T + horizon - 1;
   const int din = D + m + 1, per_block = (M->meta ? 4 : 2) * c * d;
   vec *rings = S;
@@ -245,12 +266,12 @@ static INLINE void FN(run_block)(const FN(Model) * M, int r0, int nrows, int T, 
   vec *sc = delta + D;
   int rows[LANES];
   for (int l = 0; l < LANES; l++) rows[l] = r0 + (l < nrows ? l : 0);
-  for (int t = t_begin; t < tokens; t++) {
+  for (int t = t_begin; t < t_end; t++) {
     /* gather this token's inputs (x from the context while it lasts, then the last prediction) */
     for (int l = 0; l < LANES; l++) {
       const size_t r = (size_t)rows[l];
       if (t < T)
-        for (int i = 0; i < D; i++) in[i][l] = x0[(r * T + t) * D + i];
+        for (int i = 0; i < D; i++) in[i][l] = x0[((shared ? 0 : r) * T + t) * D + i];
       for (int i = 0; i < m; i++) in[D + i][l] = u[(r * tokens + t) * m + i];
       in[D + m][l] = h[r * tokens + t];
     }
@@ -297,8 +318,8 @@ static INLINE void FN(run_block)(const FN(Model) * M, int r0, int nrows, int T, 
   }
 }
 
-/* The rollout of `B` rows: x0 [B][T][D] observed states (with `shared`: [1][T][D], every row's context
- * is row 0's, including the context part of u and h), u [B][T+horizon-1][m] and
+/* The rollout of `B` rows: x0 [B][T][D] observed states (with `shared`: [1][T][D], every row's states, and
+ * every row's first T - 1 controls and steps are row 0's), u [B][T+horizon-1][m] and
  * h [B][T+horizon-1] every token's control and step, out [B][horizon][D].
  * `nweights` is the packed length the caller built (checked). 0 on success,
  * -1 bad sizes, -2 out of memory. Not reentrant within one thread (the scratch is per thread). */
@@ -322,24 +343,18 @@ static int FN(metasym_rollout)(const int *dims, const REAL *w, long nweights, in
   }
   vec *S = FN(scratch);
   memset(S, 0, sizeof(vec) * need);
-  if (!shared || B <= 1) {
-    for (int r0 = 0; r0 < B; r0 += LANES)
-      FN(run_block)(&M, r0, B - r0 < LANES ? B - r0 : LANES, T, horizon, 0, x0, u, h, out, S);
-    return 0;
-  }
-  /* every row has row 0's context (x0 holds that row only): stream the context tokens once, keep the
-   * rings and the first prediction (the leading `state` vectors of the scratch), and continue every
-   * block of rows from a copy of them; tokens T.. differ by row (their controls and steps) */
+  const int tokens = T + horizon - 1, prefix = shared && B > 1 ? T - 1 : 0;
+  /* the tokens every row shares (the context but its last control: a controller's candidates start there) are
+   * streamed once, for row 0; every block of rows continues from a copy of the rings they leave */
   const size_t state = (size_t)M.L * (M.meta ? 4 : 2) * M.c * M.d + (size_t)M.D;
   vec *copy = S + need - state;
-  FN(run_block)(&M, 0, 1, T, 1, 0, x0, u, h, out, S);
-  memcpy(copy, S, sizeof(vec) * state);
+  if (prefix > 0) {
+    FN(run_block)(&M, 0, 1, T, horizon, 0, prefix, shared, x0, u, h, out, S);
+    memcpy(copy, S, sizeof(vec) * state);
+  }
   for (int r0 = 0; r0 < B; r0 += LANES) {
-    const int nrows = B - r0 < LANES ? B - r0 : LANES;
-    memcpy(S, copy, sizeof(vec) * state);
-    FN(run_block)(&M, r0, nrows, T, horizon, T, x0, u, h, out, S);
-    for (int r = r0 > 0 ? r0 : 1; r < r0 + nrows; r++) /* the first prediction, row 0's */
-      memcpy(out + (size_t)r * horizon * M.D, out, sizeof(REAL) * M.D);
+    if (prefix > 0 && r0 > 0) memcpy(S, copy, sizeof(vec) * state);
+    FN(run_block)(&M, r0, B - r0 < LANES ? B - r0 : LANES, T, horizon, prefix, tokens, shared, x0, u, h, out, S);
   }
   return 0;
 }

@@ -1,6 +1,7 @@
 /* One ISA level of the kernel: the body (rollout_body.h) for float and for double, with as many rows per
  * vector as VBYTES (the level's native vector width in bytes) holds. Included by rollout.c with ISA and
  * VBYTES defined, inside that level's `#pragma GCC target`. The body #undefs the macros defined here. */
+#include "nominal.h" /* this level's nominal steps, shared by its float and double bodies */
 #define CAT3_(a, b) a##_##b
 #define CAT3(a, b) CAT3_(a, b)
 

@@ -56,7 +56,7 @@ from metasym_core.errors import MetaSymError
 __all__ = ["ARM", "BOX_MARGIN", "CF", "CM", "CONTROL_NAMES", "DEFAULT_BOX", "GRAVITY", "MAX_ITER", "MAX_THRUST",
            "MAX_TILT", "MAX_YAW", "OCP_WEIGHTS", "OOD_RANGE", "PARAM_NAMES", "SOURCES", "START_RATE_STD",
            "START_SPEED_STD", "STATE_NAMES", "TAIL_NODES", "TORQUE_COEFF", "TRAIN_RANGE", "Dynamics", "box_array",
-           "check_scales", "dynamics", "from_stored", "ocp_costs", "physical_params", "pose_of", "poses",
+           "check_scales", "dynamics", "from_stored", "ocp_costs", "physical_params", "pose_of", "pose_terms", "poses",
            "position_of", "positions_and_quaternions",
            "random_pose", "set_reference", "solve_point_to_point", "step", "step_model", "to_stored",
            "tracking_models"]
@@ -247,21 +247,27 @@ def _skew(w: np.ndarray) -> np.ndarray:
                      np.stack([-w[..., 1], w[..., 0], z], -1)], -2)
 
 
-def poses(states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(positions [..., 3], rotations [..., 3, 3]) in the world frame of stored states [..., 12].
-
-    The SE(3) exponential of the log6 part (v, ω) in NumPy, for many states at once (a sampling
-    controller scores thousands per control period; `pose_of` maps one through Pinocchio, and the
-    two agree to round-off): R = exp(ω×), p = V(ω) v, V = I + (1 − cos θ)/θ² ω× + (θ − sin θ)/θ³ (ω×)²."""
-    states = np.asarray(states, dtype=np.float64)
-    v, w = states[..., 0:3], states[..., 3:6]
-    theta2 = np.sum(w * w, axis=-1)
+def _exp_coefficients(theta2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(θ², sin θ/θ, (1 − cos θ)/θ², (θ − sin θ)/θ³) of rotation angles squared θ² (series near θ = 0)."""
     theta = np.sqrt(theta2)
     small = theta < _SMALL_ANGLE
     safe = np.where(small, 1.0, theta)
-    a = np.where(small, 1.0 - theta2 / 6.0, np.sin(safe) / safe)  # sin θ / θ
-    b = np.where(small, 0.5 - theta2 / 24.0, (1.0 - np.cos(safe)) / safe ** 2)  # (1 − cos θ)/θ²
-    c = np.where(small, 1.0 / 6.0 - theta2 / 120.0, (safe - np.sin(safe)) / safe ** 3)  # (θ − sin θ)/θ³
+    sin, cos = np.sin(safe), np.cos(safe)
+    a = np.where(small, 1.0 - theta2 / 6.0, sin / safe)
+    b = np.where(small, 0.5 - theta2 / 24.0, (1.0 - cos) / safe ** 2)
+    c = np.where(small, 1.0 / 6.0 - theta2 / 120.0, (safe - sin) / safe ** 3)
+    return theta2, a, b, c
+
+
+def poses(states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions [..., 3], rotations [..., 3, 3]) in the world frame of stored states [..., 12].
+
+    The SE(3) exponential of the log6 part (v, ω) in NumPy, for many states at once (`pose_of` maps
+    one through Pinocchio, and the two agree to round-off): R = exp(ω×), p = V(ω) v,
+    V = I + (1 − cos θ)/θ² ω× + (θ − sin θ)/θ³ (ω×)²."""
+    states = np.asarray(states, dtype=np.float64)
+    v, w = states[..., 0:3], states[..., 3:6]
+    _, a, b, c = _exp_coefficients(np.sum(w * w, axis=-1))
     W = _skew(w)
     W2 = W @ W
     eye = np.eye(3)
@@ -269,6 +275,29 @@ def poses(states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     V = eye + b[..., None, None] * W + c[..., None, None] * W2
     p = np.einsum("...ij,...j->...i", V, v)
     return p, R
+
+
+def _cross(a: tuple, b: tuple) -> tuple:
+    return a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]
+
+
+def pose_terms(states: np.ndarray) -> tuple[tuple, tuple, np.ndarray]:
+    """(position, world-frame velocity R v_body, 3 − trace R) of stored states [..., 12], the vectors as
+    tuples of their three components (arrays [...]): what a tracking cost reads of `poses`, without a
+    3×3 matrix per state (a sampling controller scores tens of thousands of states per control period;
+    this takes a fraction of `poses`' time). Rodrigues on vectors: R u = u + a ω×u + b ω×(ω×u),
+    V v likewise with (b, c), and trace R = 3 − 2 b θ²."""
+    x = np.moveaxis(np.asarray(states, dtype=np.float64), -1, 0).copy()  # component-major: contiguous rows
+    v, w, v_body = tuple(x[0:3]), tuple(x[3:6]), tuple(x[6:9])
+    theta2 = w[0] * w[0] + w[1] * w[1] + w[2] * w[2]
+    _, a, b, c = _exp_coefficients(theta2)
+    wv = _cross(w, v)
+    wwv = _cross(w, wv)
+    wu = _cross(w, v_body)
+    wwu = _cross(w, wu)
+    p = tuple(v[i] + b * wv[i] + c * wwv[i] for i in range(3))
+    v_world = tuple(v_body[i] + a * wu[i] + b * wwu[i] for i in range(3))
+    return p, v_world, 2.0 * b * theta2
 
 
 def positions_and_quaternions(states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
