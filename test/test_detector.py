@@ -49,9 +49,12 @@ def test_learner_settings_change_live_and_bad_ones_change_nothing(tmp_path):
     assert learner.buffer.capacity == 12 and learner.buffer.full
     assert learner.buffer.arrays()[0][:, 0].tolist() == list(range(18, 30))  # the newest samples kept
     assert (learner.lr, learner.min_gain, learner.detector.threshold) == (0.5, 0.2, 6.0)
+    assert learner.detector.reference == 300  # the default: 6 s of 50 Hz states
+    learner.configure(bias_reference=40)
+    assert learner.detector.reference == 40 and not learner.detector.ready  # a new test, learning afresh
     before = dict(learner.settings)
     for bad in ({"window": 3}, {"min_gain": 1.5}, {"error_rise": 0.5}, {"params": "nonsense"},
-                {"bias_window": 100}, {"holdout": 0.0}, {"colour": 1}):
+                {"bias_window": 100}, {"bias_reference": 9}, {"bias_reference": 20.5}, {"holdout": 0.0}, {"colour": 1}):
         with pytest.raises(MetaSymError):
             learner.configure(**bad)
         assert learner.settings == before
@@ -82,7 +85,7 @@ def test_alarms_that_no_adaptation_answers_end_the_burst_and_renew_the_reference
 
     model = random_model(state_dim=4, control_dim=2, d_model=8, context=5)
     learner = OnlineLearner(model, "toy", tmp_path, window=20, min_gain=0.99, burst_s=100.0, period_s=0.0,
-                            bias_threshold=5.0, bias_window=5, min_interval_s=0.0)
+                            bias_threshold=5.0, bias_window=5, bias_reference=20, min_interval_s=0.0)
     rng = np.random.default_rng(0)
     for k in range(20):
         learner.push(0.01 * k, rng.normal(size=4), rng.normal(size=2), 0.01)

@@ -88,8 +88,10 @@ def run_learner_bench(seeds: int = 5, steady_s: float = 80.0, after_s: float = 1
             f"clock, 100 states per second, adaptations taking no stream time), model `{checkpoint}`, seeds "
             f"0-{seeds - 1}: {steady_s:g} s of steady flight (every attempt a false alarm; target ≤ 3), and a "
             f"change at {CHANGE_AT_S:g} s followed for {after_s:g} s (target: a first accepted adaptation within "
-            f"1 s). Residual-bias test: the config's learner with `bias_threshold: {bias['bias_threshold']:g}`, "
-            f"`watch_rise: 0`, `error_rise: 0`; baseline: the config's learner as it is (`watch_rise: "
+            f"1 s). Residual-bias test: the config's learner with `bias_threshold: {bias['bias_threshold']:g}` "
+            f"(`bias_window: {policies['bias']['bias_window']}`, `bias_reference: "
+            f"{policies['bias']['bias_reference']}` transitions), `watch_rise: 0`, `error_rise: 0`; baseline: the "
+            f"config's learner as it is (`watch_rise: "
             f"{cfg['ros']['learner']['watch_rise']:g}`, `error_rise: {cfg['ros']['learner']['error_rise']:g}`)"
             f"{tuned_text}.\n\n{markdown_table(header, rows)}")
     update_section("Online learner: new system or manoeuvre", body, command, doc=doc)

@@ -51,7 +51,7 @@ GIVE_UP_AFTER = 3
 #: The settings `OnlineLearner.configure` changes (its constructor's keyword arguments).
 SETTINGS: tuple[str, ...] = ("window", "inner_steps", "lr", "holdout", "period_s", "error_rise", "min_interval_s",
                              "min_gain", "horizon", "params", "val_horizon", "watch_rise", "burst_s", "bias_threshold",
-                             "bias_window")
+                             "bias_window", "bias_reference")
 
 
 def learner_parameters(training: dict) -> list[tuple[str, str, object, str]]:
@@ -78,6 +78,8 @@ def learner_parameters(training: dict) -> list[tuple[str, str, object, str]]:
         ("bias_threshold", "bias_threshold", 0.0, "Adapt early when the bias of the next-step residuals over "
          "bias_window transitions leaves its reference by this many spreads (0: off)"),
         ("bias_window", "bias_window", 25, "Transitions of the residual-bias test"),
+        ("bias_reference", "bias_reference", 300, "Transitions of normal operation the residual-bias test learns "
+         "its reference from (again after each accepted adaptation: half as many)"),
     ]
 
 
@@ -104,7 +106,9 @@ class OnlineLearner:
             horizon the predictions are made for, at the price of one rollout pass per candidate.
         bias_threshold: > 0: `watch` raises the alarm when the bias of the next-step residuals of the
             parameters in force over `bias_window` transitions leaves its reference by this many
-            spreads (`detector.BiasDetector`: tells a new system from a manoeuvre); 0: off.
+            spreads (`detector.BiasDetector`: tells a new system from a manoeuvre); 0: off. The reference
+            is learned over `bias_reference` transitions: long enough to hold manoeuvres, or their spread
+            is underestimated (false alarms) or a take-off's overestimated (a change missed).
         watch_rise: > 1: `watch` also raises the alarm when the next-step loss of the parameters in
             force on the newest window exceeds this factor times its running level (0: off). It sees
             a change within a few tenths of a second, before the realised error (H steps later) does.
@@ -120,7 +124,8 @@ class OnlineLearner:
                  inner_steps: int = 10, lr: float = 0.1, holdout: float = 0.25, period_s: float = 5.0,
                  error_rise: float = 2.0, min_interval_s: float = 0.5, min_gain: float = 0.01, horizon: int = 0,
                  params: str | Sequence[str] | None = None, val_horizon: int = 0, watch_rise: float = 0.0,
-                 burst_s: float = 0.0, bias_threshold: float = 0.0, bias_window: int = 25):
+                 burst_s: float = 0.0, bias_threshold: float = 0.0, bias_window: int = 25,
+                 bias_reference: int = 300):
         check_adaptable(model, "online learner")  # no meta-attention (ablation D.3): no φ to learn online
         self.model, self.system = model.eval(), system
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -129,12 +134,12 @@ class OnlineLearner:
         self.buffer = ContextWindow(model.state_dim, model.control_dim, max(int(window), 1))
         self.settings: dict[str, object] = {}
         self.detector: BiasDetector | None = None
-        self._bias_key: tuple[float, int] | None = None  # the detector's (threshold, window)
+        self._bias_key: tuple[float, int, int] | None = None  # the detector's (threshold, window, reference)
         self._fed = 0  # samples whose transitions the detector has seen
         self.configure(window=window, inner_steps=inner_steps, lr=lr, holdout=holdout, period_s=period_s,
                        error_rise=error_rise, min_interval_s=min_interval_s, min_gain=min_gain, horizon=horizon,
                        params=params, val_horizon=val_horizon, watch_rise=watch_rise, burst_s=burst_s,
-                       bias_threshold=bias_threshold, bias_window=bias_window)
+                       bias_threshold=bias_threshold, bias_window=bias_window, bias_reference=bias_reference)
         self.version = 0
         self.active: dict[str, torch.Tensor] | None = None  # None: the model's own φ₀
         self._last_attempt = -math.inf
@@ -185,6 +190,11 @@ class OnlineLearner:
                                       or not 2 <= new["bias_window"] <= window - model.context):
             raise MetaSymError(f"bias_window must be an integer in [2, window - context = {window - model.context}], "
                                f"got {new['bias_window']}")
+        if new["bias_threshold"] and (isinstance(new["bias_reference"], bool)
+                                      or not isinstance(new["bias_reference"], int)
+                                      or new["bias_reference"] < 2 * new["bias_window"]):
+            raise MetaSymError(f"bias_reference must be an integer >= 2 x bias_window = {2 * new['bias_window']}, "
+                               f"got {new['bias_reference']!r}")
         return {**new, "params": params}
 
     def configure(self, **changes) -> None:
@@ -205,10 +215,11 @@ class OnlineLearner:
         self.period_s, self.error_rise = float(new["period_s"]), float(new["error_rise"])
         self.min_interval_s, self.min_gain = float(new["min_interval_s"]), float(new["min_gain"])
         self.watch_rise, self.burst_s = float(new["watch_rise"]), float(new["burst_s"])
-        key = (float(new["bias_threshold"]), int(new["bias_window"]))
+        key = (float(new["bias_threshold"]), int(new["bias_window"]), int(new["bias_reference"]))
         if self._bias_key != key:
             self._bias_key = key
-            self.detector = BiasDetector(key[1], key[0], reference=4 * key[1]) if key[0] > 0 else None
+            self.detector = (BiasDetector(key[1], key[0], reference=key[2], memory=max(2000, key[2]))
+                             if key[0] > 0 else None)
             self._fed = self.buffer.accepted  # residuals from here on
 
     # -- inputs ----------------------------------------------------------------------------------------
