@@ -31,8 +31,8 @@ static INLINE vec FN(vexp)(vec x) {
 
 static INLINE vec FN(sigmoid)(vec x) { return 1 / (1 + FN(vexp)(-x)); }
 
-/* out[o] = W[o] · in (+ b[o]); with `add`, out[o] += that. W row-major [no][ni]. Four outputs at a
- * time: four independent chains of multiply-adds instead of one (each waits on the previous). */
+/* out[o] = W[o] · in (+ b[o]); with `add`, out[o] += that. W row-major [no][ni]. Eight outputs at a
+ * time (then four, then one): independent chains of multiply-adds instead of one (each waits on the previous). */
 static INLINE void FN(matvec)(int no, int ni, const REAL *W, const REAL *b, const vec *in, vec *out, int add) {
   int o = 0;
   for (; o + 8 <= no; o += 8) {

@@ -247,8 +247,8 @@ def _skew(w: np.ndarray) -> np.ndarray:
                      np.stack([-w[..., 1], w[..., 0], z], -1)], -2)
 
 
-def _exp_coefficients(theta2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(θ², sin θ/θ, (1 − cos θ)/θ², (θ − sin θ)/θ³) of rotation angles squared θ² (series near θ = 0)."""
+def _exp_coefficients(theta2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sin θ/θ, (1 − cos θ)/θ², (θ − sin θ)/θ³) of rotation angles squared θ² (series near θ = 0)."""
     theta = np.sqrt(theta2)
     small = theta < _SMALL_ANGLE
     safe = np.where(small, 1.0, theta)
@@ -256,7 +256,7 @@ def _exp_coefficients(theta2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     a = np.where(small, 1.0 - theta2 / 6.0, sin / safe)
     b = np.where(small, 0.5 - theta2 / 24.0, (1.0 - cos) / safe ** 2)
     c = np.where(small, 1.0 / 6.0 - theta2 / 120.0, (safe - sin) / safe ** 3)
-    return theta2, a, b, c
+    return a, b, c
 
 
 def poses(states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -267,7 +267,7 @@ def poses(states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     V = I + (1 − cos θ)/θ² ω× + (θ − sin θ)/θ³ (ω×)²."""
     states = np.asarray(states, dtype=np.float64)
     v, w = states[..., 0:3], states[..., 3:6]
-    _, a, b, c = _exp_coefficients(np.sum(w * w, axis=-1))
+    a, b, c = _exp_coefficients(np.sum(w * w, axis=-1))
     W = _skew(w)
     W2 = W @ W
     eye = np.eye(3)
@@ -290,7 +290,7 @@ def pose_terms(states: np.ndarray) -> tuple[tuple, tuple, np.ndarray]:
     x = np.moveaxis(np.asarray(states, dtype=np.float64), -1, 0).copy()  # component-major: contiguous rows
     v, w, v_body = tuple(x[0:3]), tuple(x[3:6]), tuple(x[6:9])
     theta2 = w[0] * w[0] + w[1] * w[1] + w[2] * w[2]
-    _, a, b, c = _exp_coefficients(theta2)
+    a, b, c = _exp_coefficients(theta2)
     wv = _cross(w, v)
     wwv = _cross(w, wv)
     wu = _cross(w, v_body)
