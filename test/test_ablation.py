@@ -151,6 +151,24 @@ def test_trainer_skips_the_encoder_phase_and_trains(tmp_path):
     assert all(r["mse_after"] == r["mse_before"] and not r["adaptation_accepted"] for r in result["systems"])
 
 
+def test_trainer_keeps_the_encoder_phase_when_its_flow_step_is_the_residual(tmp_path):
+    """D.3 b with `residual: encoder`: the latents are unread, but Φ_θ(x_t) + Δ still predicts, so phase 1 trains
+    the encoder (skipping it would leave an untrained flow step under the prediction)."""
+    arrays = {split: SystemDataset.from_arrays(generate("oscillator", split, systems=4, steps=60, seed=seed,
+                                                        workers=1, progress=False))
+              for split, seed in (("train", 0), ("train", 1))}
+    tiny = {"encoder_steps": 4, "outer_steps": 4, "inner_steps": 2, "batch_systems": 2, "window": 12,
+            "checkpoint_interval": 100, "eval_interval": 4, "patience": 50}
+    cfg = _cfg(**tiny)
+    cfg["model"]["decoder"]["residual"] = "encoder"
+    trainer = Trainer(cfg, arrays["train"], arrays["train"], tmp_path, seed=0, progress=False)
+    encoder = copy.deepcopy(trainer.model.encoder.state_dict())
+    trainer.run()
+    assert trainer.tc.encoder_steps == 4
+    assert {row["phase"] for row in trainer.history} == {"encoder", "decoder"}
+    assert any(not torch.equal(v, trainer.model.encoder.state_dict()[k]) for k, v in encoder.items())
+
+
 def test_adapt_and_the_online_learner_refuse_a_model_without_phi(tmp_path):
     model = random_model(meta_attention=False, state_dim=4, control_dim=1, d_model=16, context=8)
     states, controls = torch.randn(40, 4, dtype=torch.float64), torch.randn(40, 1, dtype=torch.float64)

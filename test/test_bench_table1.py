@@ -20,7 +20,7 @@ def test_table1_quick_quadrotor(tmp_path, capsys):
     models = ("metasym", "metasym_unadapted", "metasym_nometa", "metasym_nometa_unadapted",
               "metasym_no_meta_attention", "hold_last", "train_mean", "linear", "transformer", "dhnn", "mlp")
     for model in models:
-        for what in ("ood_mse", "ood_mse_std", "params", "rollout_b1_h30_ms"):
+        for what in ("ood_mse", "ood_mse_std", "id_mse", "params", "rollout_b1_h30_ms"):
             value = figures[f"quadrotor_{model}_{what}"]
             assert math.isfinite(value) and value >= 0, (model, what, value)
     assert "quadrotor_quantum_lstm_ood_mse" not in figures  # not applicable
@@ -30,6 +30,8 @@ def test_table1_quick_quadrotor(tmp_path, capsys):
         ratio = figures[f"quadrotor_{model}_ood_mse"] / figures["quadrotor_hold_last_ood_mse"]
         assert figures[f"quadrotor_{model}_skill"] == pytest.approx(1 - ratio, rel=1e-9, abs=1e-12)
         assert all(math.isfinite(figures[f"quadrotor_{model}_skill_h{k}"]) for k in (1, 10))
+    assert figures["quadrotor_hold_last_id_skill"] == 0.0  # in-distribution: held-out training-range systems
+    assert figures["quadrotor_metasym_id_mse"] != figures["quadrotor_metasym_ood_mse"]
     assert figures["quadrotor_linear_skill"] > 0  # the linear reference beats holding the state
     assert figures["quadrotor_metasym_over_linear"] > 0
     # D.3: no meta-attention, so fewer parameters (the decoder's only: the encoder latents are not read)
@@ -47,6 +49,13 @@ def test_table1_quick_quadrotor(tmp_path, capsys):
     curves = data["systems"]["quadrotor"]["mse_vs_horizon"]
     assert set(curves) == set(models)
     assert all(len(c) == 30 for c in curves.values())
+    trained = ("metasym", "metasym_nometa", "metasym_no_meta_attention", "transformer", "dhnn", "mlp")
+    training = data["systems"]["quadrotor"]["training_curves"]
+    assert set(training) == set(trained)
+    assert training["metasym"]["phase_change"] is not None and training["metasym"]["val"]
+    assert all(len(c["step"]) == len(c["train"]) > 0 and len(c["val_step"]) == len(c["val"]) > 0
+               for c in training.values())
+    assert (out / "table1_quadrotor_training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     png = (out / "table1_quadrotor.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     text = doc.read_text()
@@ -54,6 +63,10 @@ def test_table1_quick_quadrotor(tmp_path, capsys):
     assert "| quadrotor | MetaSym w/o meta-attention (D.3 a: pooled, not adapted) |" in text
     assert "| quadrotor | MetaSym w/o meta-attention block (D.3 b: encoder unused) |" in text
     assert "--ablate-attention" in text and "ablation D.3" in text
+    assert "in-distribution MSE (skill)" in text and "validation (early stopping)" in text
+    # early stopping watched held-out training-range systems, never the OOD test systems
+    names = sorted(p.name for p in (out / "data").glob("*.npz"))
+    assert any("_val_train7_" in n for n in names) and any("_id_train3_" in n for n in names), names
 
 
 def test_table1_unknown_system(tmp_path):

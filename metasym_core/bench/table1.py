@@ -1,7 +1,9 @@
 """`metasym bench table1`: the paper's Table 1 — OOD rollout MSE of MetaSym and the baselines.
 
-Per system: simulate (or reuse from `<out>/data`) the train, validation (OOD,
-seed 1) and test (OOD, seed 2) splits; meta-train MetaSym with the system config
+Per system: simulate (or reuse from `<out>/data`) the train split, a validation
+split for early stopping (held-out systems from the training ranges, seed 7: the
+usual protocol; the OOD systems are the test only), an in-distribution test split
+(training ranges, seed 3) and the OOD test split (seed 2); meta-train MetaSym with the system config
 (`Trainer`); train every applicable baseline (`metasym_core.baselines`) pooled on
 the same training data with a parameter count matched to MetaSym's; roll every
 model out from the same `context` frames after `shots` observed frames with the
@@ -9,7 +11,9 @@ true future controls and steps; MetaSym scored after K-shot adaptation (on the
 `shots` frames, config's inner_steps / inner_lr) and unadapted. Reports the mean
 (std over OOD systems) trajectory MSE in data units beside the paper's figures
 (METHOD §7), parameter counts, B=1 rollout latency (horizon 30) and, for
-MetaSym, its rollout time over the physics simulator's for the same horizon.
+MetaSym, its rollout time over the physics simulator's for the same horizon. Every
+model is scored on the in-distribution split too (`*_id_mse`), which tells "does
+not generalise" from "cannot fit".
 Ablation D.3 (paper Table 5, "without meta-attention") has two readings, both
 reported: `--ablate-meta` trains the same model without meta-learning (pooled) and
 scores it adapted and not adapted (D.3 a: the cross-attention kept, nothing
@@ -17,7 +21,8 @@ meta-learned or adapted); `--ablate-attention` removes the meta-attention block
 and meta-trains the rest the same way (D.3 b: the encoder latents are unused). `--quick` shrinks everything (3x3 spring
 mesh, few systems, short training): a smoke test of the pipeline, not a
 reproduction. Full mode runs the paper's 10x10 mesh with fewer systems, frames and steps
-(see `FULL`; ~5 min for the spring mesh on 2 cores, estimated from step times).
+(see `FULL`; the spring mesh trains with its config's schedule and the bundled
+model's data sizes, ~1 h on 2 cores with both ablations).
 """
 
 from __future__ import annotations
@@ -57,14 +62,16 @@ PAPER: dict[str, dict[str, tuple[str, float, float]]] = {
                   "metasym": ("3036", 25.9, 9.0)},
 }
 LATENCY_HORIZON = 30
-_SPLIT_SEEDS = {"train": ("train", 0), "val": ("ood", 1), "ood": ("ood", 2)}
+# split -> (parameter ranges, seed). Validation (early stopping) draws held-out systems from the training ranges,
+# as the bundled models' recipes do; the OOD systems are never used for a training decision (issue 17).
+_SPLIT_SEEDS = {"train": ("train", 0), "val": ("train", 7), "id": ("train", 3), "ood": ("ood", 2)}
 
 
 @dataclass
 class Sizes:
     """Data, training and evaluation sizes of one system's run."""
 
-    systems: dict[str, int]  # train / val / ood counts
+    systems: dict[str, int]  # train / val / id / ood counts (id defaults to the ood count)
     steps: int  # frames per trajectory
     shots: int  # observed frames per OOD system (adaptation data; context is their tail)
     horizon: int  # scored rollout steps
@@ -78,28 +85,27 @@ class Sizes:
 _QUICK_TRAIN = {"encoder_steps": 15, "outer_steps": 45, "eval_interval": 15, "patience": 3, "batch_systems": 4,
                 "checkpoint_interval": 1000}
 QUICK: dict[str, Sizes] = {
-    "quadrotor": Sizes({"train": 6, "val": 2, "ood": 3}, 120, 60, 30, 60, 150, training=_QUICK_TRAIN),
-    "quantum": Sizes({"train": 6, "val": 2, "ood": 3}, 150, 80, 30, 60, 150, training=_QUICK_TRAIN),
-    "spring_mesh": Sizes({"train": 6, "val": 2, "ood": 3}, 300, 100, 50, 60, 150, family={"grid": 3},
+    "quadrotor": Sizes({"train": 6, "val": 2, "id": 3, "ood": 3}, 120, 60, 30, 60, 150, training=_QUICK_TRAIN),
+    "quantum": Sizes({"train": 6, "val": 2, "id": 3, "ood": 3}, 150, 80, 30, 60, 150, training=_QUICK_TRAIN),
+    "spring_mesh": Sizes({"train": 6, "val": 2, "id": 3, "ood": 3}, 300, 100, 50, 60, 150, family={"grid": 3},
                          training=_QUICK_TRAIN, decoder={"d_model": 32}),
 }
 # MetaSym's decoder phase gets the baselines' step budget on top of its 300 encoder steps; early stopping on the
 # validation loss (patience 8) ends every run before it. (A cap of 900 steps cut the
 # quadrotor run short: 0.00549 at the cap against 0.00473 stopped early at 1175 steps; docs/decisions.md.)
 FULL: dict[str, Sizes] = {
-    "quadrotor": Sizes({"train": 30, "val": 4, "ood": 10}, 200, 100, 50, 3300, 3000,
+    "quadrotor": Sizes({"train": 30, "val": 4, "id": 10, "ood": 10}, 200, 100, 50, 3300, 3000,
                        training={"encoder_steps": 300, "outer_steps": 3000}),
-    "quantum": Sizes({"train": 50, "val": 4, "ood": 10}, 500, 200, 100, 3300, 3000,
+    "quantum": Sizes({"train": 50, "val": 4, "id": 10, "ood": 10}, 500, 200, 100, 3300, 3000,
                      training={"encoder_steps": 300, "outer_steps": 3000}),
-    # the paper's 10x10 mesh (360 moving coordinates; MetaSym 335k parameters at d_model 64) with the paper's
-    # system counts and half its frames (PAPER_SPRING_MESH below). It trains since the encoder is centred on the
-    # state mean and its loss unit floored (docs/decisions.md, issue 7); before, MAML diverged here on its first
-    # step and this ran a 5x5 mesh. With 10 training systems every model stayed at "hold the last state".
-    "spring_mesh": Sizes({"train": 25, "val": 4, "ood": 10}, 1000, 200, 100, 4300, 4000, family={"grid": 10},
-                         training={"encoder_steps": 300, "outer_steps": 4000, "batch_systems": 8},
-                         decoder={"d_model": 64}),
+    # the paper's 10x10 mesh (360 moving coordinates; MetaSym 335k parameters at d_model 64) with the bundled
+    # model's data and schedule (metasym_core/pretrained/spring_mesh.recipe.json):
+    # 100 training meshes (25 let the decoder overfit: training loss 0.01 against 0.59 held out), the config's
+    # training (3,000 encoder steps at a cosine-decayed rate, then 1,000 decoder steps; docs/decisions.md, "The spring
+    # mesh learns").
+    "spring_mesh": Sizes({"train": 100, "val": 4, "id": 10, "ood": 10}, 1000, 200, 100, 4000, 4000,
+                         family={"grid": 10}),
 }
-PAPER_SPRING_MESH = Sizes({"train": 25, "val": 4, "ood": 10}, 2000, 500, 200, 900, 3000)
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -110,10 +116,11 @@ def _datasets(system: str, sizes: Sizes, folder: Path, quick: bool, log) -> tupl
     tag = "_".join(f"{k}{v}" for k, v in sorted(sizes.family.items()))
     out = {}
     for name, (split, seed) in _SPLIT_SEEDS.items():
-        path = folder / f"{system}{'_' + tag if tag else ''}_{name}_n{sizes.systems[name]}_t{sizes.steps}.npz"
+        count = sizes.systems.get(name, sizes.systems["ood"])
+        path = folder / f"{system}{'_' + tag if tag else ''}_{name}_{split}{seed}_n{count}_t{sizes.steps}.npz"
         if not path.is_file():
-            log(f"[table1] simulating {sizes.systems[name]} {split} {system} systems -> {path}")
-            save_dataset(generate(family, split, sizes.systems[name], sizes.steps, seed=seed,
+            log(f"[table1] simulating {count} {split} {system} systems -> {path}")
+            save_dataset(generate(family, split, count, sizes.steps, seed=seed,
                                   workers=1 if quick else None, progress=False), path)
         out[name] = load_dataset(path)
     return drop_constant_coordinates(out), out
@@ -160,7 +167,20 @@ def _train_metasym(cfg: dict, data: dict[str, SystemDataset], sizes: Sizes, run:
                       device=device)
     trainer.run()
     model = load_checkpoint(run / "final.pt")[0].float().eval()
-    return model, trainer.tc
+    return model, trainer.tc, curves(trainer.history)
+
+
+def curves(history: list[dict]) -> dict[str, list]:
+    """Training and validation loss over the steps of a Trainer's or `train_baseline`'s history (JSON-ready).
+
+    MetaSym's rows carry their phase: the encoder's loss and the decoder's are in different units, so the
+    plot draws the phase boundary (`phase_change`, the first decoder step, or None)."""
+    val = [(int(r["step"]), float(r["val_loss"])) for r in history if r.get("val_loss") not in ("", None)]
+    phases = [r.get("phase") for r in history]
+    change = next((int(r["step"]) for r, ph in zip(history, phases, strict=True) if ph == "decoder"), None)
+    return {"step": [int(r["step"]) for r in history], "train": [float(r["loss"]) for r in history],
+            "val_step": [v[0] for v in val], "val": [v[1] for v in val],
+            "phase_change": change if "encoder" in phases else None}
 
 
 def _count(name: str, D: int, m: int, sizes: dict) -> int:
@@ -310,62 +330,72 @@ def run_system(system: str, sizes: Sizes, out: Path, quick: bool, seed: int = 0,
     """
     data, full = _datasets(system, sizes, out / "data", quick, log)
     ood = data["ood"]
+    splits = {"ood": ood, "id": data["id"]}  # scored: the OOD test systems, and held-out training-range ones
     cfg = system_config(system, sizes, ood)
     t0 = time.perf_counter()
     log(f"[table1] {system}: meta-training MetaSym ({sizes.max_steps} outer steps at most)")
-    model, tc = _train_metasym(cfg, data, sizes, out / system / "metasym", seed, device)
+    model, tc, curve = _train_metasym(cfg, data, sizes, out / system / "metasym", seed, device)
     c = model.context
-    results = {"models": {}, "truth": ood.states[:, sizes.shots:sizes.shots + sizes.horizon]}
-    before, after = _metasym_predictors(model, ood, sizes.shots, tc)
+    results = {"models": {}, "truth": ood.states[:, sizes.shots:sizes.shots + sizes.horizon],
+               "curves": {"metasym": curve}}
     n_meta = sum(p.numel() for p in model.parameters())
     latency_args = _latency_args(ood, c)
-    meta_ms = rollout_latency_ms(lambda: model.rollout(*latency_args))
-    train_s = time.perf_counter() - t0
 
-    def score(predictors: dict, train_s: float) -> None:
-        for key, pred in predictors.items():
-            errs, preds = rollout_errors(pred, ood, sizes.shots, sizes.horizon, c)
-            results["models"][key] = {"errors": errs, "preds": preds, "params": n_meta, "latency_ms": meta_ms,
-                                      "train_s": train_s}
+    def scored(predictor_for, **extra) -> dict:
+        """OOD errors and predictions, and in-distribution errors, of `predictor_for(split)`'s rollouts."""
+        out_ = dict(extra)
+        for split, ds in splits.items():
+            errs, preds = rollout_errors(predictor_for(split), ds, sizes.shots, sizes.horizon, c)
+            if split == "ood":
+                out_["errors"], out_["preds"] = errs, preds
+            else:
+                out_["id_errors"] = errs
+        return out_
 
-    score({"metasym": after, "metasym_unadapted": before}, train_s)
+    def score_metasym(m, mtc, keys: tuple[str, str], train_s: float, params: int) -> None:
+        """`keys` = (adapted, unadapted) rows of model `m`, K-shot adapted per system of each split."""
+        pred = {split: _metasym_predictors(m, ds, sizes.shots, mtc) for split, ds in splits.items()}
+        ms = rollout_latency_ms(lambda: m.rollout(*latency_args))
+        for key, which in zip(keys, (1, 0), strict=True):
+            results["models"][key] = scored(lambda split, w=which: pred[split][w], params=params, latency_ms=ms,
+                                            train_s=train_s)
+
+    score_metasym(model, tc, ("metasym", "metasym_unadapted"), time.perf_counter() - t0, n_meta)
     if ablate_meta:
         t0 = time.perf_counter()
         pooled_cfg = copy.deepcopy(cfg)
         pooled_cfg["training"]["meta"] = False
         log(f"[table1] {system}: training MetaSym without meta-learning (ablation)")
-        pooled, ptc = _train_metasym(pooled_cfg, data, sizes, out / system / "metasym_nometa", seed, device)
-        pooled_before, pooled_after = _metasym_predictors(pooled, ood, sizes.shots, ptc)
-        score({"metasym_nometa": pooled_after, "metasym_nometa_unadapted": pooled_before}, time.perf_counter() - t0)
+        pooled, ptc, results["curves"]["metasym_nometa"] = _train_metasym(
+            pooled_cfg, data, sizes, out / system / "metasym_nometa", seed, device)
+        score_metasym(pooled, ptc, ("metasym_nometa", "metasym_nometa_unadapted"), time.perf_counter() - t0, n_meta)
     if ablate_attention:
         t0 = time.perf_counter()
         d3_cfg = copy.deepcopy(cfg)
         d3_cfg["model"]["decoder"]["meta_attention"] = False
         log(f"[table1] {system}: meta-training MetaSym without meta-attention (ablation D.3)")
-        d3 = _train_metasym(d3_cfg, data, sizes, out / system / "metasym_no_meta_attention", seed, device)[0]
-        errs, preds = rollout_errors(lambda i, x, u, hh, fut: d3.rollout(x, u, hh, fut.shape[1], fut), ood,
-                                     sizes.shots, sizes.horizon, c)
-        results["models"]["metasym_no_meta_attention"] = {
-            "errors": errs, "preds": preds, "params": sum(p.numel() for p in d3.decoder.parameters()),
-            "latency_ms": rollout_latency_ms(lambda: d3.rollout(*latency_args)),
-            "train_s": time.perf_counter() - t0}
-    errs, preds = rollout_errors(lambda i, x, u, hh, fut: x[:, -1:].expand(1, fut.shape[1], x.shape[-1]), ood,
-                                 sizes.shots, sizes.horizon, c)
-    results["models"]["hold_last"] = {"errors": errs, "preds": preds, "params": 0, "latency_ms": 0.0,
-                                      "train_s": 0.0}  # reference: no motion predicted
+        d3, _, results["curves"]["metasym_no_meta_attention"] = _train_metasym(
+            d3_cfg, data, sizes, out / system / "metasym_no_meta_attention", seed, device)
+        used = d3.parameters() if d3.encoder_residual else d3.decoder.parameters()  # the encoder's flow step
+        # stays in an encoder-residual model's prediction; otherwise its latents are never read
+        results["models"]["metasym_no_meta_attention"] = scored(
+            lambda split: lambda i, x, u, hh, fut: d3.rollout(x, u, hh, fut.shape[1], fut),
+            params=sum(p.numel() for p in used), latency_ms=rollout_latency_ms(lambda: d3.rollout(*latency_args)),
+            train_s=time.perf_counter() - t0)
+    hold = lambda i, x, u, hh, fut: x[:, -1:].expand(1, fut.shape[1], x.shape[-1])  # noqa: E731
+    results["models"]["hold_last"] = scored(lambda split: hold, params=0, latency_ms=0.0,
+                                            train_s=0.0)  # reference: no motion predicted
     mean = torch.from_numpy(data["train"].states.reshape(-1, ood.state_dim).mean(0)).float()
-    errs, preds = rollout_errors(lambda i, x, u, hh, fut: mean.expand(1, fut.shape[1], x.shape[-1]), ood,
-                                 sizes.shots, sizes.horizon, c)
-    results["models"]["train_mean"] = {"errors": errs, "preds": preds, "params": 0, "latency_ms": 0.0,
-                                       "train_s": 0.0}  # reference: a constant (what a noise-dominated record favours)
+    constant = lambda i, x, u, hh, fut: mean.expand(1, fut.shape[1], x.shape[-1])  # noqa: E731
+    # reference: a constant (what a noise-dominated record favours)
+    results["models"]["train_mean"] = scored(lambda split: constant, params=0, latency_ms=0.0, train_s=0.0)
     t0 = time.perf_counter()
     linear = LinearNextStep().fit(data["train"])
     train_s = time.perf_counter() - t0
-    errs, preds = rollout_errors(lambda i, x, u, hh, fut: linear.rollout(x, u, hh, fut.shape[1], fut), ood,
-                                 sizes.shots, sizes.horizon, c)
-    results["models"]["linear"] = {"errors": errs, "preds": preds, "params": int(linear.weights.size),
-                                   "latency_ms": rollout_latency_ms(lambda: linear.rollout(*latency_args)),
-                                   "train_s": train_s}  # reference: the pooled least-squares next-step model
+    results["models"]["linear"] = scored(
+        lambda split: lambda i, x, u, hh, fut: linear.rollout(x, u, hh, fut.shape[1], fut),
+        params=int(linear.weights.size), latency_ms=rollout_latency_ms(lambda: linear.rollout(*latency_args)),
+        train_s=train_s)  # reference: the pooled least-squares next-step model
     for name in applicable_baselines(system):
         t0 = time.perf_counter()
         opts = budget_sizes(name, ood.state_dim, ood.control_dim, n_meta, c, cfg["model"]["decoder"]["layers"])
@@ -375,12 +405,11 @@ def run_system(system: str, sizes: Sizes, out: Path, quick: bool, seed: int = 0,
         history = train_baseline(bl, data["train"], data["val"], steps=sizes.baseline_steps,
                                  window=cfg["training"].get("window", 40), seed=seed, device=device)
         bl.cpu()
-        errs, preds = rollout_errors(lambda i, x, u, hh, fut, bl=bl: bl.rollout(x, u, hh, fut.shape[1], fut),
-                                     ood, sizes.shots, sizes.horizon, c)
-        results["models"][name] = {"errors": errs, "preds": preds, "params": bl.n_params(),
-                                   "latency_ms": rollout_latency_ms(lambda bl=bl: bl.rollout(*latency_args)),
-                                   "train_s": time.perf_counter() - t0, "sizes": opts,
-                                   "train_steps": len(history)}
+        results["curves"][name] = curves(history)
+        results["models"][name] = scored(
+            lambda split, bl=bl: lambda i, x, u, hh, fut: bl.rollout(x, u, hh, fut.shape[1], fut),
+            params=bl.n_params(), latency_ms=rollout_latency_ms(lambda bl=bl: bl.rollout(*latency_args)),
+            train_s=time.perf_counter() - t0, sizes=opts, train_steps=len(history))
     if system == "spring_mesh":  # energy vs time (ablation D.1 on the undamped mesh)
         results["energy"] = energy_curves(make_family(system, **sizes.family), full["ood"], moving_mask(full["train"]),
                                           {k: r["preds"] for k, r in results["models"].items()}, sizes.shots,
@@ -423,6 +452,7 @@ def system_figures(system: str, res: dict) -> dict[str, float]:
         s = summary(r["errors"])
         fig[f"{system}_{key}_ood_mse"] = s["mean"]
         fig[f"{system}_{key}_ood_mse_std"] = s["std"]
+        fig[f"{system}_{key}_id_mse"] = summary(r["id_errors"])["mean"]  # held-out training-range systems
         fig[f"{system}_{key}_params"] = float(r["params"])
         fig[f"{system}_{key}_rollout_b1_h{LATENCY_HORIZON}_ms"] = r["latency_ms"]
         fig[f"{system}_{key}_train_s"] = r["train_s"]
@@ -431,6 +461,7 @@ def system_figures(system: str, res: dict) -> dict[str, float]:
     hold = res["models"]["hold_last"]["errors"]
     for key, r in res["models"].items():  # skill: 1 − MSE / MSE of holding the state (> 0 beats it)
         fig[f"{system}_{key}_skill"] = skill(r["errors"], hold)
+        fig[f"{system}_{key}_id_skill"] = skill(r["id_errors"], res["models"]["hold_last"]["id_errors"])
         for step in sorted({1, min(10, hold.shape[1]), hold.shape[1]}):
             fig[f"{system}_{key}_skill_h{step}"] = skill(r["errors"][:, step - 1], hold[:, step - 1])
     if "energy" in res:
@@ -466,7 +497,9 @@ def _rows(system: str, res: dict, fig: dict) -> list[list[str]]:
         paper = PAPER.get(system, {}).get(key)
         rows.append([system, _LABELS.get(key, key), f"{r['params']:d}",
                      f"{fig[f'{system}_{key}_ood_mse']:.4g} ({fig[f'{system}_{key}_ood_mse_std']:.3g})",
-                     f"{fig[f'{system}_{key}_skill']:.3f}", f"{r['latency_ms']:.2f}",
+                     f"{fig[f'{system}_{key}_skill']:.3f}",
+                     f"{fig[f'{system}_{key}_id_mse']:.4g} ({fig[f'{system}_{key}_id_skill']:.3f})",
+                     f"{r['latency_ms']:.2f}",
                      paper[0] if paper else "—", f"{paper[1]} ({paper[2]})" if paper else "—"])
     return rows
 
@@ -507,6 +540,33 @@ def _plot(path: Path, system: str, res: dict, sizes: Sizes) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def _plot_curves(path: Path, system: str, curves_: dict[str, dict]) -> None:
+    """Training (thin) and validation (markers) loss over the steps, one panel per trained model.
+
+    Each model's loss is in its own units (MetaSym's encoder and decoder phases differ too: a dotted line marks
+    the change), so panels are not compared on their y axes but read for "still falling", "overfits" (the
+    validation curve turning up) or "stopped early"."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(curves_)
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.5), squeeze=False)
+    for ax, (key, c) in zip(axes[0], curves_.items(), strict=True):
+        ax.semilogy(c["step"], c["train"], "C0-", lw=0.5, alpha=0.6, label="training (batch)")
+        ax.semilogy(c["val_step"], c["val"], "C3o-", ms=3, label="validation (held-out, training ranges)")
+        if c.get("phase_change"):
+            ax.axvline(c["phase_change"], color="k", ls=":", lw=1)
+        ax.set_title(f"{system}: {_LABELS.get(key, key)}", fontsize=8)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
 
 
@@ -566,14 +626,18 @@ def run_table1_bench(systems: list[str], quick: bool = False, out_json: str | Pa
             rows += _rows(label(s), res, fig)
             png = out / f"table1_{label(s)}.png"
             _plot(png, label(s), res, table[s])
-            plots.append(str(png))
+            curves_png = out / f"table1_{label(s)}_training.png"
+            _plot_curves(curves_png, label(s), res["curves"])
+            plots += [str(png), str(curves_png)]
             per_system[label(s)] = {"sizes": table[s].__dict__, "simulator": res["simulator"], "device": str(dev),
+                                    "training_curves": res["curves"],
                              "baseline_sizes": {k: r.get("sizes") for k, r in res["models"].items()},
                              "mse_vs_horizon": {k: r["errors"].mean(0).tolist() for k, r in res["models"].items()}}
     finally:
         torch.set_num_threads(threads)
     figures["table1_wall_s"] = time.perf_counter() - start
-    header = ["system", "model", "params", "OOD MSE mean (std)", "skill vs hold", f"rollout B=1 H={LATENCY_HORIZON} ms",
+    header = ["system", "model", "params", "OOD MSE mean (std)", "skill vs hold", "in-distribution MSE (skill)",
+              f"rollout B=1 H={LATENCY_HORIZON} ms",
               "paper params", "paper MSE"]
     print(text_table(header, rows))
     payload = {"quick": quick, "figures": figures, "paper": PAPER, "systems": per_system, "plots": plots,
@@ -612,7 +676,9 @@ def _doc_body(rows, header, systems, quick, figures, per_system, plots, failed) 
             f"{figures[f'{s}_metasym_decoder_eps']:.3g}" for s in systems]
     for s in systems:
         z = per_system[s]["sizes"]
-        sim.append(f"{s} sizes: {z['systems']['train']} train / {z['systems']['val']} val / {z['systems']['ood']} OOD "
+        sim.append(f"{s} sizes: {z['systems']['train']} train / {z['systems']['val']} validation (early stopping) / "
+                   f"{z['systems'].get('id', z['systems']['ood'])} in-distribution test (validation and "
+                   f"in-distribution: held-out systems from the training ranges) / {z['systems']['ood']} OOD test "
                    f"systems × {z['steps']} frames{' ' + str(z['family']) if z['family'] else ''}; score "
                    f"{z['horizon']} steps after {z['shots']} observed; MetaSym ≤ {z['max_steps']} outer steps, "
                    f"baselines ≤ {z['baseline_steps']} Adam steps (early stopping); trained on "
@@ -624,10 +690,11 @@ def _doc_body(rows, header, systems, quick, figures, per_system, plots, failed) 
         if key in figures:
             sim.append(f"{s}: ablation D.3 b (paper Table 5, the block removed), MetaSym without the "
                        "meta-attention block (blocks: self-attention → MLP; meta-trained with the same config and "
-                       "budget, encoder phase skipped): "
+                       "budget; the encoder phase is skipped unless the encoder's flow step is the residual): "
                        f"{figures[key]:.4g} against MetaSym's {figures[f'{s}_metasym_ood_mse']:.4g} adapted and "
                        f"{figures.get(f'{s}_metasym_unadapted_ood_mse', math.nan):.4g} unadapted; it has no φ to "
-                       "adapt, and its parameter count is the decoder's (the encoder latents are not read)")
+                       "adapt, and its parameter count is the decoder's (the encoder latents are not read), plus the "
+                       "encoder's where its flow step is the residual")
     for s in systems:
         energy = {k[len(s) + 1:-len("_energy_rel_err_last_step")]: v for k, v in figures.items()
                   if k.startswith(f"{s}_") and k.endswith("_energy_rel_err_last_step")}
@@ -649,6 +716,8 @@ def _doc_body(rows, header, systems, quick, figures, per_system, plots, failed) 
             f"(std) over OOD systems), autoregressive from the same context with the true future controls and "
             f"steps; MetaSym adapted with its K-shot inner loop on the observed frames, and unadapted. Baselines "
             f"are trained pooled (no meta-learning) on the same data with parameter counts matched to MetaSym's. "
+            f"In-distribution: the same score on held-out systems from the training ranges (skill in brackets); "
+            f"early stopping watches a separate validation split from the training ranges, never the OOD systems. "
             f"Skill vs hold = 1 − MSE / MSE of holding the last state (0: no better than holding; figures "
             f"`*_skill` and `*_skill_h1/_h10/_hH` per horizon step). References: hold the last state, the "
             f"training mean, and `linear`, a pooled least-squares next-step model on the same inputs "

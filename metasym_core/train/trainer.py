@@ -10,8 +10,9 @@ weights, written when training ends), `metrics.csv` and `metrics.json`.
 
 A decoder without meta-attention (`model.decoder.meta_attention: false`, ablation
 D.3) never reads the encoder latents and has no local parameters: phase 1 is
-skipped (`encoder_steps` 0, it would train nothing the model uses) and phase 2's
-inner loop is a no-op, so the outer loop trains θ on the query windows.
+skipped (`encoder_steps` 0, it would train nothing the model uses; kept with
+`residual: encoder`, whose flow step still predicts) and phase 2's inner loop is a
+no-op, so the outer loop trains θ on the query windows.
 """
 
 from __future__ import annotations
@@ -70,8 +71,9 @@ class Trainer:
             raise MetaSymError("several training processes run on the CPU only (gloo); pass device cpu")
         torch.manual_seed(self.seed)
         self.model: MetaSym = build_model(cfg).to(self.device)
-        if not self.model.decoder.meta_attention:  # ablation D.3: the encoder's output is never read
-            self.tc = replace(self.tc, encoder_steps=0)
+        if not self.model.decoder.meta_attention and not self.model.encoder_residual:
+            self.tc = replace(self.tc, encoder_steps=0)  # ablation D.3: the encoder's output is never read (with
+            # the encoder residual its flow step still carries the prediction, so phase 1 still trains it)
         self.train_data = TrainData(train, self.model, self.tc.support_fraction, self.tc.window, "training")
         self.val_data = TrainData(val, self.model, self.tc.support_fraction, self.tc.window, "validation")
         self.total = self.tc.encoder_steps + self.tc.outer_steps
