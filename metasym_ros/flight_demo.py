@@ -519,6 +519,10 @@ def run_flight(cfg: FlightConfig, log=print) -> dict:
     atomic_write_text(out / "flight.json", json.dumps({"figures": figures, "series": series}, indent=1,
                                                       default=float))
     log(summary_table(summary))
+    if cfg.adapt and not summary["adaptations_attempted"]:
+        log("[flight] the learner attempted no adaptation: none of its triggers fired (the quadrotor's is the "
+            "residual-bias test, a persistent model error; a model that infers the change from its context, as the "
+            "bundled one does, leaves none. One that must adapt to it: --checkpoint pretrained:nominal_mass)")
     log(f"[flight] {summary['duration_sim_s']:.1f} s simulated in {wall_s:.0f} s wall; plot {out / 'flight.png'}, "
         f"figures {out / 'flight.json'}")
     return figures

@@ -13,6 +13,11 @@ MetaSym model) and sets the simulator's `controller: external`, so that the simu
 flies the controller's plans (launch/quadrotor_closed_loop.launch.py), in real time
 (`rate_hz` = 1 / `dt`, unless overridden: the open loop runs its simulated time faster), with
 predictor and learner on the controller's model.
+
+A bundled model's recipe may carry the learner settings it was tuned with (`learner`,
+`checkpoint.bundled_learner`: the nominal-mass model's adaptation rate and detector threshold,
+the closed-loop model's loss watch). The learner gets them over the config's values, and under
+any override the user set.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from metasym_core.checkpoint import bundled_learner
 from metasym_core.config import config_file, load_config
 from metasym_core.errors import MetaSymError
 
@@ -110,6 +116,7 @@ def node_graph(system: str, overrides: Mapping[str, object] | None = None) -> li
         params["simulator"]["rate_hz"] = 1.0 / float(params["simulator"].get("dt", 0.02))
         for node in ("predictor", "learner"):  # they predict and adapt the model the controller flies
             params[node]["checkpoint"] = params["controller"].get("checkpoint", "")
+    chosen: set[tuple[str, str]] = set()  # the (node, parameter)s the overrides set
     for key, value in overrides.items():
         if "." in key:
             targets: tuple[tuple[str, str], ...] = (tuple(key.split(".", 1)),)
@@ -122,6 +129,12 @@ def node_graph(system: str, overrides: Mapping[str, object] | None = None) -> li
             raise MetaSymError(f"override {key!r} names no node of the graph ({', '.join(params)})")
         for node, param in targets:
             params[node][param] = _like(params[node].get(param), value, key)
+            chosen.add((node, param))
+    if "learner" in params:  # a bundled model's tuned learner settings, under what the user set
+        tuned = bundled_learner(params["learner"].get("checkpoint") or "", system)
+        for param, value in tuned.items():
+            if ("learner", param) not in chosen:
+                params["learner"][param] = _like(params["learner"].get(param), value, f"learner.{param}")
     return [NodeSpec(name=node, executable=exe, module=module, parameters=params[node])
             for node, (exe, module) in NODES.items() if node in params]
 

@@ -201,7 +201,7 @@ def test_the_closed_loop_on_the_bundled_model_stays_stable_and_adaptation_lowers
     for adapt in (False, True):
         ref = FigureEight()
         controller = MetaSymMPPI(model, ref, 0.02, MPPIConfig(samples=64, horizon=25),
-                                 learner_settings(cfg) if adapt else None, seed=0)
+                                 learner_settings(cfg, checkpoint="pretrained:mppi") if adapt else None, seed=0)
         flights[adapt] = fly(controller, ref, 10.0, 0.02, Change("mass", 1.3, 3.0))
         adaptations[adapt] = sum(accepted for _, accepted, _ in controller.adaptations)
     fixed, adapting = flights[False], flights[True]

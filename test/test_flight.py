@@ -1,6 +1,5 @@
 """`metasym flight` end to end: the real quadrotor node graph over DDS, a mid-flight mass
-change, online adaptation, the summary figures, the JSON and the PNG; and the flight
-issue's acceptance criterion.
+change, the learner, the summary figures, the JSON and the PNG.
 
 The model is the bundled `checkpoint: pretrained` (metasym_core/pretrained/quadrotor.pt,
 31 KB), the checkpoint `metasym demo` makes; `test_the_bundled_model_is_what_metasym_demo_makes`
@@ -94,7 +93,7 @@ def test_the_bundled_nominal_mass_model_follows_its_recipe_and_the_config():
     assert bundled_learner("pretrained", "quadrotor") == {} and bundled_learner(str(PRETRAINED / "x.pt"), "q") == {}
 
 
-def test_flight_changes_mass_adapts_online_and_publishes_plan_aware_predictions(tmp_path):
+def test_flight_changes_mass_publishes_plan_aware_predictions_and_the_learner_stays_quiet(tmp_path):
     out = tmp_path / "flight"
     res = _metasym("flight", "--checkpoint", "pretrained", "--duration", str(DURATION_S), "--change-time",
                    str(CHANGE_S), "--out", str(out), timeout=150)
@@ -110,24 +109,22 @@ def test_flight_changes_mass_adapts_online_and_publishes_plan_aware_predictions(
     # the simulator starts its clock once everyone listens: predictions from the first full context window
     assert fig["first_prediction_sim_s"] < 1.5 and fig["last_prediction_sim_s"] >= DURATION_S - 1.0
     assert fig["prediction_max_gap_sim_s"] <= 0.5, "predictions must flow throughout the flight"
-    for phase in ("before_change", "after_change", "after_adaptation"):
+    for phase in ("before_change", "after_change"):
         assert fig[f"evaluations_{phase}"] > 0, phase
-    # adaptation reached the predictor after the change. The flight issue's figures (first accepted
-    # adaptation within 2 s, error after it at most half the error before it) depend on how the 2 cores
-    # schedule the three nodes here (the unchanged code failed them in 1 of 3 runs on an AMD EPYC), so they
-    # are asserted lock-stepped: test_detector.py::test_replayed_flight_meets_the_adaptation_acceptance_criterion
-    assert fig["adaptations_accepted_after_change"] >= 1
-    assert fig["first_adaptation_after_change_sim_s"] >= 0.0
+    # the default model infers the new mass from its context; the graph's learner (the residual-bias test)
+    # stays quiet through steady flight and the change (issue 15 item 4: at most 3 attempts in 80 s), where the
+    # loss-watch learner before it attempted about once a second. Live adaptation: test_ros_nodes.py and
+    # test_ros_transport.py (the plumbing), test_detector.py (the nominal-mass model adapting within 2 s,
+    # lock-stepped, as its timing here would depend on how the 2 cores schedule the three nodes)
+    assert fig["adaptations_attempted"] <= 3, fig["adaptations_attempted"]
     # what a subscriber sees: predictions under the MPC's plan, beating holding the state (the issue's 0.5;
     # 0.16-0.17 in CI runs). Whether the plan beats the held control (by a few per cent on this path) is
     # asserted lock-stepped, test_plan.py: here the reruns start from other contexts on another schedule
     assert fig["predictions_under_plan"] > 0.9 * fig["predictions_received"]
     assert 0 < fig["ratio_to_hold"] <= 0.5 and 0 < fig["held_ratio_to_hold"] and 0 < fig["model_ratio_to_hold"]
     assert fig["windows"] >= 3 and 0 <= fig["windows_at_most_0.5_fraction"] <= 1
-    for key in ("mse_before_change", "mse_after_change", "mse_after_adaptation", "model_mse_before_change",
-                "model_mse_after_change", "model_mse_after_adaptation",
-                "error_ratio_after_adaptation_over_after_change", "first_adaptation_latency_ms",
-                "adaptation_latency_mean_ms", "prediction_latency_p50_ms", "prediction_latency_p99_ms"):
+    for key in ("mse_before_change", "mse_after_change", "model_mse_before_change", "model_mse_after_change",
+                "prediction_latency_p50_ms", "prediction_latency_p99_ms"):
         assert math.isfinite(fig[key]) and fig[key] >= 0, key
     assert fig["node_exit_codes"] == [0, 0, 0], (out / "nodes.log").read_text()[-3000:]
     png = (out / "flight.png").read_bytes()

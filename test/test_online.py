@@ -283,6 +283,35 @@ def test_the_graph_closes_the_loop_on_request():
         node_graph("quadrotor", {"controller": "pid"})
 
 
+def test_the_learner_gets_a_bundled_models_tuned_settings_under_the_users():
+    """A bundled model's recipe `learner` (checkpoint.bundled_learner) goes over the config's learner, and
+    under any override: the default graph runs the quiet residual-bias test, the closed loop its model's loss
+    watch, `pretrained:nominal_mass` its own rate and threshold. `learner_settings(..., checkpoint=)` (the
+    benches, the lock-stepped replays) gives the same."""
+    from metasym_core.config import load_config
+    from metasym_core.online.learner import learner_settings
+    from metasym_ros.graph import node_graph
+
+    def learner(overrides):
+        params = next(s for s in node_graph("quadrotor", overrides) if s.name == "learner").parameters
+        return {k: params[k] for k in ("lr", "watch_rise", "error_rise", "bias_threshold")}
+
+    assert learner({}) == {"lr": 1.0, "watch_rise": 0.0, "error_rise": 0.0, "bias_threshold": 12.0}
+    assert learner({"controller": "mppi"}) == {"lr": 1.0, "watch_rise": 2.0, "error_rise": 2.0,
+                                               "bias_threshold": 0.0}
+    assert learner({"checkpoint": "pretrained:nominal_mass"}) == {"lr": 10.0, "watch_rise": 0.0, "error_rise": 0.0,
+                                                                  "bias_threshold": 9.0}
+    assert learner({"checkpoint": "pretrained:nominal_mass", "learner.lr": 2})["lr"] == 2.0  # the user's wins
+    assert learner({"checkpoint": "m.pt"})["bias_threshold"] == 12.0  # a file: no recipe, the config's
+    cfg = load_config("quadrotor")
+    for checkpoint, overrides in (("pretrained", {}), ("pretrained:mppi", {"controller": "mppi"}),
+                                  ("pretrained:nominal_mass", {"checkpoint": "pretrained:nominal_mass"})):
+        settings = learner_settings(cfg, checkpoint=checkpoint)
+        assert {k: settings[k] for k in ("lr", "watch_rise", "error_rise", "bias_threshold")} == learner(overrides)
+    with pytest.raises(MetaSymError, match="no such bundled model"):
+        node_graph("quadrotor", {"checkpoint": "pretrained:nope"})
+
+
 def test_nodes_get_the_shipped_fast_dds_profile_unless_one_is_set():
     """config/fastdds.xml (a shared-memory segment large enough for K=1024 rollout_batch answers) goes
     to every node the launcher starts; a profile the user chose is kept."""

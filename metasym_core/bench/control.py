@@ -8,7 +8,8 @@ through the same +30 % mass change, lock-stepped (`control.closed_loop.fly`), ov
 - `nominal_mppi`: the same MPPI on the nominal rigid-body step alone, never told of the change (what
   known physics gives without learning);
 - `metasym_mppi_no_adapt`: MPPI on the MetaSym model, its meta-learned φ₀ throughout;
-- `metasym_mppi`: the same, adapting online with the config's learner (an accepted adaptation
+- `metasym_mppi`: the same, adapting online with the graph's learner for this model (the config's, with the
+  model recipe's tuned settings over it: for `pretrained:mppi` the loss watch; an accepted adaptation
   reaches the rollouts 0.2 s later, `MetaSymMPPI.adapt_delay_s`);
 - `oracle_mpc`: the Crocoddyl tracking MPC told of the change (the floor).
 
@@ -34,7 +35,7 @@ CONTROLLERS = ("nominal_mpc", "nominal_mppi", "metasym_mppi_no_adapt", "metasym_
 SETTLE_S = 2.0  # take-off transient / post-change window left out of the RMSEs
 
 
-def _controller(name: str, model, cfg: dict, reference, dt: float, mppi, seed: int):
+def _controller(name: str, model, cfg: dict, reference, dt: float, mppi, seed: int, checkpoint: str):
     from metasym_core.control.crocoddyl_mpc import CrocoddylTracker
     from metasym_core.control.metasym_mppi import MetaSymMPPI, NominalMPPI
     from metasym_core.online.learner import learner_settings
@@ -45,7 +46,7 @@ def _controller(name: str, model, cfg: dict, reference, dt: float, mppi, seed: i
     if name == "nominal_mppi":
         return NominalMPPI(model, reference, dt, mppi, seed=seed)
     return MetaSymMPPI(model, reference, dt, mppi,
-                       learner_settings(cfg) if name == "metasym_mppi" else None, seed=seed)
+                       learner_settings(cfg, checkpoint=checkpoint) if name == "metasym_mppi" else None, seed=seed)
 
 
 def run_control_bench(seeds: int = 5, seconds: float = 30.0, change_at: float = 10.0, scale: float = 1.3,
@@ -81,7 +82,7 @@ def run_control_bench(seeds: int = 5, seconds: float = 30.0, change_at: float = 
     runs = [(seed, name) for seed in range(seeds) for name in CONTROLLERS]
     for seed, name in tqdm(runs, desc="closed-loop flights", unit="flight"):
         reference = FigureEight(start_s=FigureEight().period_s * seed / max(seeds, 1))
-        controller = _controller(name, model, cfg, reference, dt, mppi, seed)
+        controller = _controller(name, model, cfg, reference, dt, mppi, seed, checkpoint)
         change = Change("mass", scale, change_at, tell=name == "oracle_mpc")
         flights[name].append(fly(controller, reference, seconds, dt, change))
     figures: dict[str, float] = {"seeds": seeds, "flight_s": seconds, "change_at_s": change_at,

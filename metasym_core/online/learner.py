@@ -83,10 +83,17 @@ def learner_parameters(training: dict) -> list[tuple[str, str, object, str]]:
     ]
 
 
-def learner_settings(cfg: dict, overrides: dict | None = None) -> dict[str, object]:
+def learner_settings(cfg: dict, overrides: dict | None = None, checkpoint: str | None = None) -> dict[str, object]:
     """The `OnlineLearner` settings the learner node runs with for config `cfg` (its `ros: learner:` values
-    over the node's defaults), with `overrides` by ROS parameter name on top."""
-    section = {**((cfg.get("ros") or {}).get("learner") or {}), **(overrides or {})}
+    over the node's defaults), with `overrides` by ROS parameter name on top. With `checkpoint`, a bundled
+    model's tuned settings (`checkpoint.bundled_learner`) come between the config's and `overrides`, as the
+    launched graph applies them."""
+    tuned = {}
+    if checkpoint is not None:
+        from metasym_core.checkpoint import bundled_learner
+
+        tuned = bundled_learner(checkpoint, str(cfg.get("system", "")))
+    section = {**((cfg.get("ros") or {}).get("learner") or {}), **tuned, **(overrides or {})}
     return {key: section.get(name, default) for name, key, default, _ in learner_parameters(cfg.get("training") or {})}
 
 
