@@ -52,6 +52,6 @@ setup(
         ],
         # subcommands and benchmarks other packages add to `metasym` (metasym_core names none of them)
         "metasym.commands": ["ros = metasym_ros.cli"],
-        "metasym.bench": ["ros = metasym_ros.bench_latency", "flight = metasym_ros.bench_flight"],
+        "metasym.bench": ["ros = metasym_ros.tools.bench_ros", "flight = metasym_ros.tools.bench_flight"],
     },
 )

@@ -60,7 +60,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.duration is not None and not args.duration > 0:
         raise MetaSymError(f"--duration must be positive, got {args.duration}")
     try:
-        from metasym_ros.launcher import launch
+        from metasym_ros.tools.launcher import launch
     except KeyboardInterrupt:  # between the parser's quiet SIGINT and the launcher's own handlers
         print("metasym: interrupted during start-up; nothing was done", file=sys.stderr)
         return 0
@@ -68,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_flight(args: argparse.Namespace) -> int:
-    from metasym_ros.flight_demo import FlightConfig, run_flight
+    from metasym_ros.tools.flight import FlightConfig, run_flight
 
     run_flight(FlightConfig(args.checkpoint, args.duration, args.change_time, args.change_param, args.change_scale,
                             args.out, not args.no_adapt, dict(args.overrides)))

@@ -4,7 +4,7 @@ For a system, `node_graph(system, overrides)` lists the nodes to start: package,
 executable, node name and parameters. Parameters come from the `ros:` section of
 config/<system>.yaml (one mapping per node), plus `system` itself, plus overrides.
 The launch files (launch/<system>.launch.py) and the venv launcher
-(`metasym launch <system>`, `metasym_ros.launcher`) both build from this list, so
+(`metasym launch <system>`, `metasym_ros.tools.launcher`) both build from this list, so
 they start the same nodes with the same parameters.
 
 The override `controller` shapes the graph: `mpc` (the default) lets the simulator fly

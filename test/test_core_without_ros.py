@@ -61,3 +61,27 @@ def test_plugin_commands_come_by_entry_point_and_a_broken_one_is_listed_not_fata
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "could not be loaded" in out and "no_such_metasym_plugin" in out and "launch" in out
+
+
+def test_only_the_tools_start_processes():
+    """Issue 19: in `metasym_ros`, the nodes and adapters start no process; the one `GraphRunner`
+    (`metasym_ros.tools.launcher`) and the tools built on it (flight, benches) do."""
+    import ast
+    from pathlib import Path
+
+    import metasym_ros
+
+    root = Path(metasym_ros.__file__).parent
+    if not (root / "graph.py").is_file():  # the installed __init__ only (venv build): the sources live elsewhere
+        root = Path(__file__).resolve().parents[1] / "metasym_ros"
+    starting = ("subprocess", "multiprocessing", "pty")
+    offenders = []
+    for path in sorted(root.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n.split(".")[0] in starting for n in names):
+                offenders.append(path.name)
+    assert offenders == []
+    assert (root / "tools" / "launcher.py").is_file()

@@ -338,7 +338,7 @@ def test_f64_is_one_copy_of_any_float_array():
 
 def test_launcher_command_and_cli_need_no_rclpy(tmp_path):
     from metasym_ros.graph import node_graph
-    from metasym_ros.launcher import node_command
+    from metasym_ros.tools.launcher import node_command
 
     spec = node_graph("quantum")[0]
     cmd = node_command(spec, tmp_path / "p.yaml")

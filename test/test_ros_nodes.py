@@ -238,7 +238,7 @@ def test_the_graph_runner_starts_nodes_in_batches_and_stops_them_cleanly(tmp_pat
 
     from metasym_ros import qos
     from metasym_ros.graph import node_graph
-    from metasym_ros.launcher import GraphRunner
+    from metasym_ros.tools.launcher import GraphRunner
 
     specs = {s.name: s for s in node_graph("quadrotor", {"horizon": 5, "change_time": -1.0,
                                                           "realtime_priority": 0})}
@@ -276,7 +276,7 @@ def test_sigint_during_start_up_exits_cleanly(tmp_path, delay_s):
     import yaml
 
     from metasym_ros.graph import node_graph, params_yaml
-    from metasym_ros.launcher import node_command
+    from metasym_ros.tools.launcher import node_command
 
     specs = node_graph("quadrotor")
     params = tmp_path / "params.yaml"

@@ -24,7 +24,7 @@ def test_adaptation_reaches_a_predictor_that_shares_no_files_with_the_learner(tm
 
     from metasym_ros import qos
     from metasym_ros.graph import node_graph, params_yaml
-    from metasym_ros.launcher import die_with_parent, node_command, stop_all
+    from metasym_ros.tools.launcher import die_with_parent, node_command, stop_all
 
     overrides = {"change_time": 2.0, "learner.window": 50, "learner.period_s": 0.5, "learner.min_gain": 0.0,
                  "learner.bias_threshold": 0.0, "learner.params_dir": "", "predictor.realtime_priority": 0}

@@ -37,7 +37,7 @@ def run_flight_bench(checkpoint: str = DEFAULT_CHECKPOINT, duration_s: float = 3
                      change_param: str = "mass", change_scale: float = 1.3, out: str = "runs/bench_flight",
                      doc=DEFAULT_DOC, command: str = "metasym bench flight") -> dict[str, float]:
     """Fly with and without online adaptation; returns the figures (keys carry their unit)."""
-    from metasym_ros.flight_demo import FlightConfig, run_flight
+    from metasym_ros.tools.flight import FlightConfig, run_flight
 
     if not Path(resolve_checkpoint(checkpoint, "quadrotor")).is_file():
         raise MetaSymError(f"checkpoint not found: {checkpoint} (run `metasym demo` first to obtain one)")

@@ -24,8 +24,8 @@ from metasym_core.bench.report import DEFAULT_DOC, markdown_table, text_table, u
 from metasym_core.config import load_config
 from metasym_core.errors import MetaSymError
 from metasym_ros.graph import node_environment, node_graph
-from metasym_ros.launcher import GraphRunner
 from metasym_ros.realtime import fifo_priority, set_fifo
+from metasym_ros.tools.launcher import GraphRunner
 
 TARGETS = {"latency_p99_target_ms": 5.0, "rollout_k1024_target_ms": 20.0}
 WARMUP_S = 3.0  # first predictions include model warm-up; not timed
@@ -55,9 +55,9 @@ def _measure(system: str, cfg: dict, rate_hz: float, horizon: int, candidates: i
 
     from metasym_ros import qos
     from metasym_ros.common import stamp_seconds
-    from metasym_ros.flight_demo import FlightRecorder
     from metasym_ros.msg import AdaptationStatus, Prediction, SystemState
     from metasym_ros.srv import RolloutBatch
+    from metasym_ros.tools.flight import FlightRecorder
 
     label = f"SCHED_FIFO {priority}" if priority else "normal scheduling"
     print(f"[bench ros] starting the {system} graph ({label})", file=sys.stderr, flush=True)

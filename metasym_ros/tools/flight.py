@@ -458,8 +458,8 @@ def run_flight(cfg: FlightConfig, log=print) -> dict:
 
     from metasym_core.io import atomic_write_text
     from metasym_ros import qos
-    from metasym_ros.launcher import GRACE_S, GraphRunner
     from metasym_ros.msg import AdaptationStatus, Prediction, PredictionMetrics, SystemState
+    from metasym_ros.tools.launcher import GRACE_S, GraphRunner
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
