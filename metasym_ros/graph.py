@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from metasym_core.checkpoint import bundled_learner
 from metasym_core.config import config_file, load_config
 from metasym_core.errors import MetaSymError
+from metasym_core.systems import CLOSED_LOOP_SYSTEMS, GRAPH_SYSTEMS
 
 PACKAGE = "metasym_ros"
-SYSTEMS: tuple[str, ...] = ("quadrotor", "spring_mesh", "quantum")
+SYSTEMS: tuple[str, ...] = GRAPH_SYSTEMS  # the systems with a node graph (`metasym_core.systems.SPECS`)
 # Node name -> (executable, Python module with `main`).
 NODES: dict[str, tuple[str, str]] = {
     "simulator": ("simulator", "metasym_ros.simulator_node"),
@@ -38,9 +39,8 @@ NODES: dict[str, tuple[str, str]] = {
     "learner": ("learner", "metasym_ros.learner_node"),
     "controller": ("controller", "metasym_ros.controller_node"),  # only in the closed loop
 }
-#: Values of the graph-shaping override `controller` (module doc), and the systems `mppi` flies.
+#: Values of the graph-shaping override `controller` (module doc); `mppi` flies CLOSED_LOOP_SYSTEMS.
 CONTROLLERS: tuple[str, ...] = ("mpc", "mppi")
-CLOSED_LOOP_SYSTEMS: tuple[str, ...] = ("quadrotor",)
 # The knobs the launch files expose as launch arguments: argument -> the (node, parameter)s it sets.
 LAUNCH_ARGUMENTS: dict[str, tuple[tuple[str, str], ...]] = {
     "checkpoint": (("predictor", "checkpoint"), ("learner", "checkpoint"), ("controller", "checkpoint")),

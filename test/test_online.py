@@ -283,6 +283,24 @@ def test_the_graph_closes_the_loop_on_request():
         node_graph("quadrotor", {"controller": "pid"})
 
 
+def test_every_list_of_systems_comes_from_the_one_registry():
+    """Issue 19: `systems.SPECS` is the one list of systems; the CLI's, the graph's, the streams' and the
+    controller's lists are derived from it, and each spec's config, family and stream exist."""
+    from metasym_core.config import config_file
+    from metasym_core.control import live_controller
+    from metasym_core.online import streams
+    from metasym_core.systems import _REGISTRY, CLOSED_LOOP_SYSTEMS, GRAPH_SYSTEMS, SPECS, SYSTEM_NAMES
+    from metasym_ros import graph
+
+    assert SYSTEM_NAMES == ("spring_mesh", "quantum", "quadrotor")
+    assert graph.SYSTEMS == GRAPH_SYSTEMS == tuple(streams.STREAMS) == SYSTEM_NAMES
+    assert live_controller.SYSTEMS == CLOSED_LOOP_SYSTEMS == ("quadrotor",)
+    for name, spec in SPECS.items():
+        assert _REGISTRY[name] == spec.family and config_file(f"{name}.yaml").is_file()
+        if spec.stream:
+            assert streams.STREAMS[name].system == name and graph.node_graph(name)
+
+
 def test_the_learner_gets_a_bundled_models_tuned_settings_under_the_users():
     """A bundled model's recipe `learner` (checkpoint.bundled_learner) goes over the config's learner, and
     under any override: the default graph runs the quiet residual-bias test, the closed loop its model's loss

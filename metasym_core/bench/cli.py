@@ -8,6 +8,7 @@ import argparse
 
 from metasym_core.bench.report import DEFAULT_DOC, print_json
 from metasym_core.plugins import BENCHES, load
+from metasym_core.systems import SYSTEM_NAMES
 
 
 def _rollout(args: argparse.Namespace) -> int:
@@ -113,7 +114,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("table1", help="paper Table 1: OOD rollout MSE of MetaSym and the baselines")
-    p.add_argument("--system", default="all", choices=["spring_mesh", "quantum", "quadrotor", "all"])
+    p.add_argument("--system", default="all", choices=[*SYSTEM_NAMES, "all"])
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke test in minutes, not a reproduction")
     p.add_argument("--out", default="runs/table1", help="output folder (cached data, runs, plots, JSON)")
     p.add_argument("--out-json", default=None, help="JSON file of the results (default <out>/table1.json)")

@@ -47,11 +47,12 @@ from metasym_core.online.plan import ControlPlan
 from metasym_core.online.predictor import OnlinePredictor
 from metasym_core.online.throttle import Throttled
 from metasym_core.online.window import ContextWindow
+from metasym_core.systems import CLOSED_LOOP_SYSTEMS
 from metasym_core.systems.quadrotor import position_of
 
 WARN_EVERY_S = 2.0
 #: The systems a MetaSym MPPI can fly (its cost and limits are the quadrotor's).
-SYSTEMS: tuple[str, ...] = ("quadrotor",)
+SYSTEMS: tuple[str, ...] = CLOSED_LOOP_SYSTEMS  # the systems it flies (`metasym_core.systems.SPECS`)
 
 Publish = Callable[[object, ControlPlan], None]
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from metasym_core.errors import MetaSymError
 from metasym_core.online.plan import ControlPlan
+from metasym_core.systems import SPECS
 
 
 @dataclass(frozen=True)
@@ -257,11 +258,8 @@ class QuantumStream(SystemStream):
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-STREAMS: dict[str, type[SystemStream]] = {
-    "quadrotor": QuadrotorStream,
-    "spring_mesh": SpringMeshStream,
-    "quantum": QuantumStream,
-}
+#: system -> its stream class, from the systems' registry (`systems.SPECS`)
+STREAMS: dict[str, type[SystemStream]] = {name: globals()[spec.stream] for name, spec in SPECS.items() if spec.stream}
 
 
 def make_stream(system: str, **options) -> SystemStream:

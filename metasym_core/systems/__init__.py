@@ -1,31 +1,56 @@
-"""Physical system families and their registry.
+"""Physical system families and their registry: one `SystemSpec` per system.
 
-`make_family(name, **options)` imports the family's module only when asked, so
-the heavy simulators (QuTiP, Crocoddyl) load only for the system in use.
+`SPECS` is the one list of the systems the project knows; every other list is derived from
+it (`SYSTEM_NAMES`, the node graphs' `GRAPH_SYSTEMS`, the controller's `CLOSED_LOOP_SYSTEMS`,
+the live streams of `online.streams`). `make_family(name, **options)` imports the family's
+module only when asked, so the heavy simulators (QuTiP, Crocoddyl) load only for the system
+in use.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+from dataclasses import dataclass
 
 from metasym_core.errors import MetaSymError
 from metasym_core.systems.base import SPLITS, SystemFamily, Trajectory
 
-SYSTEM_NAMES: tuple[str, ...] = ("spring_mesh", "quantum", "quadrotor")
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """One system: its dataset family, its live stream (for the node graph) and what runs it.
+
+    Its config is `config/<name>.yaml` (`config.load_config(name)`), whose `ros:` section holds the
+    graph's node parameters."""
+
+    name: str
+    family: str  # "module:Class" of its `SystemFamily`
+    stream: str | None = None  # class name in `metasym_core.online.streams` (None: no node graph)
+    paper: bool = False  # one of the paper's three systems (Table 1, `--system all`)
+    closed_loop: bool = False  # the MetaSym MPPI controller (`control.live_controller`) flies it
+
+
+SPECS: dict[str, SystemSpec] = {spec.name: spec for spec in (
+    SystemSpec("spring_mesh", "metasym_core.systems.spring_mesh:SpringMesh", "SpringMeshStream", paper=True),
+    SystemSpec("quantum", "metasym_core.systems.quantum:OpenQuantumSystem", "QuantumStream", paper=True),
+    SystemSpec("quadrotor", "metasym_core.systems.quadrotor:Quadrotor", "QuadrotorStream", paper=True,
+               closed_loop=True),
+    SystemSpec("oscillator", "metasym_core.systems.oscillator:Oscillator"),  # small and synthetic: tests, demos
+)}
+SYSTEM_NAMES: tuple[str, ...] = tuple(name for name, spec in SPECS.items() if spec.paper)
 # Families beyond the paper's three (small synthetic ones for tests and demos).
-EXTRA_SYSTEMS: tuple[str, ...] = ("oscillator",)
+EXTRA_SYSTEMS: tuple[str, ...] = tuple(name for name, spec in SPECS.items() if not spec.paper)
+#: the systems with a live stream: a node graph (`metasym launch`, the launch files)
+GRAPH_SYSTEMS: tuple[str, ...] = tuple(name for name, spec in SPECS.items() if spec.stream)
+#: the systems the closed loop (`controller=mppi`) flies
+CLOSED_LOOP_SYSTEMS: tuple[str, ...] = tuple(name for name, spec in SPECS.items() if spec.closed_loop)
 
-# name -> "module:Class"; tests may add entries (see `register_family`).
-_REGISTRY: dict[str, str] = {
-    "spring_mesh": "metasym_core.systems.spring_mesh:SpringMesh",
-    "quantum": "metasym_core.systems.quantum:OpenQuantumSystem",
-    "quadrotor": "metasym_core.systems.quadrotor:Quadrotor",
-    "oscillator": "metasym_core.systems.oscillator:Oscillator",
-}
+# name -> "module:Class" of the family; plugins and tests may add entries (see `register_family`).
+_REGISTRY: dict[str, str] = {name: spec.family for name, spec in SPECS.items()}
 
-__all__ = ["EXTRA_SYSTEMS", "SPLITS", "SYSTEM_NAMES", "SystemFamily", "Trajectory", "family_class", "make_family",
-           "register_family"]
+__all__ = ["CLOSED_LOOP_SYSTEMS", "EXTRA_SYSTEMS", "GRAPH_SYSTEMS", "SPECS", "SPLITS", "SYSTEM_NAMES", "SystemFamily",
+           "SystemSpec", "Trajectory", "family_class", "make_family", "register_family"]
 
 
 def register_family(name: str, target: str) -> None:
