@@ -121,3 +121,23 @@ def test_bench_with_options_only_runs_table1(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("metasym: error:") and "device" in err[0]
     assert not list(tmp_path.glob("*.json"))
+
+
+def test_table1_reports_into_its_run_folder_and_into_the_docs_only_when_asked(tmp_path, monkeypatch):
+    """Issue 19 item 4: the report section goes to <out>/table1.md; docs/benchmarks.md only with --update-docs
+    (or another file with --doc)."""
+    import metasym_core.bench.cli as bench_cli
+    import metasym_core.bench.table1 as table1
+
+    monkeypatch.setattr(table1, "run_system", lambda *a, **k: (_ for _ in ()).throw(MetaSymError("no training")))
+    docs = tmp_path / "docs" / "benchmarks.md"
+    monkeypatch.setattr(bench_cli, "DEFAULT_DOC", docs)
+    monkeypatch.setattr(table1, "DEFAULT_DOC", docs)
+    out = tmp_path / "t1"
+    assert main(["bench", "table1", "--system", "quadrotor", "--quick", "--out", str(out)]) == 0
+    assert "quadrotor: **failed**" in (out / "table1.md").read_text() and not docs.exists()
+    assert main(["bench", "table1", "--system", "quadrotor", "--quick", "--out", str(out), "--update-docs"]) == 0
+    assert "## Table 1 — quadrotor" in docs.read_text() and "--update-docs" in docs.read_text()
+    other = tmp_path / "mine.md"
+    assert main(["bench", "table1", "--system", "quadrotor", "--quick", "--out", str(out), "--doc", str(other)]) == 0
+    assert "## Table 1 — quadrotor" in other.read_text()

@@ -46,7 +46,8 @@ def _table1(args: argparse.Namespace) -> int:
     from metasym_core.systems import SYSTEM_NAMES
 
     systems = list(SYSTEM_NAMES) if args.system == "all" else [args.system]
-    figures = run_table1_bench(systems, quick=args.quick, out_json=args.out_json, doc=args.doc, out_dir=args.out,
+    doc = args.doc if args.doc is not None else (DEFAULT_DOC if args.update_docs else None)
+    figures = run_table1_bench(systems, quick=args.quick, out_json=args.out_json, doc=doc, out_dir=args.out,
                                conservative=args.conservative, ablate_meta=args.ablate_meta,
                                ablate_attention=args.ablate_attention, device=args.device)
     if args.json:
@@ -127,6 +128,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto",
                    help="where the models train: auto (CUDA when present), cpu or cuda[:N]; scoring runs on the CPU")
     common(p)
+    p.add_argument("--update-docs", action="store_true",
+                   help=f"also rewrite its section of {DEFAULT_DOC} (default: the report goes to OUT/table1.md only)")
+    p.set_defaults(doc=None)  # --doc FILE: rewrite that file's section instead
     p.set_defaults(func=_table1)
 
     p = sub.add_parser("learner", help="online learner: false alarms in steady flight, time to adapt to a change")
