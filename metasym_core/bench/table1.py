@@ -31,6 +31,7 @@ import copy
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -315,87 +316,92 @@ def _simulator_ms(system: str, sizes: Sizes, ds: SystemDataset, horizon: int) ->
 
 
 # -- one system ------------------------------------------------------------------------------------
-def run_system(system: str, sizes: Sizes, out: Path, quick: bool, seed: int = 0, ablate_meta: bool = False,
-               log=print, ablate_attention: bool = False, device: torch.device | str = "cpu") -> dict:
-    """Train and evaluate every model of `system`; returns its results (figures, curves, samples).
+@dataclass
+class Row:
+    """One row of the table, trained: how it predicts the systems of a split, and what the table reports of it."""
 
-    `ablate_meta` adds MetaSym trained without meta-learning (`training.meta: false`:
-    pooled next-step training of the same model), scored after the same K-shot adaptation.
-    `ablate_attention` adds ablation D.3, MetaSym without meta-attention
-    (`model.decoder.meta_attention: false`), meta-trained with the same config and budget
-    (the Trainer skips the encoder phase, whose output it never reads; the inner loop is a
-    no-op); it has no φ, so its adapted score is its unadapted one. Its parameter count is
-    the decoder's (the encoder is not used). Every model trains on `device` and is scored
-    on the CPU.
-    """
-    data, full = _datasets(system, sizes, out / "data", quick, log)
+    predictor_for: Callable[[SystemDataset], Callable]  # a split's data -> predictor(i, x, u, h, future)
+    params: int
+    latency_ms: float
+    train_s: float
+    extra: dict = field(default_factory=dict)  # reported as is (a baseline's sizes and steps)
+
+
+def _metasym_rows(model, tc, keys: tuple[str, str], shots: int, params: int, latency_ms: float,
+                  train_s: float) -> dict[str, Row]:
+    """The (adapted, unadapted) rows `keys` of a MetaSym model; the K-shot adaptation of each split's systems
+    runs once, when that split is scored."""
+    cache: dict[int, tuple] = {}
+
+    def both(ds: SystemDataset) -> tuple:
+        if id(ds) not in cache:
+            cache[id(ds)] = _metasym_predictors(model, ds, shots, tc)
+        return cache[id(ds)]
+
+    return {keys[0]: Row(lambda ds: both(ds)[1], params, latency_ms, train_s),
+            keys[1]: Row(lambda ds: both(ds)[0], params, latency_ms, train_s)}
+
+
+def train_rows(system: str, sizes: Sizes, data: dict[str, SystemDataset], out: Path, seed: int = 0,
+               ablate_meta: bool = False, ablate_attention: bool = False, device: torch.device | str = "cpu",
+               log=print) -> tuple[dict[str, Row], dict[str, dict], object]:
+    """Step 2, train: every row of `system` (MetaSym, its ablations, the references, the baselines) on `data`'s
+    train split, early stopping on its validation split. Returns the rows, their training curves, and the
+    MetaSym model (for the model-level measures).
+
+    `ablate_meta` adds MetaSym trained without meta-learning (`training.meta: false`: pooled next-step training
+    of the same model), scored after the same K-shot adaptation. `ablate_attention` adds ablation D.3, MetaSym
+    without meta-attention (`model.decoder.meta_attention: false`), meta-trained with the same config and budget
+    (the encoder phase is skipped unless the encoder's flow step is the residual; the inner loop is a no-op); it
+    has no φ, so its adapted score is its unadapted one. Every model trains on `device`; latencies are CPU
+    figures."""
     ood = data["ood"]
-    splits = {"ood": ood, "id": data["id"]}  # scored: the OOD test systems, and held-out training-range ones
     cfg = system_config(system, sizes, ood)
-    t0 = time.perf_counter()
-    log(f"[table1] {system}: meta-training MetaSym ({sizes.max_steps} outer steps at most)")
-    model, tc, curve = _train_metasym(cfg, data, sizes, out / system / "metasym", seed, device)
+    latency_args = None
+    rows: dict[str, Row] = {}
+    curves_: dict[str, dict] = {}
+
+    def metasym(key: str, training: dict | None, decoder: dict | None, what: str):
+        """Meta-train the MetaSym of row `key` with these overrides of the config's training and decoder."""
+        nonlocal latency_args
+        t0 = time.perf_counter()
+        run_cfg = copy.deepcopy(cfg)
+        run_cfg["training"].update(training or {})
+        run_cfg["model"]["decoder"].update(decoder or {})
+        log(f"[table1] {system}: {what}")
+        m, mtc, curves_[key] = _train_metasym(run_cfg, data, sizes, out / system / key, seed, device)
+        latency_args = latency_args or _latency_args(ood, m.context)
+        return m, mtc, time.perf_counter() - t0
+
+    model, tc, train_s = metasym("metasym", None, None, f"meta-training MetaSym ({sizes.max_steps} outer steps "
+                                                        "at most)")
     c = model.context
-    results = {"models": {}, "truth": ood.states[:, sizes.shots:sizes.shots + sizes.horizon],
-               "curves": {"metasym": curve}}
     n_meta = sum(p.numel() for p in model.parameters())
-    latency_args = _latency_args(ood, c)
-
-    def scored(predictor_for, **extra) -> dict:
-        """OOD errors and predictions, and in-distribution errors, of `predictor_for(split)`'s rollouts."""
-        out_ = dict(extra)
-        for split, ds in splits.items():
-            errs, preds = rollout_errors(predictor_for(split), ds, sizes.shots, sizes.horizon, c)
-            if split == "ood":
-                out_["errors"], out_["preds"] = errs, preds
-            else:
-                out_["id_errors"] = errs
-        return out_
-
-    def score_metasym(m, mtc, keys: tuple[str, str], train_s: float, params: int) -> None:
-        """`keys` = (adapted, unadapted) rows of model `m`, K-shot adapted per system of each split."""
-        pred = {split: _metasym_predictors(m, ds, sizes.shots, mtc) for split, ds in splits.items()}
-        ms = rollout_latency_ms(lambda: m.rollout(*latency_args))
-        for key, which in zip(keys, (1, 0), strict=True):
-            results["models"][key] = scored(lambda split, w=which: pred[split][w], params=params, latency_ms=ms,
-                                            train_s=train_s)
-
-    score_metasym(model, tc, ("metasym", "metasym_unadapted"), time.perf_counter() - t0, n_meta)
+    meta_ms = rollout_latency_ms(lambda: model.rollout(*latency_args))
+    rows.update(_metasym_rows(model, tc, ("metasym", "metasym_unadapted"), sizes.shots, n_meta, meta_ms, train_s))
     if ablate_meta:
-        t0 = time.perf_counter()
-        pooled_cfg = copy.deepcopy(cfg)
-        pooled_cfg["training"]["meta"] = False
-        log(f"[table1] {system}: training MetaSym without meta-learning (ablation)")
-        pooled, ptc, results["curves"]["metasym_nometa"] = _train_metasym(
-            pooled_cfg, data, sizes, out / system / "metasym_nometa", seed, device)
-        score_metasym(pooled, ptc, ("metasym_nometa", "metasym_nometa_unadapted"), time.perf_counter() - t0, n_meta)
+        pooled, ptc, train_s = metasym("metasym_nometa", {"meta": False}, None,
+                                       "training MetaSym without meta-learning (ablation)")
+        rows.update(_metasym_rows(pooled, ptc, ("metasym_nometa", "metasym_nometa_unadapted"), sizes.shots, n_meta,
+                                  rollout_latency_ms(lambda: pooled.rollout(*latency_args)), train_s))
     if ablate_attention:
-        t0 = time.perf_counter()
-        d3_cfg = copy.deepcopy(cfg)
-        d3_cfg["model"]["decoder"]["meta_attention"] = False
-        log(f"[table1] {system}: meta-training MetaSym without meta-attention (ablation D.3)")
-        d3, _, results["curves"]["metasym_no_meta_attention"] = _train_metasym(
-            d3_cfg, data, sizes, out / system / "metasym_no_meta_attention", seed, device)
+        d3, _, train_s = metasym("metasym_no_meta_attention", None, {"meta_attention": False},
+                                 "meta-training MetaSym without meta-attention (ablation D.3)")
         used = d3.parameters() if d3.encoder_residual else d3.decoder.parameters()  # the encoder's flow step
         # stays in an encoder-residual model's prediction; otherwise its latents are never read
-        results["models"]["metasym_no_meta_attention"] = scored(
-            lambda split: lambda i, x, u, hh, fut: d3.rollout(x, u, hh, fut.shape[1], fut),
-            params=sum(p.numel() for p in used), latency_ms=rollout_latency_ms(lambda: d3.rollout(*latency_args)),
-            train_s=time.perf_counter() - t0)
+        rows["metasym_no_meta_attention"] = Row(
+            lambda ds: lambda i, x, u, hh, fut: d3.rollout(x, u, hh, fut.shape[1], fut),
+            sum(p.numel() for p in used), rollout_latency_ms(lambda: d3.rollout(*latency_args)), train_s)
     hold = lambda i, x, u, hh, fut: x[:, -1:].expand(1, fut.shape[1], x.shape[-1])  # noqa: E731
-    results["models"]["hold_last"] = scored(lambda split: hold, params=0, latency_ms=0.0,
-                                            train_s=0.0)  # reference: no motion predicted
+    rows["hold_last"] = Row(lambda ds: hold, 0, 0.0, 0.0)  # reference: no motion predicted
     mean = torch.from_numpy(data["train"].states.reshape(-1, ood.state_dim).mean(0)).float()
     constant = lambda i, x, u, hh, fut: mean.expand(1, fut.shape[1], x.shape[-1])  # noqa: E731
-    # reference: a constant (what a noise-dominated record favours)
-    results["models"]["train_mean"] = scored(lambda split: constant, params=0, latency_ms=0.0, train_s=0.0)
+    rows["train_mean"] = Row(lambda ds: constant, 0, 0.0, 0.0)  # reference: a constant (a noisy record favours it)
     t0 = time.perf_counter()
     linear = LinearNextStep().fit(data["train"])
-    train_s = time.perf_counter() - t0
-    results["models"]["linear"] = scored(
-        lambda split: lambda i, x, u, hh, fut: linear.rollout(x, u, hh, fut.shape[1], fut),
-        params=int(linear.weights.size), latency_ms=rollout_latency_ms(lambda: linear.rollout(*latency_args)),
-        train_s=train_s)  # reference: the pooled least-squares next-step model
+    rows["linear"] = Row(lambda ds: lambda i, x, u, hh, fut: linear.rollout(x, u, hh, fut.shape[1], fut),
+                         int(linear.weights.size), rollout_latency_ms(lambda: linear.rollout(*latency_args)),
+                         time.perf_counter() - t0)  # reference: the pooled least-squares next-step model
     for name in applicable_baselines(system):
         t0 = time.perf_counter()
         opts = budget_sizes(name, ood.state_dim, ood.control_dim, n_meta, c, cfg["model"]["decoder"]["layers"])
@@ -405,11 +411,40 @@ def run_system(system: str, sizes: Sizes, out: Path, quick: bool, seed: int = 0,
         history = train_baseline(bl, data["train"], data["val"], steps=sizes.baseline_steps,
                                  window=cfg["training"].get("window", 40), seed=seed, device=device)
         bl.cpu()
-        results["curves"][name] = curves(history)
-        results["models"][name] = scored(
-            lambda split, bl=bl: lambda i, x, u, hh, fut: bl.rollout(x, u, hh, fut.shape[1], fut),
-            params=bl.n_params(), latency_ms=rollout_latency_ms(lambda bl=bl: bl.rollout(*latency_args)),
-            train_s=time.perf_counter() - t0, sizes=opts, train_steps=len(history))
+        curves_[name] = curves(history)
+        rows[name] = Row(lambda ds, bl=bl: lambda i, x, u, hh, fut: bl.rollout(x, u, hh, fut.shape[1], fut),
+                         bl.n_params(), rollout_latency_ms(lambda bl=bl: bl.rollout(*latency_args)),
+                         time.perf_counter() - t0, {"sizes": opts, "train_steps": len(history)})
+    return rows, curves_, model
+
+
+def score_rows(rows: dict[str, Row], splits: dict[str, SystemDataset], sizes: Sizes, context: int) -> dict:
+    """Step 3, score: every row rolled out from the same context after `sizes.shots` observed frames of each system
+    of `splits` ("ood", and "id": held-out training-range systems). Per row: OOD `errors [systems, horizon]` and
+    `preds`, `id_errors`, and what the row reports (params, latency_ms, train_s, extra)."""
+    scored: dict[str, dict] = {}
+    for key, row in rows.items():
+        entry = {"params": row.params, "latency_ms": row.latency_ms, "train_s": row.train_s, **row.extra}
+        for split, ds in splits.items():
+            errs, preds = rollout_errors(row.predictor_for(ds), ds, sizes.shots, sizes.horizon, context)
+            if split == "ood":
+                entry["errors"], entry["preds"] = errs, preds
+            else:
+                entry[f"{split}_errors"] = errs
+        scored[key] = entry
+    return scored
+
+
+def run_system(system: str, sizes: Sizes, out: Path, quick: bool, seed: int = 0, ablate_meta: bool = False,
+               log=print, ablate_attention: bool = False, device: torch.device | str = "cpu") -> dict:
+    """One system's table, as a pipeline: data (`_datasets`) → train (`train_rows`) → score (`score_rows`) →
+    the model-level measures (energy, symplecticity, the decoder bound, the noise-free quantum signal, the
+    simulator's time); `run_table1_bench` reports. Returns the results (figures, curves, samples)."""
+    data, full = _datasets(system, sizes, out / "data", quick, log)
+    ood = data["ood"]
+    rows, curves_, model = train_rows(system, sizes, data, out, seed, ablate_meta, ablate_attention, device, log)
+    results = {"models": score_rows(rows, {"ood": ood, "id": data["id"]}, sizes, model.context),
+               "truth": ood.states[:, sizes.shots:sizes.shots + sizes.horizon], "curves": curves_}
     if system == "spring_mesh":  # energy vs time (ablation D.1 on the undamped mesh)
         results["energy"] = energy_curves(make_family(system, **sizes.family), full["ood"], moving_mask(full["train"]),
                                           {k: r["preds"] for k, r in results["models"].items()}, sizes.shots,
