@@ -28,7 +28,8 @@ from metasym_core.config import data_options, data_tag, load_config
 from metasym_core.errors import MetaSymError
 from metasym_core.io import atomic_path, atomic_write_text
 from metasym_core.systems import make_family
-from metasym_core.systems.dataset import generate, load_dataset, save_dataset
+from metasym_core.systems.dataset import load_dataset
+from metasym_core.train.runs import dataset_once
 
 # (split, systems, seed): validation and test are disjoint OOD draws
 _SPLITS = {"train": ("train", 30, 0), "val": ("ood", 4, 1), "ood": ("ood", 10, 2)}
@@ -44,13 +45,10 @@ def _dataset(out: Path, name: str, log) -> Path:
     options, steps = _data()
     tag = data_tag(options)
     path = out / "data" / f"quadrotor{tag}_{steps}_{name}.npz"
-    if not path.is_file():
-        split, systems, seed = _SPLITS[name]
-        log(f"[demo] simulating {systems} {split} quadrotors ({steps} steps each, {options or 'defaults'}) "
-            f"-> {path}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_dataset(generate(make_family("quadrotor", **options), split, systems, steps, seed=seed), path)
-    return path
+    split, systems, seed = _SPLITS[name]
+    return dataset_once(path, make_family("quadrotor", **options), split, systems, steps, seed,
+                        log=lambda text: log(f"[demo] {text} ({steps} steps each, {options or 'defaults'})"),
+                        progress=True)
 
 
 def _recipe(max_steps: int, seed: int) -> dict:

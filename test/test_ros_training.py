@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 import torch
 from _ros_env import ros_context, wait_for
@@ -96,7 +97,9 @@ def test_prepare_datasets_generates_once_and_stops(tmp_path):
 
     assert prepare_datasets("quadrotor", "", "", tmp_path, should_stop=lambda: True) is None
     train, val = prepare_datasets("quadrotor", "", "", tmp_path / "data", systems=2, steps=40)  # made
-    assert (train.split, val.split, len(train), train.steps) == ("train", "ood", 2, 40)
+    # validation: held-out systems from the training ranges (train.runs.VALIDATION), never the OOD test systems
+    assert (train.split, val.split, len(train), train.steps) == ("train", "train", 2, 40)
+    assert not np.allclose(val.params, train.params) and (tmp_path / "data" / "quadrotor_val_train7.npz").is_file()
     whole = generate("quadrotor", "train", systems=2, steps=40, seed=0, workers=1, progress=False)
     assert (train.states == whole["states"]).all()  # one shard per system == one run
     stamp = os.stat(tmp_path / "data" / "quadrotor_train.npz").st_mtime_ns

@@ -50,8 +50,9 @@ from metasym_core.errors import MetaSymError
 from metasym_core.io import atomic_path, atomic_write_text
 from metasym_core.meta.adapt import adapt
 from metasym_core.systems import SYSTEM_NAMES, make_family
-from metasym_core.systems.dataset import SystemDataset, generate, load_dataset, save_dataset
+from metasym_core.systems.dataset import SystemDataset, load_dataset
 from metasym_core.train.data import padded_steps
+from metasym_core.train.runs import VALIDATION, dataset_once
 
 # paper Table 1 (METHOD §7): model -> (parameters, mean, std); units lost in extraction
 PAPER: dict[str, dict[str, tuple[str, float, float]]] = {
@@ -65,7 +66,7 @@ PAPER: dict[str, dict[str, tuple[str, float, float]]] = {
 LATENCY_HORIZON = 30
 # split -> (parameter ranges, seed). Validation (early stopping) draws held-out systems from the training ranges,
 # as the bundled models' recipes do; the OOD systems are never used for a training decision (issue 17).
-_SPLIT_SEEDS = {"train": ("train", 0), "val": ("train", 7), "id": ("train", 3), "ood": ("ood", 2)}
+_SPLIT_SEEDS = {"train": ("train", 0), "val": VALIDATION, "id": ("train", 3), "ood": ("ood", 2)}
 
 
 @dataclass
@@ -119,10 +120,8 @@ def _datasets(system: str, sizes: Sizes, folder: Path, quick: bool, log) -> tupl
     for name, (split, seed) in _SPLIT_SEEDS.items():
         count = sizes.systems.get(name, sizes.systems["ood"])
         path = folder / f"{system}{'_' + tag if tag else ''}_{name}_{split}{seed}_n{count}_t{sizes.steps}.npz"
-        if not path.is_file():
-            log(f"[table1] simulating {count} {split} {system} systems -> {path}")
-            save_dataset(generate(family, split, count, sizes.steps, seed=seed,
-                                  workers=1 if quick else None, progress=False), path)
+        dataset_once(path, family, split, count, sizes.steps, seed, log=lambda text: log(f"[table1] {text}"),
+                     workers=1 if quick else None)
         out[name] = load_dataset(path)
     return drop_constant_coordinates(out), out
 

@@ -54,37 +54,67 @@ def next_run(train_dir: str | os.PathLike, at_start: bool) -> tuple[str, Path]:
     return "new", Path(train_dir) / f"run{number:03d}"
 
 
+#: (parameter ranges, seed) of the systems a training here early-stops on: held-out systems from the training
+#: ranges, never the OOD test systems (issue 17; `metasym bench table1` uses the same).
+VALIDATION = ("train", 7)
+
+
+def dataset_once(path: str | os.PathLike, family, split: str, systems: int, steps: int | None, seed: int, *,
+                 log: Callable[[str], None] = lambda _text: None, should_stop: Callable[[], bool] | None = None,
+                 workers: int | None = None, progress: bool = False) -> Path | None:
+    """`path`, simulated first when missing (`systems` systems of `family`'s `split`, `seed`), atomically.
+
+    With `should_stop`, generation runs one system at a time in this thread (the same bytes as one run) and
+    returns None as soon as it is true; without, one `generate` call with `workers` processes (and its
+    progress bar with `progress`)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    name = getattr(family, "name", family)
+    if should_stop is None:
+        log(f"simulating {systems} {split} {name} systems -> {path}")
+        data = generate(family, split, systems, steps, seed=seed, workers=workers, progress=progress)
+    else:
+        parts = []
+        for i in range(systems):  # one shard per system: stoppable in between
+            if should_stop():
+                return None
+            log(f"generating {name}/{split} data: system {i + 1}/{systems}")
+            parts.append(generate(family, split, systems=systems, steps=steps, seed=seed, shard=(i, systems),
+                                  workers=1, progress=False))
+        data = merge(parts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_dataset(data, path)
+    return path
+
+
 def prepare_datasets(system: str, train_data: str, val_data: str, data_dir: str | os.PathLike,
                      should_stop: Callable[[], bool] = lambda: False,
                      log: Callable[[str], None] = lambda _text: None, systems: int | None = None,
                      steps: int | None = None, family_options: dict | None = None
                      ) -> tuple[SystemDataset, SystemDataset] | None:
-    """(train, val) datasets: the given files, or the family's default train (seed 0) / ood (seed 1)
-    datasets generated into `data_dir` (reused when present; `systems`/`steps` override the
-    family's sizes, `family_options` its options: the config's `data:` section). Generation runs
-    system by system in this thread (no process pool: the caller may be a ROS process) and returns
-    None as soon as `should_stop()` is true."""
+    """(train, val) datasets: the given files, or the family's default train set (seed 0) and validation
+    systems (`VALIDATION`: held-out systems from the training ranges, as many as the family's OOD set)
+    generated into `data_dir` (reused when present; `systems`/`steps` override the family's sizes,
+    `family_options` its options: the config's `data:` section). Generation runs system by system in
+    this thread (no process pool: the caller may be a ROS process) and returns None as soon as
+    `should_stop()` is true."""
     out = []
     options = dict(family_options or {})
     tag = data_tag(options)
-    for name, given, split, seed in (("train_data", train_data, "train", 0), ("val_data", val_data, "ood", 1)):
-        path = Path(given) if given else Path(data_dir) / f"{system}{tag}_{split}.npz"
+    for name, given, (split, seed), size_of, file in (
+            ("train_data", train_data, ("train", 0), "train", "train"),
+            ("val_data", val_data, VALIDATION, "ood", f"val_{VALIDATION[0]}{VALIDATION[1]}")):
+        path = Path(given) if given else Path(data_dir) / f"{system}{tag}_{file}.npz"
         if not path.is_file():
             if given:
                 raise MetaSymError(f"parameter {name}: dataset not found: {path}")
             from metasym_core.systems import make_family
 
             family = make_family(system, **options)
-            n = family.default_systems[split] if systems is None else systems
-            parts = []
-            for i in range(n):  # one shard per system: stoppable in between, the same bytes as one run
-                if should_stop():
-                    return None
-                log(f"generating {system}/{split} data for meta-training: system {i + 1}/{n}")
-                parts.append(generate(family, split, systems=n, steps=steps, seed=seed, shard=(i, n), workers=1,
-                                      progress=False))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_dataset(merge(parts), path)
+            n = family.default_systems[size_of] if systems is None else systems
+            if dataset_once(path, family, split, n, steps, seed, log=log, should_stop=should_stop) is None:
+                return None
         ds = load_dataset(path)
         if ds.family != system:
             raise MetaSymError(f"{name} {path} holds {ds.family} systems, not {system}")
