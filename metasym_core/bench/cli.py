@@ -23,7 +23,6 @@ def _rollout(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     from metasym_core.bench.generate import run_generate_bench
-    from metasym_core.systems import SYSTEM_NAMES
 
     systems = list(SYSTEM_NAMES) if args.system == "all" else [args.system]
     figures = run_generate_bench(systems, quick=args.quick, doc=args.doc)
@@ -43,7 +42,6 @@ def _train(args: argparse.Namespace) -> int:
 
 def _table1(args: argparse.Namespace) -> int:
     from metasym_core.bench.table1 import run_table1_bench
-    from metasym_core.systems import SYSTEM_NAMES
 
     systems = list(SYSTEM_NAMES) if args.system == "all" else [args.system]
     doc = args.doc if args.doc is not None else (DEFAULT_DOC if args.update_docs else None)

@@ -176,11 +176,11 @@ def curves(history: list[dict]) -> dict[str, list]:
     MetaSym's rows carry their phase: the encoder's loss and the decoder's are in different units, so the
     plot draws the phase boundary (`phase_change`, the first decoder step, or None)."""
     val = [(int(r["step"]), float(r["val_loss"])) for r in history if r.get("val_loss") not in ("", None)]
-    phases = [r.get("phase") for r in history]
-    change = next((int(r["step"]) for r, ph in zip(history, phases, strict=True) if ph == "decoder"), None)
+    change = next((int(r["step"]) for r in history if r.get("phase") == "decoder"), None)
+    two_phases = any(r.get("phase") == "encoder" for r in history)
     return {"step": [int(r["step"]) for r in history], "train": [float(r["loss"]) for r in history],
             "val_step": [v[0] for v in val], "val": [v[1] for v in val],
-            "phase_change": change if "encoder" in phases else None}
+            "phase_change": change if two_phases else None}
 
 
 def _count(name: str, D: int, m: int, sizes: dict) -> int:
@@ -356,25 +356,23 @@ def train_rows(system: str, sizes: Sizes, data: dict[str, SystemDataset], out: P
     figures."""
     ood = data["ood"]
     cfg = system_config(system, sizes, ood)
-    latency_args = None
     rows: dict[str, Row] = {}
     curves_: dict[str, dict] = {}
 
     def metasym(key: str, training: dict | None, decoder: dict | None, what: str):
         """Meta-train the MetaSym of row `key` with these overrides of the config's training and decoder."""
-        nonlocal latency_args
         t0 = time.perf_counter()
         run_cfg = copy.deepcopy(cfg)
         run_cfg["training"].update(training or {})
         run_cfg["model"]["decoder"].update(decoder or {})
         log(f"[table1] {system}: {what}")
         m, mtc, curves_[key] = _train_metasym(run_cfg, data, sizes, out / system / key, seed, device)
-        latency_args = latency_args or _latency_args(ood, m.context)
         return m, mtc, time.perf_counter() - t0
 
     model, tc, train_s = metasym("metasym", None, None, f"meta-training MetaSym ({sizes.max_steps} outer steps "
                                                         "at most)")
     c = model.context
+    latency_args = _latency_args(ood, c)
     n_meta = sum(p.numel() for p in model.parameters())
     meta_ms = rollout_latency_ms(lambda: model.rollout(*latency_args))
     rows.update(_metasym_rows(model, tc, ("metasym", "metasym_unadapted"), sizes.shots, n_meta, meta_ms, train_s))
@@ -492,10 +490,10 @@ def system_figures(system: str, res: dict) -> dict[str, float]:
         fig[f"{system}_{key}_train_s"] = r["train_s"]
         if "signal_mse" in r:
             fig[f"{system}_{key}_ood_mse_vs_mean_signal"] = r["signal_mse"]["mean"]
-    hold = res["models"]["hold_last"]["errors"]
+    hold, hold_id = res["models"]["hold_last"]["errors"], res["models"]["hold_last"]["id_errors"]
     for key, r in res["models"].items():  # skill: 1 − MSE / MSE of holding the state (> 0 beats it)
         fig[f"{system}_{key}_skill"] = skill(r["errors"], hold)
-        fig[f"{system}_{key}_id_skill"] = skill(r["id_errors"], res["models"]["hold_last"]["id_errors"])
+        fig[f"{system}_{key}_id_skill"] = skill(r["id_errors"], hold_id)
         for step in sorted({1, min(10, hold.shape[1]), hold.shape[1]}):
             fig[f"{system}_{key}_skill_h{step}"] = skill(r["errors"][:, step - 1], hold[:, step - 1])
     if "energy" in res:
