@@ -21,7 +21,7 @@ def _case(B=3, T=8, horizon=12, device="cpu", seed=0):
 
 #: residual -> backends that do not apply to it (they add the increment to x_t only; the compiled kernel
 #: also has the quadrotor's nominal step)
-DECLINE = {"state": (), "encoder": ("native", "numpy"), "nominal:quadrotor": ("numpy",)}
+DECLINE = {"state": (), "encoder": ("native",), "nominal:quadrotor": ("numpy",)}
 
 
 @pytest.mark.parametrize("name", backends.names())

@@ -28,3 +28,16 @@ def test_bench_bad_config_is_one_line_error(capsys):
     assert main(["bench", "rollout", "--config", "no_such_system"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "config not found" in err[0]
+
+
+def test_bench_rollout_spring_mesh_runs_the_numpy_path(tmp_path, capsys):
+    """The 400-D spring mesh (encoder residual, beyond the kernel's size) runs the NumPy path at B=1, in a
+    section of its own, without the quadrotor-sized targets."""
+    doc = tmp_path / "benchmarks.md"
+    assert main(["bench", "rollout", "--config", "spring_mesh", "--repeats", "2", "--batch", "4", "--horizon", "3",
+                 "--json", "--doc", str(doc)]) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["numpy_b1_p50_ms"] > 0 and "b1_p50_target_ms" not in figures
+    text = doc.read_text()
+    assert "## Rollout, spring_mesh" in text and "rollout --config spring_mesh" in text
+    assert "ran on the NumPy path at B=1" in text and "Targets" not in text

@@ -196,6 +196,30 @@ def test_numpy_path_float32(monkeypatch, meta):
     assert (fast - ref).abs().max() < 1e-5 * max(1.0, float(ref.abs().max()))
 
 
+@META
+@pytest.mark.parametrize("B", [1, 3])
+@pytest.mark.parametrize("residual,D", [("encoder", 12), ("state", 80)], ids=["encoder-residual", "wide-state"])
+def test_numpy_path_with_the_encoder_unfolded(monkeypatch, meta, B, residual, D):
+    """The encoder residual (whose anchor is the latent e_t, with x_t kept on coordinates the data never moved)
+    and states wider than MAX_STATE run the encoder as it is: the same rollout as the reference, with a step
+    size per token and row (jittered streams) and a context longer than the window."""
+    from metasym_core.models import fastpath
+    calls = _spy(monkeypatch)
+    model = _model(meta, state_dim=D, residual=residual, layers=2, context=6)
+    x, u = _data(B=B, T=14, D=D)
+    x[..., 3] = 0.7  # a coordinate that never moves: the encoder residual holds it
+    with torch.no_grad():
+        model.fixed.copy_((x.reshape(-1, D) == x.reshape(-1, D)[:1]).all(0))
+    assert (D > fastpath.MAX_STATE) == (residual == "state") and model.fixed.sum() == 1
+    h = torch.rand(B, 14 + 20, dtype=torch.float64) * 0.02 + 0.005  # rows differ too (a batch of hindcasts)
+    fu = torch.randn(B, 20, 4, dtype=torch.float64)
+    with torch.no_grad():
+        fast = model.rollout(x, u, h, 20, future_controls=fu)
+        ref = model.rollout_reference(x, u, h, 20, future_controls=fu)
+    assert calls == [True]
+    assert (fast - ref).abs().max() < 1e-10
+
+
 def test_numpy_path_refolds_after_changes(monkeypatch):
     """In-place parameter updates, new local tensors and in-place local updates are all seen."""
     calls = _spy(monkeypatch)

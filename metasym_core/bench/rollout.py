@@ -152,9 +152,12 @@ def run_rollout_bench(config: str = "quadrotor", horizon: int = 30, repeats: int
             paths[B] = _path(model, args)
         ref = naive_rollout(model, *args)
         cases[B] = (args, ref)
+        # float32 round-off grows with the state's width (400-D spring mesh, B=1024: 3e-4 on entries up to 94):
+        # the absolute tolerance scales with the rollout's magnitude
+        atol = 1e-5 * max(10.0, float(ref.abs().max()))
         for name, _, fn, _ in variants[:-1]:  # every path against the naive loop before it is timed
             with torch.no_grad():
-                if not torch.allclose(fn(), ref, atol=1e-4, rtol=1e-4):
+                if not torch.allclose(fn(), ref, atol=atol, rtol=1e-4):
                     raise MetaSymError(f"the {name} rollout disagrees with the naive loop; refusing to time it")
         n = repeats if B == 1 else max(5, repeats // 20)
         with torch.inference_mode():
@@ -173,7 +176,8 @@ def run_rollout_bench(config: str = "quadrotor", horizon: int = 30, repeats: int
         _cuda_rows(model, gpu, cases, horizon, repeats, figures, rows)
     figures[f"speedup_b{big_batch}_vs_baseline"] = round(
         figures[f"b{big_batch}_steps_per_s"] / figures[f"baseline_b{big_batch}_steps_per_s"], 1)
-    if big_batch == 1024:
+    quadrotor = cfg["system"] == "quadrotor"  # the targets are for quadrotor sizes (issue 18)
+    if big_batch == 1024 and quadrotor:
         figures.update(TARGETS)
     figures.update({"cpu_model": cpu_model(), "kernel_isa": kernel_isa, "threads": threads})
     header = ["rollout", "batch", "p50 ms", "p99 ms", "model-steps/s"]
@@ -196,9 +200,11 @@ def run_rollout_bench(config: str = "quadrotor", horizon: int = 30, repeats: int
             f"Weights: the config's initialisation plus N(0, 0.1²) noise (an untrained head is zero). "
             f"Load average {load_before:.1f} at the start, {load_after:.1f} at the end (timings on a shared "
             f"machine are only comparable within one run). "
-            f"Targets: B=1 p50 ≤ {TARGETS['b1_p50_target_ms']} ms, B=1024 ≥ "
-            f"{TARGETS['b1024_target_steps_per_s']:,.0f} model-steps/s and ≥ {TARGETS['b1024_speedup_target']:.0f}× "
-            f"the baseline at B=1024 (here {figures[f'speedup_b{big_batch}_vs_baseline']}×)."
-            f"\n\n{markdown_table(header, rows)}")
-    update_section("Rollout", body, command, doc=doc)
+            + (f"Targets: B=1 p50 ≤ {TARGETS['b1_p50_target_ms']} ms, B=1024 ≥ "
+               f"{TARGETS['b1024_target_steps_per_s']:,.0f} model-steps/s and ≥ "
+               f"{TARGETS['b1024_speedup_target']:.0f}× the baseline at B=1024 " if quadrotor else
+               f"Speed-up over the baseline at B={big_batch} ")
+            + f"(here {figures[f'speedup_b{big_batch}_vs_baseline']}×).\n\n{markdown_table(header, rows)}")
+    update_section("Rollout" if quadrotor else f"Rollout, {cfg['system']}", body,
+                   command if quadrotor else f"{command} --config {cfg['system']}", doc=doc)
     return figures

@@ -24,6 +24,9 @@ What is folded:
 - MLP output biases into the matmul (a constant hidden unit); sigmoid is scipy's `expit`.
 - without meta-attention (ablation D.3) the latents are not read: the first matmul is the
   ControlNet alone, one table for every h, and each block keeps two rings, not four.
+- not folded: the encoder of models whose increment is added to its latent (`residual: encoder`,
+  which needs e_t itself) or whose state is wider than MAX_STATE. It runs as it is
+  (`Fold.encode`, 2·layers·sublayers `[n, n]` products), and the meta keys/values are one matmul on e_t.
 
 The softmax is taken without subtracting the row maximum; instead every softmax
 denominator is recorded and the result is only used when all lie in
@@ -47,9 +50,12 @@ MAX_BATCH = 32
 #: more rows than this in one matmul and OpenBLAS goes multi-threaded, which on 2 loaded cores made a
 #: [400, 16] @ [16, 161] product 12x slower than at 320 rows: the context pass must stay below it
 MAX_PREFILL_ROWS = 320
-#: wider models (d_model·heads, state) lose: the folded per-head matrices grow H-fold and the work is
+#: wider decoders (d_model·heads) lose: the folded per-head matrices grow H-fold and the work is
 #: FLOPs, not overhead (spring mesh, d_model 256: 247 ms vs 31 ms on the torch path at B=1)
-MAX_WIDTH, MAX_STATE = 256, 64
+MAX_WIDTH = 256
+#: wider states are not folded into per-step-size encoder tables (`D x (d + n(L-1) + kv)` values each, one
+#: per distinct h: a jittered stream makes a new one every call); their encoder runs as it is (`Fold.encode`)
+MAX_STATE = 64
 _CACHE_FOLDS = 4      # folds kept per model (the model's own weights plus a few local_params sets)
 _CACHE_STEPS = 256    # encoder tables kept per fold (one per distinct step size)
 _SAFE = (1e-290, 1e290)
@@ -139,6 +145,11 @@ class Fold:
         self.enc_A = S + np.swapaxes(S, -1, -2)
         self.enc_bias, self.enc_a, self.enc_shift = _np(enc.bias), _np(enc.a), _np(enc.shift)
         self.act = _ACT[enc.activation]
+        # the encoder run as it is, not folded (see the module docstring): its latent is the anchor, or the
+        # state is too wide for per-step-size tables
+        self.explicit = unfolded(model)
+        # the encoder residual's anchor keeps x_t on the coordinates the data never moved (`MetaSym.anchor`)
+        self.keep = np.flatnonzero(_np(model.fixed)) if model.encoder_residual else None
         # head indicator maps: queries to block-diagonal [d, H], values through the output projection
         head_of = np.arange(d) // dh
         Eq = np.zeros((d, d, H))
@@ -170,8 +181,8 @@ class Fold:
             self.blocks.append(folded)
         self.enc_E = np.concatenate(E, axis=1) if E else np.zeros((D, 0))
         self.enc_eb = np.concatenate(eb) if eb else np.zeros(0)
-        # no meta-attention: one table for every step size, the ControlNet's state part alone
-        self.plain = None if self.meta else _EncoderTable(self.tok_x, np.zeros(0), [])
+        # no meta-attention or an encoder not folded: one table for every step size, the ControlNet's state part
+        self.plain = _EncoderTable(self.tok_x, np.zeros(0), []) if self.explicit or not self.meta else None
         lin1, lin2 = dec.head[0], dec.head[2]
         dstd = _np(model.delta_std)
         self.head = self._mlp(dec.ln_f, lin1, lin2, dstd)
@@ -228,6 +239,38 @@ class Fold:
         M = np.concatenate([C, C @ (math.sqrt(d) * w[:, None] * P)], axis=1)
         return np.ascontiguousarray(M), b @ P + pb, float(ln.eps)
 
+    def encode(self, x: np.ndarray, h) -> np.ndarray:
+        """`SymplecticEncoder.forward` of `x [..., D]` with step `h` (a float or `[..., 1]`), unfolded."""
+        n, f = self.n, self.act
+        A, bias, a = self.enc_A, self.enc_bias, self.enc_a
+        y = x - self.enc_shift
+        q, p = y[..., :n], y[..., n:]
+        layers, sublayers = A.shape[:2]
+        for layer in range(layers):
+            for k in range(sublayers):
+                if k % 2 == 0:
+                    p = p + h * np.dot(q, A[layer, k])
+                else:
+                    q = q + h * np.dot(p, A[layer, k])
+            q = q + h * bias[layer, 0]
+            p = p + h * bias[layer, 1]
+            if layer < layers - 1:
+                if layer % 2 == 0:
+                    p = p + h * a[layer] * f(q)
+                else:
+                    q = q + h * a[layer] * f(p)
+        return np.concatenate([q, p], axis=-1) + self.enc_shift
+
+    def latents(self, x: np.ndarray, h) -> tuple[np.ndarray, np.ndarray]:
+        """For an unfolded encoder: the meta keys/values of `x [..., D]` (`[..., kv]`, the columns the folded
+        tables give) and the anchor the increment is added to (`MetaSym.anchor`)."""
+        e = self.encode(x, h)
+        rest = np.dot(e, self.enc_E) + self.enc_eb
+        if self.keep is None:
+            return rest, x
+        e[..., self.keep] = x[..., self.keep]
+        return rest, e
+
     def encoder_tables(self, steps: np.ndarray) -> list[_EncoderTable]:
         """Tables for the step sizes `steps [N]` (cached per value).
 
@@ -280,6 +323,12 @@ class Fold:
                 for i in range(N)]
 
 
+def unfolded(model) -> bool:
+    """Whether the NumPy path runs `model`'s encoder as it is rather than folded per step size (see the module
+    docstring); it then also takes step sizes that differ between rows."""
+    return bool(model.encoder_residual or model.state_dim > MAX_STATE)
+
+
 def _fold_for(model, local: dict[str, torch.Tensor] | None, entry: tuple | None = None) -> Fold:
     """The cached fold of `model` with `local`, re-folded when either changed."""
     return cached(model, local, Fold, "numpy", entry)
@@ -328,7 +377,7 @@ def applicable(model, tensors: list[torch.Tensor], batch: int) -> tuple | None:
         return None
     dec = model.decoder
     context_rows = batch * min(t0.shape[1], dec.layers * (dec.context - 1) + 1)
-    if context_rows > MAX_PREFILL_ROWS or dec.d_model * dec.heads > MAX_WIDTH or dec.state_dim > MAX_STATE:
+    if context_rows > MAX_PREFILL_ROWS or dec.d_model * dec.heads > MAX_WIDTH:
         return None
     return inference_entry(model, tensors)
 
@@ -353,19 +402,19 @@ def inference_entry(model, tensors: list[torch.Tensor]) -> tuple | None:
 def try_rollout(model, states: torch.Tensor, controls: torch.Tensor, h: torch.Tensor, future: torch.Tensor,
                 horizon: int, local: dict[str, torch.Tensor] | None) -> torch.Tensor | None:
     """`MetaSym.rollout` on checked inputs (`h [B, T + horizon, 1]`) via NumPy, or None if it does not apply."""
-    if not model.state_residual:
-        return None  # the folded NumPy step adds the increment to x_t only
+    if not (model.state_residual or model.encoder_residual):
+        return None  # a nominal step (`models.nominal`) has no NumPy twin here
     B, T = states.shape[:2]
     extra = list(local.values()) if local else []
     entry = applicable(model, [states, controls, h, future, *extra], B)
     if entry is None:
         return None
     hs = h[..., 0].detach().numpy()
-    if B > 1 and not (hs == hs[:1]).all():
+    if B > 1 and not unfolded(model) and not (hs == hs[:1]).all():
         return None  # per-row step sizes: one encoder table per token would not be shared
     fold = _fold_for(model, local, entry)
     with np.errstate(all="ignore"):  # overflow / 0/0 are caught by the range check and the torch path runs
-        out = rollout_numpy(fold, states.detach().numpy(), controls.detach().numpy(), hs[0],
+        out = rollout_numpy(fold, states.detach().numpy(), controls.detach().numpy(), hs,
                             future.detach().numpy(), horizon)
     if out is None:
         return None
@@ -417,41 +466,44 @@ def _encode_rest(X: np.ndarray, table_R: list[np.ndarray], d: int, n: int, f) ->
     return rest
 
 
-def rollout_numpy(fold: Fold, xs: np.ndarray, us: np.ndarray, hrow: np.ndarray, future: np.ndarray,
+def rollout_numpy(fold: Fold, xs: np.ndarray, us: np.ndarray, hs: np.ndarray, future: np.ndarray,
                   horizon: int) -> np.ndarray | None:
-    """The rollout on arrays (`hrow [T + horizon]` shared by all rows); None if a softmax left the safe range."""
+    """The rollout on arrays (step sizes `hs [B, T + horizon]`, the same in every row unless `fold.explicit`);
+    None if a softmax left the safe range."""
     B, T = xs.shape[:2]
     D, d, c, L = fold.D, fold.d, fold.c, fold.L
     s = max(0, T - 1 - L * (c - 1))  # earlier context cannot reach the outputs (L blocks of width c)
     ntok = T - s + horizon - 1
-    hv = hrow[s:s + ntok].astype(np.float64)
-    tables = fold.encoder_tables(hv[:1] if hv.min() == hv.max() else hv)
+    hv = hs[:, s:s + ntok].astype(np.float64)  # [B, ntok]
+    tables = fold.encoder_tables(hv[0, :1] if hv[0].min() == hv[0].max() else hv[0])
     if len(tables) == 1:
         tables = tables * ntok
     ncols = tables[0].W.shape[1]
     # per-token constants of the first matmul: ControlNet (u, h) part and the encoder constants
     u_all = np.concatenate([us[:, s:], future[:, :horizon - 1]], axis=1).astype(np.float64)
     bias = np.empty((B, ntok, ncols))
-    bias[..., :d] = u_all @ fold.tok_u + (hv[:, None] * fold.tok_h + fold.tok_b)
+    bias[..., :d] = u_all @ fold.tok_u + (hv[..., None] * fold.tok_h + fold.tok_b)
     bias[..., d:] = tables[0].b if all(tb is tables[0] for tb in tables) else np.stack([tb.b for tb in tables])
     denoms = []
-    x, rings = _prefill(fold, xs[:, s:].astype(np.float64), bias[:, :T - s], tables[:T - s], T, s, denoms)
+    x, rings = _prefill(fold, xs[:, s:].astype(np.float64), bias[:, :T - s], tables[:T - s], hv[:, :T - s], T, s,
+                        denoms)
     out = np.empty((B, horizon, D))
     out[:, 0] = x
     if horizon > 1:
         if B == 1:
-            _steps_single(fold, x[0], bias[0, T - s:], tables[T - s:], T, rings, out[0], denoms)
+            _steps_single(fold, x[0], bias[0, T - s:], tables[T - s:], hv[0, T - s:], T, rings, out[0], denoms)
         else:
-            _steps_batch(fold, x, bias[:, T - s:], tables[T - s:], T, rings, out, denoms)
+            _steps_batch(fold, x, bias[:, T - s:], tables[T - s:], hv[:, T - s:, None], T, rings, out, denoms)
     every = np.concatenate([g.ravel() for g in denoms])
     if not (every.min() > _SAFE[0] and every.max() < _SAFE[1]) or not np.isfinite(out).all():
         return None
     return out
 
 
-def _prefill(fold: Fold, xs: np.ndarray, bias: np.ndarray, tables: list[_EncoderTable], T: int, s: int,
-             denoms: list) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Teacher-forced pass over the context tokens `s..T-1`: the first prediction and the rings.
+def _prefill(fold: Fold, xs: np.ndarray, bias: np.ndarray, tables: list[_EncoderTable], hv: np.ndarray, T: int,
+             s: int, denoms: list) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Teacher-forced pass over the context tokens `s..T-1` (step sizes `hv [B, n]`): the first prediction and
+    the rings.
 
     Token-wise work runs on `[B * n, ·]` rows (2-D `np.dot` is BLAS; N-D is not)."""
     B, nt = xs.shape[:2]
@@ -459,7 +511,12 @@ def _prefill(fold: Fold, xs: np.ndarray, bias: np.ndarray, tables: list[_Encoder
     dH, dHd = d * H, d * H + d
     f = fold.act
     bias = bias.reshape(N, -1)
-    if all(tb is tables[0] for tb in tables):
+    anchor = xs[:, -1]
+    if fold.explicit:  # one table; the encoder on every token, with its own step size
+        X = np.dot(xs.reshape(N, D), tables[0].W) + bias
+        rest, anchors = fold.latents(xs.reshape(N, D), hv.reshape(N, 1))
+        anchor = anchors.reshape(B, nt, D)[:, -1]
+    elif all(tb is tables[0] for tb in tables):
         X = np.dot(xs.reshape(N, D), tables[0].W) + bias
         rest = _encode_rest(X, tables[0].R, d, n, f)
     else:  # irregular context steps: one table per token
@@ -491,7 +548,7 @@ def _prefill(fold: Fold, xs: np.ndarray, bias: np.ndarray, tables: list[_Encoder
             ring = np.zeros((B, c, width))
             ring[:, slots] = src[:, keep]
             rings.append(ring)
-    x = xs[:, -1] + _mlp(z.reshape(B, nt, d)[:, -1], fold.head, d)
+    x = anchor + _mlp(z.reshape(B, nt, d)[:, -1], fold.head, d)
     return x, rings
 
 
@@ -506,9 +563,10 @@ def _attend_all(Q: np.ndarray, K: np.ndarray, V: np.ndarray, bias: np.ndarray, d
     return np.matmul(w.reshape(B, nt, nt * H), V.reshape(B, nt * H, d)).reshape(B * nt, d)
 
 
-def _steps_single(fold: Fold, x: np.ndarray, bias: np.ndarray, tables: list[_EncoderTable], T: int,
-                  rings: list[np.ndarray], out: np.ndarray, denoms: list) -> None:
-    """Steps 1.. of a one-row rollout on 1-D arrays (fewest NumPy calls); writes `out[1:]`."""
+def _steps_single(fold: Fold, x: np.ndarray, bias: np.ndarray, tables: list[_EncoderTable], hv: np.ndarray,
+                  T: int, rings: list[np.ndarray], out: np.ndarray, denoms: list) -> None:
+    """Steps 1.. of a one-row rollout on 1-D arrays (step sizes `hv [steps]`; fewest NumPy calls); writes
+    `out[1:]`."""
     d, H, c, n, kw = fold.d, fold.H, fold.c, fold.n, fold.kv_width
     f = fold.act
     dot, exp = np.dot, np.exp
@@ -528,13 +586,17 @@ def _steps_single(fold: Fold, x: np.ndarray, bias: np.ndarray, tables: list[_Enc
                        *rings[nr * i:nr * i + 2], meta[0], meta[1], flat[nr * i + 1], meta[2], blk["kv_off"]))
     hd_M, hd_b, hd_eps, hW2 = fold.head
     sq = math.sqrt
+    explicit = fold.explicit
     for k in range(steps):
         tb = tables[k]
         slot = (T + k) % c
         X = dot(x, tb.W) + bias[k]
-        rest = X[d:]
-        for R in tb.R:
-            rest = rest[n:] + dot(f(rest[:n]), R)
+        if explicit:
+            rest, base = fold.latents(x, hv[k])
+        else:
+            base, rest = x, X[d:]
+            for R in tb.R:
+                rest = rest[n:] + dot(f(rest[:n]), R)
         z = X[:d]
         for i, (sa_M, sa_b, sa_eps, ma_M, ma_b, ma_eps, ml_M, ml_b, ml_eps, W2, sa_bias, ma_bias,
                 sK, sV, mK, mV, sVf, mVf, o) in enumerate(blocks):
@@ -561,12 +623,13 @@ def _steps_single(fold: Fold, x: np.ndarray, bias: np.ndarray, tables: list[_Enc
         y = dot(z, hd_M)
         zs = y[:d]
         a = y[d:] * (1.0 / sq(float(dot(zs, zs)) + hd_eps)) + hd_b
-        x = out[k + 1] = x + dot(a * expit(a), hW2)
+        x = out[k + 1] = base + dot(a * expit(a), hW2)
 
 
-def _steps_batch(fold: Fold, x: np.ndarray, bias: np.ndarray, tables: list[_EncoderTable], T: int,
-                 rings: list[np.ndarray], out: np.ndarray, denoms: list) -> None:
-    """Steps 1.. for `B > 1` rows (`x [B, D]`, rings `[B, c, ·]`); writes `out[:, 1:]`."""
+def _steps_batch(fold: Fold, x: np.ndarray, bias: np.ndarray, tables: list[_EncoderTable], hv: np.ndarray,
+                 T: int, rings: list[np.ndarray], out: np.ndarray, denoms: list) -> None:
+    """Steps 1.. for `B > 1` rows (`x [B, D]`, step sizes `hv [B, steps, 1]`, rings `[B, c, ·]`); writes
+    `out[:, 1:]`."""
     B = x.shape[0]
     d, H, c, n, kw = fold.d, fold.H, fold.c, fold.n, fold.kv_width
     f = fold.act
@@ -588,7 +651,10 @@ def _steps_batch(fold: Fold, x: np.ndarray, bias: np.ndarray, tables: list[_Enco
         tb = tables[k]
         slot = (T + k) % c
         X = np.dot(x, tb.W) + bias[:, k]
-        rest = _encode_rest(X, tb.R, d, n, f)
+        if fold.explicit:
+            rest, base = fold.latents(x, hv[:, k])
+        else:
+            base, rest = x, _encode_rest(X, tb.R, d, n, f)
         z = X[:, :d]
         for i, blk in enumerate(fold.blocks):
             sK, sV = rings[nr * i:nr * i + 2]
@@ -604,5 +670,5 @@ def _steps_batch(fold: Fold, x: np.ndarray, bias: np.ndarray, tables: list[_Enco
                 mV[:, slot] = rest[:, o + d:o + kw]
                 z = z + attend(mK, flat[nr * i + 3], _ln(z, *blk["ma"], d), ma_bias[k], guard[k, i, 1])
             z = z + _mlp(z, blk["mlp"], d)
-        x = x + _mlp(z, fold.head, d)
+        x = base + _mlp(z, fold.head, d)
         out[:, k + 1] = x
