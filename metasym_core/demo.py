@@ -29,7 +29,7 @@ from metasym_core.errors import MetaSymError
 from metasym_core.io import atomic_path, atomic_write_text
 from metasym_core.systems import make_family
 from metasym_core.systems.dataset import load_dataset
-from metasym_core.train.runs import dataset_once
+from metasym_core.train.runs import dataset_once, open_trainer
 
 # (split, systems, seed): validation and test are disjoint OOD draws
 _SPLITS = {"train": ("train", 30, 0), "val": ("ood", 4, 1), "ood": ("ood", 10, 2)}
@@ -62,8 +62,7 @@ def _recipe(max_steps: int, seed: int) -> dict:
 
 
 def _train(out: Path, data: dict[str, Path], max_steps: int, seed: int, log) -> Path:
-    from metasym_core.train.trainer import Trainer
-
+    """The demo's model: cached when its recipe matches, else meta-trained (continuing an interrupted run)."""
     run, recipe = out / "run", json.loads(json.dumps(_recipe(max_steps, seed)))
     final, stamp = run / "final.pt", run / "recipe.json"
     cached = json.loads(stamp.read_text(encoding="utf-8")) if stamp.is_file() else None
@@ -75,11 +74,10 @@ def _train(out: Path, data: dict[str, Path], max_steps: int, seed: int, log) -> 
         log(f"[demo] the model in {run} was made by another recipe: moved to {aside}, retraining")
         run.rename(aside)
     log(f"[demo] meta-training MetaSym on {data['train'].name} ({max_steps} outer steps at most)")
-    trainer = Trainer(load_config("quadrotor"), load_dataset(data["train"]), load_dataset(data["val"]),
-                      run, seed=seed, max_steps=max_steps)
+    # an interrupted run of this recipe continues from its last.pt
+    trainer = open_trainer(load_config("quadrotor"), load_dataset(data["train"]), load_dataset(data["val"]), run,
+                           "auto", seed=seed, max_steps=max_steps)
     atomic_write_text(stamp, json.dumps(recipe, indent=1))  # before training: a resumed run keeps its recipe
-    if (run / "last.pt").is_file():
-        trainer.resume()
     trainer.run()
     return final
 

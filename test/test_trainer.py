@@ -146,6 +146,31 @@ def test_bad_inputs(data, tmp_path):
         Trainer(_cfg(support_fraction=0.1), train, val, tmp_path)
 
 
+def test_open_trainer_one_rule_for_every_caller(data, tmp_path):
+    """`train.runs.open_trainer`: auto continues an interrupted run, always needs one, never refuses to overwrite
+    one, fresh starts over; a last.pt of another model config is a one-line error."""
+    from metasym_core.train.runs import open_trainer
+    train, val = data
+    run = tmp_path / "run"
+    with pytest.raises(MetaSymError, match="nothing to resume"):
+        open_trainer(_cfg(), train, val, run, "always", progress=False)
+    first = open_trainer(_cfg(), train, val, run, "never", seed=3, max_steps=3, progress=False)
+    first.run()
+    assert first.step == 3
+    with pytest.raises(MetaSymError, match="already holds a run"):
+        open_trainer(_cfg(), train, val, run, "never", progress=False)
+    assert open_trainer(_cfg(), train, val, run, "auto", seed=3, progress=False).step == 3
+    assert open_trainer(_cfg(), train, val, run, "always", seed=3, progress=False).step == 3
+    assert open_trainer(_cfg(), train, val, tmp_path / "empty", "auto", progress=False).step == 0
+    assert open_trainer(_cfg(), train, val, run, "fresh", progress=False).step == 0
+    wider = _cfg()
+    wider["model"]["decoder"]["d_model"] = 2 * wider["model"]["decoder"]["d_model"]
+    with pytest.raises(MetaSymError, match="cannot resume .*last.pt .*different model config"):
+        open_trainer(wider, train, val, run, "auto", progress=False)
+    with pytest.raises(MetaSymError, match="resume must be one of auto, always, never, fresh"):
+        open_trainer(_cfg(), train, val, run, "sometimes", progress=False)
+
+
 def test_cli_train_and_evaluate(arrays, tmp_path, capsys):
     for split, arr in arrays.items():
         save_dataset(arr, tmp_path / f"{split}.npz")

@@ -161,10 +161,10 @@ def system_config(system: str, sizes: Sizes, ds: SystemDataset) -> dict:
 def _train_metasym(cfg: dict, data: dict[str, SystemDataset], sizes: Sizes, run: Path, seed: int,
                    device: torch.device | str = "cpu"):
     """Meta-train on `device`; the model comes back on the CPU (scores and latencies are CPU figures)."""
-    from metasym_core.train.trainer import Trainer
+    from metasym_core.train.runs import open_trainer
 
-    trainer = Trainer(cfg, data["train"], data["val"], run, seed=seed, max_steps=sizes.max_steps, progress=False,
-                      device=device)
+    trainer = open_trainer(cfg, data["train"], data["val"], run, "fresh", seed=seed, max_steps=sizes.max_steps,
+                           progress=False, device=device)
     trainer.run()
     model = load_checkpoint(run / "final.pt")[0].float().eval()
     return model, trainer.tc, curves(trainer.history)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from metasym_core.errors import MetaSymError
 
@@ -55,7 +54,7 @@ def _train(args: argparse.Namespace) -> int:
     from metasym_core.config import load_config
     from metasym_core.systems.dataset import load_dataset
     from metasym_core.train import distributed
-    from metasym_core.train.trainer import Trainer
+    from metasym_core.train.runs import open_trainer
 
     cfg = load_config(args.config or args.system)
     if cfg["system"] != args.system:
@@ -64,22 +63,14 @@ def _train(args: argparse.Namespace) -> int:
     for name, ds in (("--data", train), ("--val", val)):
         if ds.family != args.system:
             raise MetaSymError(f"{name} holds {ds.family} systems, not {args.system}")
-    out = Path(args.out)
-    last = out / "last.pt"
-    if args.resume and not last.is_file():
-        raise MetaSymError(f"nothing to resume: {last} does not exist")
-    if not args.resume and last.is_file():
-        raise MetaSymError(f"{out} already holds a run; pass --resume or choose another --out")
     if args.threads is not None:
         if args.threads < 1:
             raise MetaSymError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     parallel = distributed.init_from_env()  # under torchrun: one process per rank, systems sharded
     try:
-        trainer = Trainer(cfg, train, val, out, seed=args.seed, max_steps=args.max_steps, progress=not args.quiet,
-                          device=args.device)
-        if args.resume:
-            trainer.resume()
+        trainer = open_trainer(cfg, train, val, args.out, "always" if args.resume else "never", seed=args.seed,
+                               max_steps=args.max_steps, progress=not args.quiet, device=args.device)
         summary = trainer.run()
     finally:
         if parallel:

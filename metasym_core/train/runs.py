@@ -1,11 +1,14 @@
-"""Training runs for a long-lived process: run folders, datasets made once, a stoppable training thread.
+"""Training runs: a run folder opened once (`open_trainer`), run folders for a long-lived process, datasets
+made once, a stoppable training thread.
 
-A process that meta-trains while it serves (the ROS learner node) keeps its runs in numbered
-folders `<train_dir>/run001`, `run002`, ... At start it reuses the newest finished run
-(`final.pt`) or resumes the newest interrupted one (`last.pt`); on request it starts a new one.
-`BackgroundTraining` runs one training at a time on a thread: data (generated system by system
-into `<train_dir>/data/`, stoppable in between), `Trainer.run` (stoppable between outer steps:
-`last.pt` is saved), then `on_model(final.pt)`.
+`open_trainer` is how every caller (`metasym train`, `metasym demo`, the learner, `bench table1`) opens a
+run folder: fresh, or continued from its `last.pt`, with one rule and one set of errors.
+
+A process that meta-trains while it serves (the ROS learner node) keeps its runs in numbered folders
+`<train_dir>/run001`, `run002`, ... At start it reuses the newest finished run (`final.pt`) or resumes
+the newest interrupted one (`last.pt`); on request it starts a new one. `BackgroundTraining` runs one
+training at a time on a thread: data (generated system by system into `<train_dir>/data/`, stoppable in
+between), `Trainer.run` (stoppable between outer steps: `last.pt` is saved), then `on_model(final.pt)`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,38 @@ from metasym_core.train.trainer import Trainer
 
 PROGRESS_EVERY_S = 2.0  # throttle of the progress lines
 _RUN = re.compile(r"run(\d+)$")
+
+
+#: how `open_trainer` treats a run folder's `last.pt`
+RESUME_MODES = ("auto", "always", "never", "fresh")
+
+
+def open_trainer(cfg: dict, train: SystemDataset, val: SystemDataset, folder: str | os.PathLike,
+                 resume: str = "auto", **trainer_options) -> Trainer:
+    """A `Trainer` writing to `folder`, continued from its `last.pt` or not, by `resume`:
+
+    - "auto": continue when `last.pt` is there (an interrupted run), else start;
+    - "always": continue; no `last.pt` is an error (`metasym train --resume`);
+    - "never": start; a folder that already holds a run is an error (`metasym train`: nothing is overwritten
+      unless asked);
+    - "fresh": start over whatever the folder holds (a benchmark's scratch run).
+
+    A `last.pt` that cannot be continued (another model config, a damaged file) is a one-line MetaSymError."""
+    if resume not in RESUME_MODES:
+        raise MetaSymError(f"resume must be one of {', '.join(RESUME_MODES)}, got {resume!r}")
+    folder = Path(folder)
+    last = folder / "last.pt"
+    if resume == "always" and not last.is_file():
+        raise MetaSymError(f"nothing to resume: {last} does not exist")
+    if resume == "never" and last.is_file():
+        raise MetaSymError(f"{folder} already holds a run; pass --resume or choose another --out")
+    trainer = Trainer(cfg, train, val, folder, **trainer_options)
+    if resume in ("auto", "always") and last.is_file():
+        try:
+            trainer.resume()
+        except (MetaSymError, KeyError, ValueError, RuntimeError) as exc:
+            raise MetaSymError(f"cannot resume {last} ({exc}); remove that run folder or start a new run") from None
+    return trainer
 
 
 def run_folders(train_dir: str | os.PathLike) -> list[Path]:
@@ -208,14 +243,8 @@ class BackgroundTraining:
         if datasets is None:
             self.info("meta-training stopped while generating data")
             return False
-        trainer = Trainer(self.cfg, *datasets, folder, max_steps=self.max_steps or None, progress=False,
-                          device=self.device)
-        if kind == "resume":
-            try:
-                trainer.resume()
-            except (MetaSymError, KeyError, ValueError) as exc:
-                raise MetaSymError(f"cannot resume {folder / 'last.pt'} ({exc}); remove that run folder or "
-                                   "start a new run") from None
+        trainer = open_trainer(self.cfg, *datasets, folder, "always" if kind == "resume" else "never",
+                               max_steps=self.max_steps or None, progress=False, device=self.device)
         self._last_val = math.nan
         self.info(f"meta-training {self.system} in {folder}: {len(datasets[0])} training / {len(datasets[1])} "
                   f"validation systems, steps {trainer.step}..{trainer.total}")
