@@ -114,6 +114,53 @@ def test_the_encoder_cosine_schedule_is_applied_and_survives_a_resume(data, tmp_
         TrainingConfig.from_config(_cfg(encoder_cosine=1))
 
 
+@pytest.mark.parametrize("residual", ["state", "encoder"])
+def test_input_noise_perturbs_inputs_not_targets(data, tmp_path, residual):
+    """`input_noise`: the decoder's input states move by ~noise·delta_std (never on fixed coordinates), and each
+    target is still the clean next state measured from the noisy input's anchor; 0 gives the cached tokens."""
+    from metasym_core.train.data import TrainData
+    train, val = data
+    cfg = _cfg()
+    cfg["model"]["decoder"]["residual"] = residual
+    trainer = Trainer(cfg, train, val, tmp_path, seed=0, progress=False)
+    model = trainer.model.eval()
+    with torch.no_grad():
+        model.fixed[0] = True  # a coordinate that never moves keeps its value
+    td = TrainData(train, model, 0.5, 12, "training")
+    systems, first = torch.tensor([0, 2]), torch.tensor([3, 5])
+    clean = td.decoder_window(model, systems, first, lead=2)
+    assert torch.equal(td.decoder_window(model, systems, first, lead=2, noise=0.0).x, clean.x)
+    noisy = td.decoder_window(model, systems, first, lead=2, noise=1.0, gen=torch.Generator().manual_seed(0))
+    moved = (noisy.x - clean.x) * model.state_std / model.delta_std  # in delta_std units
+    assert (moved[..., 0] == 0).all() and 0.7 < float(moved[..., 1:].std()) < 1.3
+    idx = (first - 2)[:, None] + torch.arange(td.window + 3)
+    states = td.states[systems[:, None], idx]
+    x_in = noisy.x * model.state_std + model.state_mean
+    e_in = noisy.e * model.state_std + model.state_mean
+    anchor = model.anchor(x_in, e_in, td.controls[systems[:, None], idx], td.h[systems[:, None], idx])
+    assert torch.allclose(anchor[:, :-1] + noisy.target * model.delta_std, states[:, 1:], atol=1e-9)
+    with pytest.raises(MetaSymError, match="training.input_noise = -0.1 must be a non-negative number"):
+        TrainingConfig.from_config(_cfg(input_noise=-0.1))
+    assert TrainingConfig.from_config(_cfg(input_noise=0)).input_noise == 0.0
+
+
+def test_training_with_input_noise_resumes_exactly(data, tmp_path):
+    """The noise is drawn from the trainer's saved generator: a run resumed mid-way equals the uninterrupted one,
+    and differs from a run without noise."""
+    train, val = data
+    full = Trainer(_cfg(input_noise=0.5), train, val, tmp_path / "full", seed=3, progress=False)
+    full.run()
+    part = Trainer(_cfg(input_noise=0.5), train, val, tmp_path / "part", seed=3, max_steps=6, progress=False)
+    part.run()
+    again = Trainer(_cfg(input_noise=0.5), train, val, tmp_path / "part", seed=3, progress=False)
+    again.resume()
+    again.run()
+    assert _same(full.model, again.model)
+    plain = Trainer(_cfg(), train, val, tmp_path / "plain", seed=3, progress=False)
+    plain.run()
+    assert not _same(full.model, plain.model)
+
+
 def test_nan_loss_keeps_last_good_checkpoint(data, tmp_path):
     train, val = data
     t = Trainer(_cfg(), train, val, tmp_path, seed=0, max_steps=3, progress=False)

@@ -3,9 +3,9 @@
 Windows of `window + 1` frames are drawn from all training systems at once
 (no per-system adaptation). The loss is MetaSym's: the squared next-state error
 divided by `delta_std` (so 1 = "as bad as predicting no motion"). Optional input
-noise perturbs the input states by `noise · state_std` (targets stay clean);
-MetaSym's `Trainer` adds none, so the Table 1 bench keeps the default 0 and every
-model sees the same data with the same (the data's own sensor) noise. Adam,
+noise perturbs the input states by N(0, (noise · delta_std)²) (targets stay clean), the
+same noise injection as MetaSym's `training.input_noise`, which the Table 1 bench passes
+to every baseline, so that every model trains with the same tool. Adam,
 gradient clipping, early stopping on the validation loss; the best weights are
 restored at the end.
 """
@@ -38,7 +38,7 @@ def next_step_loss(model: Baseline, x: torch.Tensor, u: torch.Tensor, h: torch.T
     inputs = x[:, :-1]
     if noise > 0:
         draw = torch.randn(inputs.shape, generator=gen, dtype=x.dtype)  # on the generator's (CPU) device
-        inputs = inputs + noise * model.state_std * draw.to(x.device)
+        inputs = inputs + noise * model.delta_std * draw.to(x.device)
     pred = model.predict_next(inputs, u[:, :-1], h[:, :-1])
     return ((pred - x[:, 1:]) / model.delta_std).pow(2).mean()
 

@@ -406,7 +406,8 @@ def train_rows(system: str, sizes: Sizes, data: dict[str, SystemDataset], out: P
         bl = make_baseline(name, ood.state_dim, ood.control_dim, system=system, **opts)
         log(f"[table1] {system}: training {name} {opts} ({bl.n_params()} parameters)")
         history = train_baseline(bl, data["train"], data["val"], steps=sizes.baseline_steps,
-                                 window=cfg["training"].get("window", 40), seed=seed, device=device)
+                                 window=cfg["training"].get("window", 40), seed=seed, device=device,
+                                 noise=float(cfg["training"].get("input_noise", 0.0)))  # MetaSym's noise injection
         bl.cpu()
         curves_[name] = curves(history)
         rows[name] = Row(lambda ds, bl=bl: lambda i, x, u, hh, fut: bl.rollout(x, u, hh, fut.shape[1], fut),

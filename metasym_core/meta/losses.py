@@ -40,11 +40,13 @@ class DecoderBatch:
 
 
 @torch.no_grad()
-def decoder_batch(model: MetaSym, states: torch.Tensor, controls: torch.Tensor, h: torch.Tensor) -> DecoderBatch:
-    """Tokens of `[B, T, ·]` windows (`h` `[B, T, 1]`) through the fixed encoder, plus targets."""
+def decoder_batch(model: MetaSym, states: torch.Tensor, controls: torch.Tensor, h: torch.Tensor,
+                  clean: torch.Tensor | None = None) -> DecoderBatch:
+    """Tokens of `[B, T, ·]` windows (`h` `[B, T, 1]`) through the fixed encoder, plus targets: the next states
+    (of `clean` when given: `states` are then noisy inputs whose targets stay the true next states)."""
     x, u, hn, e = model.tokens(states, controls, h)
     base = model.anchor(states, e * model.state_std + model.state_mean, controls, h)
-    target = (states[:, 1:] - base[:, :-1]) / model.delta_std
+    target = ((states if clean is None else clean)[:, 1:] - base[:, :-1]) / model.delta_std
     return DecoderBatch(x, u, hn, e, target)
 
 

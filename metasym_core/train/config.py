@@ -7,6 +7,9 @@ from dataclasses import asdict, dataclass, fields
 
 from metasym_core.errors import MetaSymError
 
+#: float settings for which 0 means "off"
+_MAY_BE_ZERO = ("input_noise",)
+
 
 @dataclass
 class TrainingConfig:
@@ -32,6 +35,10 @@ class TrainingConfig:
     meta: bool = True  # False: the pooled, non-meta baseline (plain next-step training)
     grad_clip: float = 1.0  # max gradient norm of each outer step
     rollout_horizon: int = 0  # 0: next-step adaptation loss (paper); n: n-step rollout loss (meta.losses)
+    # noise injection: Gaussian noise on the decoder's input states while meta-training, in units of each
+    # coordinate's per-step increment spread (delta_std); targets stay the clean next states, so the model learns
+    # to correct an input that is off, as its own rollouts are (0: off)
+    input_noise: float = 0.0
 
     @classmethod
     def from_config(cls, cfg: dict) -> TrainingConfig:
@@ -52,10 +59,12 @@ class TrainingConfig:
             elif kind is int:
                 ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
             else:
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+                ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                      and (value >= 0 if name in _MAY_BE_ZERO else value > 0))
                 value = float(value)
             if not ok:
-                want = "boolean" if kind is bool else "non-negative integer" if kind is int else "positive number"
+                want = ("boolean" if kind is bool else "non-negative integer" if kind is int
+                        else "non-negative number" if name in _MAY_BE_ZERO else "positive number")
                 raise MetaSymError(f"{where}: training.{name} = {value!r} must be a {want}")
             values[name] = value
         out = cls(**values)

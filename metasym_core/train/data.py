@@ -81,10 +81,21 @@ class TrainData:
         return self._tokens
 
     def decoder_window(self, model: MetaSym, systems: torch.Tensor, first: torch.Tensor,
-                       lead: int = 0) -> DecoderBatch:
-        """Frames first-lead .. first+window (targets: `lead` context transitions, then `window`)."""
-        tok = self.tokens(model)
+                       lead: int = 0, noise: float = 0.0, gen: torch.Generator | None = None) -> DecoderBatch:
+        """Frames first-lead .. first+window (targets: `lead` context transitions, then `window`). With `noise`,
+        the input states get N(0, (noise·delta_std)²) added (drawn from `gen`; not on coordinates that never
+        move), and the targets stay the clean next states (`TrainingConfig.input_noise`)."""
         idx = ((first - lead)[:, None] + torch.arange(self.window + lead + 1)).to(self.device)
         rows = systems[:, None].to(self.device)
+        if noise > 0:
+            clean = self.states[rows, idx]
+            draw = torch.randn(clean.shape, generator=gen, dtype=clean.dtype).to(self.device)
+            noisy = clean + draw * (noise * model.delta_std * ~model.fixed)
+            was = model.encoder.training
+            model.encoder.eval()  # the encoder's latents without DropConnect, as in `tokens`
+            batch = decoder_batch(model, noisy, self.controls[rows, idx], self.h[rows, idx], clean)
+            model.encoder.train(was)
+            return batch
+        tok = self.tokens(model)
         return DecoderBatch(tok.x[rows, idx], tok.u[rows, idx], tok.h[rows, idx], tok.e[rows, idx],
                             tok.target[rows, idx[:, :-1]])

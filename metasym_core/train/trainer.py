@@ -163,8 +163,9 @@ class Trainer:
         model.decoder.train()
         lead = model.context - 1
         systems, s0, q0 = self._share(*data.sample_offsets(tc.batch_systems, self.gen))
-        support = data.decoder_window(model, systems, s0)
-        query = data.decoder_window(model, systems, q0, lead)
+        noise = {"noise": tc.input_noise, "gen": self.gen}
+        support = data.decoder_window(model, systems, s0, **noise)
+        query = data.decoder_window(model, systems, q0, lead, **noise)
         if tc.meta:
             loss = bilevel_loss(model, support, query, tc.inner_steps, tc.inner_lr, lead, tc.first_order,
                                 tc.learn_init, tc.rollout_horizon)
