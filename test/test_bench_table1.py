@@ -141,3 +141,32 @@ def test_table1_reports_into_its_run_folder_and_into_the_docs_only_when_asked(tm
     other = tmp_path / "mine.md"
     assert main(["bench", "table1", "--system", "quadrotor", "--quick", "--out", str(out), "--doc", str(other)]) == 0
     assert "## Table 1 — quadrotor" in other.read_text()
+
+
+def _fake_result(scale: float) -> dict:
+    """What `run_system` returns, reduced to what the figures read: 2 OOD systems × 3 horizon steps."""
+    import numpy as np
+
+    def row(mse):
+        return {"errors": np.full((2, 3), mse), "id_errors": np.full((2, 3), mse / 2), "params": 10,
+                "latency_ms": 0.1, "train_s": 4.0 * scale, "preds": np.zeros((2, 3, 1))}
+    return {"models": {"metasym": row(0.01 * scale), "hold_last": row(0.04), "dhnn": row(0.02)},
+            "symplectic_error": 1e-16, "decoder_eps": 0.5, "simulator": {"ms": 1.0, "what": "x"}}
+
+
+def test_several_training_seeds_merge_into_one_table():
+    """`--seeds N`: every row's errors are stacked over seeds (the table's mean is over seeds and systems), each
+    seed's OOD mean and their spread are figures, and a bad count is a one-line error."""
+    from metasym_core.bench.table1 import merge_seeds, system_figures
+    merged = merge_seeds([_fake_result(1.0), _fake_result(3.0)])
+    assert merged["models"]["metasym"]["errors"].shape == (4, 3)
+    fig = system_figures("quadrotor", merged)
+    assert fig["quadrotor_metasym_ood_mse"] == pytest.approx(0.02)  # (0.01 + 0.03) / 2
+    assert fig["quadrotor_metasym_ood_mse_seed0"] == pytest.approx(0.01)
+    assert fig["quadrotor_metasym_ood_mse_seed1"] == pytest.approx(0.03)
+    assert fig["quadrotor_metasym_ood_mse_seed_std"] == pytest.approx(0.01)
+    assert fig["quadrotor_metasym_skill"] == pytest.approx(0.5) and fig["quadrotor_metasym_train_s"] == 8.0
+    single = system_figures("quadrotor", merge_seeds([_fake_result(1.0)]))
+    assert "quadrotor_metasym_ood_mse_seed0" not in single and single["quadrotor_metasym_ood_mse"] == 0.01
+    with pytest.raises(MetaSymError, match="--seeds must be a positive integer"):
+        run_table1_bench(["quadrotor"], quick=True, doc=None, seeds=0)

@@ -47,7 +47,7 @@ def _table1(args: argparse.Namespace) -> int:
     doc = args.doc if args.doc is not None else (DEFAULT_DOC if args.update_docs else None)
     figures = run_table1_bench(systems, quick=args.quick, out_json=args.out_json, doc=doc, out_dir=args.out,
                                conservative=args.conservative, ablate_meta=args.ablate_meta,
-                               ablate_attention=args.ablate_attention, device=args.device)
+                               ablate_attention=args.ablate_attention, device=args.device, seeds=args.seeds)
     if args.json:
         print_json(figures)
     return 0
@@ -117,6 +117,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke test in minutes, not a reproduction")
     p.add_argument("--out", default="runs/table1", help="output folder (cached data, runs, plots, JSON)")
     p.add_argument("--out-json", default=None, help="JSON file of the results (default <out>/table1.json)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="training seeds 0..N-1 of every model on the same data: figures are means over seeds and "
+                        "systems, with each seed's mean beside them (default 1)"),
     p.add_argument("--conservative", action="store_true",
                    help="ablation D.1: the undamped spring mesh (with --system spring_mesh)")
     p.add_argument("--ablate-meta", action="store_true",

@@ -478,6 +478,27 @@ def skill(errors: np.ndarray, hold: np.ndarray) -> float:
     return 1.0 - float(np.mean(errors)) / reference if reference > 0 else math.nan
 
 
+def merge_seeds(results: list[dict]) -> dict:
+    """One system's results of several training seeds as one: every row's OOD and in-distribution errors stacked
+    over the seeds (so a mean is over seeds and systems, a std over both), its per-seed OOD means as `seed_means`,
+    its training time the seeds' mean; what is shown of single models (predictions in the plots, training curves,
+    the encoder and decoder measures, energy) comes from the first seed."""
+    if len(results) == 1:
+        return results[0]
+    merged = {**results[0], "models": {}}
+    for key, first in results[0]["models"].items():
+        rows = [res["models"][key] for res in results]
+        entry = {**first, "errors": np.concatenate([r["errors"] for r in rows]),
+                 "id_errors": np.concatenate([r["id_errors"] for r in rows]),
+                 "seed_means": [float(r["errors"].mean()) for r in rows],
+                 "train_s": float(np.mean([r["train_s"] for r in rows]))}
+        if "signal_mse" in first:
+            means = [r["signal_mse"]["mean"] for r in rows]
+            entry["signal_mse"] = {"mean": float(np.mean(means)), "std": float(np.std(means))}
+        merged["models"][key] = entry
+    return merged
+
+
 def system_figures(system: str, res: dict) -> dict[str, float]:
     """Flat figures of one system; keys carry what they measure."""
     fig: dict[str, float] = {}
@@ -491,6 +512,10 @@ def system_figures(system: str, res: dict) -> dict[str, float]:
         fig[f"{system}_{key}_train_s"] = r["train_s"]
         if "signal_mse" in r:
             fig[f"{system}_{key}_ood_mse_vs_mean_signal"] = r["signal_mse"]["mean"]
+        for k, value in enumerate(r.get("seed_means", ())):  # several training seeds (`merge_seeds`)
+            fig[f"{system}_{key}_ood_mse_seed{k}"] = value
+        if "seed_means" in r:
+            fig[f"{system}_{key}_ood_mse_seed_std"] = float(np.std(r["seed_means"]))
     hold, hold_id = res["models"]["hold_last"]["errors"], res["models"]["hold_last"]["id_errors"]
     for key, r in res["models"].items():  # skill: 1 − MSE / MSE of holding the state (> 0 beats it)
         fig[f"{system}_{key}_skill"] = skill(r["errors"], hold)
@@ -615,7 +640,7 @@ def run_table1_bench(systems: list[str], quick: bool = False, out_json: str | Pa
                      doc: str | Path | None = None, out_dir: str | Path = "runs/table1", seed: int = 0,
                      sizes: dict[str, Sizes] | None = None, conservative: bool = False,
                      ablate_meta: bool = False, section: str | None = None, log=print,
-                     ablate_attention: bool = False, device: str = "auto") -> dict[str, float]:
+                     ablate_attention: bool = False, device: str = "auto", seeds: int = 1) -> dict[str, float]:
     """Run Table 1 for `systems`; write PNGs, JSON and the report section (`<out_dir>/table1.md`) under `out_dir`,
     the same section into `doc` when given (the CLI's `--update-docs`: docs/benchmarks.md); return the figures.
 
@@ -625,8 +650,11 @@ def run_table1_bench(systems: list[str], quick: bool = False, out_json: str | Pa
     MetaSym-without-meta-learning row (`*_metasym_nometa_*`), `ablate_attention` the D.3 row,
     MetaSym without meta-attention (`*_metasym_no_meta_attention_*`). `section` names the doc
     section (default "Table 1", or the D.1 one). `device` is where every model trains
-    (`auto`: CUDA when present); scoring and the latency column run on the CPU.
+    (`auto`: CUDA when present); scoring and the latency column run on the CPU. `seeds` > 1 trains every model
+    with seeds `seed .. seed + seeds - 1` on the same data (`merge_seeds`).
     """
+    if type(seeds) is not int or seeds < 1:
+        raise MetaSymError(f"--seeds must be a positive integer, got {seeds!r}")
     for s in systems:
         if s not in SYSTEM_NAMES:
             raise MetaSymError(f"unknown system {s!r}; expected one of {', '.join(SYSTEM_NAMES)} or all")
@@ -650,7 +678,8 @@ def run_table1_bench(systems: list[str], quick: bool = False, out_json: str | Pa
     try:
         for s in systems:
             try:
-                res = run_system(s, table[s], out, quick, seed, ablate_meta, log, ablate_attention, dev)
+                res = merge_seeds([run_system(s, table[s], out, quick, k, ablate_meta, log, ablate_attention, dev)
+                                   for k in range(seed, seed + seeds)])
             except MetaSymError as exc:  # e.g. training diverged: report it, go on with the other systems
                 log(f"[table1] {s}: FAILED: {exc}")
                 failed[label(s)] = str(exc)
@@ -684,7 +713,7 @@ def run_table1_bench(systems: list[str], quick: bool = False, out_json: str | Pa
                      plots, failed)
     command = (_command(systems, quick) + (" --conservative" if conservative else "")
                + (" --ablate-meta" if ablate_meta else "") + (" --ablate-attention" if ablate_attention else "")
-               + (f" --device {device}" if device != "auto" else "")
+               + (f" --device {device}" if device != "auto" else "") + (f" --seeds {seeds}" if seeds > 1 else "")
                + (" --update-docs" if doc is not None and Path(doc) == Path(DEFAULT_DOC) else "")
                + (f" with sizes overridden in Python ({', '.join(sizes)}; see {out_json})" if sizes else ""))
     # the report goes to the run's folder; docs/benchmarks.md (or another file) only when asked
@@ -719,6 +748,16 @@ def _doc_body(rows, header, systems, quick, figures, per_system, plots, failed) 
                    f"{per_system[s].get('device', 'cpu')}, scored on the CPU"
                    + ("; the mesh's fixed top-row coordinates are dropped for every model" if s.startswith("spring")
                       else ""))
+    for s in systems:  # several training seeds: each row's per-seed OOD MSE
+        first = {k[len(s) + 1:-len("_ood_mse_seed0")] for k in figures
+                 if k.startswith(f"{s}_") and k.endswith("_ood_mse_seed0")}
+        if first:
+            n = sum(1 for k in figures if k.startswith(f"{s}_metasym_ood_mse_seed") and k[-1].isdigit())
+            per = "; ".join(f"{_LABELS.get(m, m)} " + " / ".join(f"{figures[f'{s}_{m}_ood_mse_seed{k}']:.4g}"
+                                                                  for k in range(n))
+                            for m in sorted(first) if m not in ("hold_last", "train_mean"))
+            sim.append(f"{s}: {n} training seeds on the same data; the table's MSE is the mean over seeds and "
+                       f"systems (std over both). OOD MSE per seed: {per}")
     for s in systems:
         key = f"{s}_metasym_no_meta_attention_ood_mse"
         if key in figures:
