@@ -21,7 +21,7 @@ from metasym_core.bench.report import DEFAULT_DOC, markdown_table, text_table, u
 from metasym_core.config import build_model, load_config
 from metasym_core.meta.adapt import adapt
 from metasym_core.systems.dataset import SystemDataset
-from metasym_core.train.trainer import Trainer
+from metasym_core.train.runs import open_trainer
 
 ADAPT_TARGET_MS = 100.0
 
@@ -65,7 +65,7 @@ def outer_step_times(system: str, repeats: int = 3, device: str = "cpu") -> dict
                            2 * (window + c) + 4)
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, ds, ds, tmp, progress=False, device=device)
+        trainer = open_trainer(cfg, ds, ds, tmp, "fresh", progress=False, device=device)  # a scratch run
         out["encoder_step_s"] = _median_s(_synced(trainer._encoder_step), repeats)
         trainer.step = trainer.tc.encoder_steps
         out["decoder_step_s"] = _median_s(_synced(trainer._decoder_step), repeats)
