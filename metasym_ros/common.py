@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import numpy as np
 import rclpy
+from geometry_msgs.msg import PoseStamped
+from nav_msgs.msg import Path
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
@@ -122,6 +124,24 @@ def seconds_stamp(msg_stamp, seconds: float) -> None:
     """Set a builtin_interfaces/Time in place from float seconds."""
     sec = int(seconds // 1)
     msg_stamp.sec, msg_stamp.nanosec = sec, min(int(round((seconds - sec) * 1e9)), 999_999_999)
+
+
+def path_message(stamp, frame_id: str, positions: np.ndarray, quaternions: np.ndarray, times: np.ndarray) -> Path:
+    """nav_msgs/Path of predicted poses (`positions [H, 3]`, `quaternions [H, 4]` as x, y, z, w), each stamped
+    `stamp` + its time offset `times [H]` [s] (what RViz draws of a prediction)."""
+    base = stamp_seconds(stamp)
+    path = Path()
+    path.header.stamp = stamp
+    path.header.frame_id = frame_id
+    for (x, y, z), (qx, qy, qz, qw), t in zip(positions, quaternions, times, strict=True):
+        pose = PoseStamped()
+        pose.header.frame_id = frame_id
+        seconds_stamp(pose.header.stamp, base + t)
+        pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = float(x), float(y), float(z)
+        o = pose.pose.orientation
+        o.x, o.y, o.z, o.w = float(qx), float(qy), float(qz), float(qw)
+        path.poses.append(pose)
+    return path
 
 
 def adaptation_of(msg: AdaptationStatus) -> Adaptation:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import time
 
-from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Path
 from rclpy.node import Node
 
@@ -29,11 +28,10 @@ from metasym_ros.common import (
     log_model,
     model_update_of,
     one_of,
+    path_message,
     plan_fields,
     positive,
     run_node,
-    seconds_stamp,
-    stamp_seconds,
     state_fields,
 )
 from metasym_ros.msg import AdaptationStatus, ControlPlan, ModelCheckpoint, Prediction, PredictionMetrics, SystemState
@@ -165,26 +163,11 @@ class PredictorNode(Node):
             now = time.monotonic()
             if self._path_pub is not None and now - self._last_path >= self._path_period:
                 self._last_path = now
-                self._path_pub.publish(self._path(header, result))
+                self._path_pub.publish(path_message(header.stamp, self.frame_id,
+                                                    *positions_and_quaternions(result.states), result.times))
         except Exception:  # noqa: BLE001 - context shut down (SIGINT) while predicting: stop quietly
             if self.context.ok():
                 raise
-
-    def _path(self, header, result: PredictionResult) -> Path:
-        positions, quats = positions_and_quaternions(result.states)
-        base = stamp_seconds(header.stamp)
-        path = Path()
-        path.header.stamp = header.stamp
-        path.header.frame_id = self.frame_id
-        for (x, y, z), (qx, qy, qz, qw), t in zip(positions, quats, result.times, strict=True):
-            pose = PoseStamped()
-            pose.header.frame_id = self.frame_id
-            seconds_stamp(pose.header.stamp, base + t)
-            pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = float(x), float(y), float(z)
-            o = pose.pose.orientation
-            o.x, o.y, o.z, o.w = float(qx), float(qy), float(qz), float(qw)
-            path.poses.append(pose)
-        return path
 
     def _publish_metrics(self) -> None:
         report = self.live.report()
