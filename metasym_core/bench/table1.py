@@ -693,6 +693,7 @@ def run_table1_bench(systems: list[str], quick: bool = False, out_json: str | Pa
             _plot_curves(curves_png, label(s), res["curves"])
             plots += [str(png), str(curves_png)]
             per_system[label(s)] = {"sizes": table[s].__dict__, "simulator": res["simulator"], "device": str(dev),
+                                    "seeds": seeds,
                                     "training_curves": res["curves"],
                              "baseline_sizes": {k: r.get("sizes") for k, r in res["models"].items()},
                              "mse_vs_horizon": {k: r["errors"].mean(0).tolist() for k, r in res["models"].items()}}
@@ -749,13 +750,13 @@ def _doc_body(rows, header, systems, quick, figures, per_system, plots, failed) 
                    + ("; the mesh's fixed top-row coordinates are dropped for every model" if s.startswith("spring")
                       else ""))
     for s in systems:  # several training seeds: each row's per-seed OOD MSE
-        first = {k[len(s) + 1:-len("_ood_mse_seed0")] for k in figures
-                 if k.startswith(f"{s}_") and k.endswith("_ood_mse_seed0")}
-        if first:
-            n = sum(1 for k in figures if k.startswith(f"{s}_metasym_ood_mse_seed") and k[-1].isdigit())
+        n = per_system[s].get("seeds", 1)
+        if n > 1:
+            models = sorted(k[len(s) + 1:-len("_ood_mse_seed0")] for k in figures
+                            if k.startswith(f"{s}_") and k.endswith("_ood_mse_seed0"))
             per = "; ".join(f"{_LABELS.get(m, m)} " + " / ".join(f"{figures[f'{s}_{m}_ood_mse_seed{k}']:.4g}"
                                                                   for k in range(n))
-                            for m in sorted(first) if m not in ("hold_last", "train_mean"))
+                            for m in models if m not in ("hold_last", "train_mean"))
             sim.append(f"{s}: {n} training seeds on the same data; the table's MSE is the mean over seeds and "
                        f"systems (std over both). OOD MSE per seed: {per}")
     for s in systems:
