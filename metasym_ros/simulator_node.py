@@ -1,20 +1,9 @@
 """`simulator` node: streams a simulated system as SystemState messages.
 
-Parameters (declared up front, validated; see `ros: simulator:` in config/<system>.yaml):
-  system        quadrotor | spring_mesh | quantum (read only)
-  rate_hz       publish rate against the wall clock (default 100)
-  dt            simulated step per message [s]; spring mesh frames jitter ±10 % around it
-  seed          random seed of the flight / initial condition / noise
-  change_param  parameter changed on schedule (quadrotor: mass, inertia, arm, torque;
-                spring_mesh: k, m, gamma; quantum: omega, kappa, epsilon, nbar, eta)
-  change_scale  factor on the nominal value (default 1.3)
-  change_time   simulated time [s] of the change; negative = never
-  frame_id      header frame
-  wait_for_subscribers  start the simulated clock only once this many subscribers match (default 0)
-  controller    mpc (default): the system flies itself (the quadrotor: waypoints under its Crocoddyl MPC) |
-                external (quadrotor): a plant flown by the newest ControlPlan on ``metasym/control_plan``,
-                with a failsafe hover (read only)
-  control_timeout_s  external: a plan older than this [s, simulated] hands the vehicle to the failsafe
+An adapter: parameters in, `metasym_core.online` streams and plant, messages out. Its parameters
+(declared up front, validated; `ros: simulator:` in config/<system>.yaml; `realtime_priority`: a
+robot's state source runs real-time, docs/decisions.md, "The latency tail was the state source") are
+documented in docs/nodes.md, with each description what `ros2 param describe /simulator <name>` prints.
 
 Publishes ``metasym/state`` (QoS: metasym_ros.qos.STATE_QOS) and, for a system flown by a
 controller (controller mpc: the quadrotor's Crocoddyl MPC), that controller's plan on
@@ -39,6 +28,7 @@ from metasym_core.online.streams import STREAMS, make_stream
 from metasym_ros.common import (
     at_least,
     declare,
+    declare_realtime_priority,
     f64,
     one_of,
     plan_fields,
@@ -50,6 +40,7 @@ from metasym_ros.common import (
 )
 from metasym_ros.msg import ControlPlan, SystemState
 from metasym_ros.qos import PLAN_QOS, PLAN_TOPIC, STATE_QOS, STATE_TOPIC
+from metasym_ros.realtime import go_real_time
 from metasym_ros.srv import ChangeParameter
 
 CONTROLLERS = ("mpc", "external")
@@ -92,6 +83,7 @@ class SimulatorNode(Node):
         timeout = declare(self, "control_timeout_s", 0.2, "controller external: a plan older than this [s of "
                           "simulated time] hands the vehicle to the failsafe hover", check=check_timeout,
                           apply=self._set_timeout)
+        realtime_priority = declare_realtime_priority(self)
 
         self.stream = make_stream(self.system, dt=dt, seed=seed)
         self.plant: ExternalPlant | None = None
@@ -122,6 +114,7 @@ class SimulatorNode(Node):
                                   f"external plans (control_timeout_s {timeout:g} s, failsafe hover)")
                                + "; change " + (f"{self.change_param} x{self.change_scale:g} at "
                                                 f"t={self.change_time:g} s" if self.change_time >= 0 else "never"))
+        go_real_time(realtime_priority, self.get_logger())
 
     def _check_change_param(self, name: str) -> None:
         stream = getattr(self, "stream", None)  # at start: checked against the stream once it exists

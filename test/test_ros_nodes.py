@@ -241,7 +241,7 @@ def test_the_graph_runner_starts_nodes_in_batches_and_stops_them_cleanly(tmp_pat
     from metasym_ros.tools.launcher import GraphRunner
 
     specs = {s.name: s for s in node_graph("quadrotor", {"horizon": 5, "change_time": -1.0,
-                                                          "realtime_priority": 0})}
+                                                          "realtime_priority": 0, "simulator.realtime_priority": 0})}
     lines = []
     with open(tmp_path / "nodes.log", "w+", encoding="utf-8") as log, _ros() as (_, make, thread):
         probe = make("probe")
@@ -366,6 +366,8 @@ def test_nodes_refuse_bad_parameters():
             make(PredictorNode, {"system": "quadrotor", "horizon": 0})
         with pytest.raises(MetaSymError, match="realtime_priority"):
             make(PredictorNode, {"system": "quadrotor", "realtime_priority": 100})
+        with pytest.raises(MetaSymError, match="realtime_priority"):
+            make(SimulatorNode, {"system": "quadrotor", "realtime_priority": -1})
         with pytest.raises(MetaSymError, match="checkpoint not found"):
             make(PredictorNode, {"system": "quadrotor", "checkpoint": "/nonexistent.pt"})
 

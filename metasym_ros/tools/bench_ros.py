@@ -1,5 +1,5 @@
 """ROS latency benchmark: state publish → prediction receive, and the batched rollout service,
-with normal scheduling (the baseline) and with a real-time (SCHED_FIFO) predictor and probe.
+with normal scheduling (the baseline) and with a real-time (SCHED_FIFO) predictor, probe and state source.
 
 Starts the node graph of a system as `metasym launch` does (`launcher.GraphRunner`: simulator,
 predictor and learner, separate processes, on the caller's ROS domain) and a probe node in this process. Each Prediction
@@ -64,7 +64,10 @@ def _measure(system: str, cfg: dict, rate_hz: float, horizon: int, candidates: i
     print(f"[bench ros] starting the {system} graph ({label})", file=sys.stderr, flush=True)
     log = tempfile.TemporaryFile(mode="w+")  # the nodes' output; a pipe could fill up and block them
     graph = GraphRunner(stdout=log)
-    graph.start(node_graph(system, {"rate_hz": rate_hz, "horizon": horizon, "realtime_priority": priority}))
+    # the baseline runs every node normal; the real-time run the predictor at `priority` and the simulator (the
+    # state source) at its configured priority
+    overrides = {"rate_hz": rate_hz, "horizon": horizon, "realtime_priority": priority}
+    graph.start(node_graph(system, overrides if priority else {**overrides, "simulator.realtime_priority": 0}))
     recorder = FlightRecorder(horizon, system)
     context = rclpy.Context()
     rclpy.init(context=context)
@@ -105,6 +108,7 @@ def _measure(system: str, cfg: dict, rate_hz: float, horizon: int, candidates: i
                 raise MetaSymError(f"the {system} graph did not start: {log.read()[-500:]}")
             time.sleep(0.1)
         predictor_priority = fifo_priority(graph.pid("predictor"))
+        simulator_priority = fifo_priority(graph.pid("simulator"))
         time.sleep(WARMUP_S)
         with tqdm(total=round(duration_s), desc=f"{system} graph, {label}", unit="s", leave=False) as bar:
             end = time.monotonic() + duration_s
@@ -140,7 +144,8 @@ def _measure(system: str, cfg: dict, rate_hz: float, horizon: int, candidates: i
     skill = _skill(recorder, cfg)
     return {"skill": skill, "latency": sample, "state_latency": np.array(state_latencies),
             "round_trip": np.array(round_trip), "server": np.array(server),
-            "priority": predictor_priority if probe_refused is None else 0, "refused": probe_refused}
+            "priority": predictor_priority if probe_refused is None else 0, "refused": probe_refused,
+            "simulator_priority": simulator_priority}
 
 
 def _skill(recorder, cfg: dict) -> dict[str, float]:
@@ -198,7 +203,8 @@ def run_ros_latency_bench(duration_s: float = 60.0, rate_hz: float = 100.0, syst
             for prio in (0, realtime_priority)}
     rt = runs[realtime_priority]
     figures = {**_figures("", runs[0], candidates, duration_s, rate_hz),
-               **_figures("rt_", rt, candidates, duration_s, rate_hz), "rt_priority": rt["priority"]}
+               **_figures("rt_", rt, candidates, duration_s, rate_hz), "rt_priority": rt["priority"],
+               "rt_simulator_priority": rt["simulator_priority"]}
     if candidates == 1024 and cfg["control_dim"]:
         figures.update(TARGETS)
     elif candidates == 1024:
@@ -244,9 +250,11 @@ def run_ros_latency_bench(duration_s: float = 60.0, rate_hz: float = 100.0, syst
             f"arrival against the state's header stamp (of each prediction, and as the same-run "
             f"baseline of each state message itself: what transport and the probe's scheduling cost before the "
             f"predictor does anything){service}. Two graphs, one after the "
-            f"other: `normal` with every process under normal scheduling (`realtime_priority:=0`, the baseline), "
-            f"then `SCHED_FIFO` with the predictor's `realtime_priority` and the probe (an MPC client) at that "
-            f"priority; simulator and learner stay normal. Targets: p99 ≤ {TARGETS['latency_p99_target_ms']} ms, "
+            f"other: `normal` with every process under normal scheduling (the predictor's and the simulator's "
+            f"`realtime_priority` 0, the baseline), then `SCHED_FIFO` with the predictor's `realtime_priority` and "
+            f"the probe (an MPC client) at that priority, and the simulator (the state source, as a robot's runs) "
+            f"at its configured `realtime_priority` ({rt['simulator_priority'] or 'normal'}); the learner stays "
+            f"normal. Targets: p99 ≤ {TARGETS['latency_p99_target_ms']} ms, "
             f"K=1024 ≤ {TARGETS['rollout_k1024_target_ms']} ms, ≥ {MIN_PREDICTIONS_PER_S:g} predictions/s."
             f"\n\n{markdown_table(header, rows)}\n\n"
             f"What the probe saw on `/metasym/prediction`, scored against holding the last state over the "
