@@ -19,7 +19,7 @@ from metasym_core.models.attention import CausalSelfAttention, MetaAttention, wi
 
 LOCAL_SUFFIXES = ("meta_attn.w_q.weight", "meta_attn.w_v.weight", "meta_attn.w_v.bias")
 #: what the decoder's increment is added to (see `ActiveDecoder`; also "nominal:<name>", `models.nominal`)
-RESIDUALS = ("state", "encoder")
+RESIDUALS = ("state", "encoder", "mean")
 
 
 class ControlNet(nn.Module):
@@ -91,7 +91,11 @@ class ActiveDecoder(nn.Module):
             encoder's flow step plus the decoder's correction (dissipation, controls, quirks), as
             in the paper's near-symplecticity argument D(e) = e + … (docs/decisions.md);
             "nominal:<name>" predicts `x_{t+1} = f(x_t, u_t, h_t) + Δ`, a known nominal step
-            (`models.nominal.NOMINAL`, e.g. "nominal:quadrotor") plus the learned correction.
+            (`models.nominal.NOMINAL`, e.g. "nominal:quadrotor") plus the learned correction;
+            "mean" predicts `x_{t+1} = x̄ + Δ`, the training mean of the state plus the increment: the
+            head predicts the next state itself (METHOD §3 without the chosen residual), for a record
+            whose every frame carries white noise (the quantum heterodyne record), where `x_t + Δ` makes
+            the decoder cancel each frame's noise to predict the signal (docs/decisions.md).
     """
 
     def __init__(self, state_dim: int, control_dim: int, d_model: int, heads: int = 4, layers: int = 1,

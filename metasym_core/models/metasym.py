@@ -84,9 +84,12 @@ class MetaSym(nn.Module):
         """What the decoder's increment is added to (all `[..., ·]`, unnormalised; `h [..., 1]`): the state
         `x_t`; with the encoder residual the raw latent `Φ_θ(x_t, h_t)` (but `x_t` on the `fixed`
         coordinates: the encoder mixes every coordinate and would move a boundary the data never moved);
-        with a nominal residual the nominal step f(x_t, u_t, h_t) (`models.nominal`)."""
+        with a nominal residual the nominal step f(x_t, u_t, h_t) (`models.nominal`); with the mean residual
+        the training mean of the state (the head predicts the next state itself)."""
         if self._nominal is not None:
             return self._nominal(states, controls, h)
+        if self.decoder.residual == "mean":
+            return self.state_mean.to(states.dtype).expand_as(states)
         return torch.where(self.fixed, states, latents) if self.encoder_residual else states
 
     def tokens(self, x: torch.Tensor, u: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
