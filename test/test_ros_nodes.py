@@ -241,7 +241,7 @@ def test_the_graph_runner_starts_nodes_in_batches_and_stops_them_cleanly(tmp_pat
     from metasym_ros.tools.launcher import GraphRunner
 
     specs = {s.name: s for s in node_graph("quadrotor", {"horizon": 5, "change_time": -1.0,
-                                                          "realtime_priority": 0, "simulator.realtime_priority": 0})}
+                                                          "realtime_priority": 0})}
     lines = []
     with open(tmp_path / "nodes.log", "w+", encoding="utf-8") as log, _ros() as (_, make, thread):
         probe = make("probe")

@@ -27,8 +27,7 @@ def test_adaptation_reaches_a_predictor_that_shares_no_files_with_the_learner(tm
     from metasym_ros.tools.launcher import die_with_parent, node_command, stop_all
 
     overrides = {"change_time": 2.0, "learner.window": 50, "learner.period_s": 0.5, "learner.min_gain": 0.0,
-                 "learner.bias_threshold": 0.0, "learner.params_dir": "", "predictor.realtime_priority": 0,
-                 "simulator.realtime_priority": 0}
+                 "learner.bias_threshold": 0.0, "learner.params_dir": "", "predictor.realtime_priority": 0}
     specs = {spec.name: spec for spec in node_graph("quadrotor", overrides)}
     procs, logs = [], []
     with ros_context() as (_, make, thread):

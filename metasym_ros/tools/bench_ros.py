@@ -30,13 +30,14 @@ from metasym_ros.tools.launcher import GraphRunner
 TARGETS = {"latency_p99_target_ms": 5.0, "rollout_k1024_target_ms": 20.0}
 MIN_PREDICTIONS_PER_S = 20.0  # issue 20: every graph predicts at least this often
 WARMUP_S = 3.0  # first predictions include model warm-up; not timed
+START_TIMEOUT_S = 60.0
 STATE_SOURCE_PRIORITY = 10  # SCHED_FIFO of the simulator in the real-time run, below the predictor's
 
 
 def state_source_priority(priority: int) -> int:
-    """The simulator's SCHED_FIFO priority in a run whose predictor has `priority` (0: normal, like it)."""
+    """The simulator's SCHED_FIFO priority in a run whose predictor has `priority`: below it, at most
+    STATE_SOURCE_PRIORITY, and at least 1 (a predictor at 1 shares it); 0 (normal) with a normal predictor."""
     return max(1, min(STATE_SOURCE_PRIORITY, priority - 1)) if priority else 0
-START_TIMEOUT_S = 60.0
 
 
 def _rollout_request(srv, cfg: dict, candidates: int, horizon: int, rng: np.random.Generator):
