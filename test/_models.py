@@ -7,14 +7,16 @@ from metasym_core import ActiveDecoder, MetaSym, SymplecticEncoder
 
 def random_model(state_dim: int = 12, control_dim: int = 4, d_model: int = 32, context: int = 10,
                  layers: int = 1, dtype: torch.dtype = torch.float64, scale: float = 0.3,
-                 seed: int = 0, meta_attention: bool = True, residual: str = "state") -> MetaSym:
+                 seed: int = 0, meta_attention: bool = True, residual: str = "state",
+                 linear_skip: bool = False) -> MetaSym:
     """A MetaSym with non-trivial random weights (init values are near zero by design);
-    `meta_attention=False`: the ablation D.3 b decoder; `residual`: that of `ActiveDecoder`."""
+    `meta_attention=False`: the ablation D.3 b decoder; `residual`, `linear_skip`: those of `ActiveDecoder`."""
     torch.manual_seed(seed)
     model = MetaSym(SymplecticEncoder(state_dim), ActiveDecoder(state_dim, control_dim, d_model, heads=4,
                                                                layers=layers, context=context,
                                                                meta_attention=meta_attention,
-                                                               residual=residual)).to(dtype)
+                                                               residual=residual,
+                                                               linear_skip=linear_skip)).to(dtype)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, scale)

@@ -2,7 +2,8 @@
 
 Same tokens (the ControlNet embedding of normalised `[x_t, u_t, h_t]`), the same
 banded causal self-attention with relative-position bias over the same context
-window, pre-norm blocks with an MLP, and the same residual increment head; no
+window, pre-norm blocks with an MLP, and the same residual increment head (with `linear_skip`, the
+same linear skip); no
 symplectic encoder, no meta-attention, no meta-learning (pooled training).
 """
 
@@ -40,7 +41,7 @@ class TransformerBaseline(Baseline):
     name = "transformer"
 
     def __init__(self, state_dim: int, control_dim: int, d_model: int = 16, heads: int = 4, layers: int = 1,
-                 context: int = 10) -> None:
+                 context: int = 10, linear_skip: bool = False) -> None:
         super().__init__(state_dim, control_dim)
         if heads < 1 or d_model % heads or layers < 1 or context < 1:
             raise MetaSymError(f"transformer: d_model ({d_model}) must be divisible by heads ({heads}); "
@@ -53,13 +54,22 @@ class TransformerBaseline(Baseline):
         self.head = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, state_dim))
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
+        # MetaSym's linear skip (`ActiveDecoder(linear_skip=True)`), so that Table 1 compares like with like
+        self.skip = nn.Linear(state_dim + control_dim + 1, state_dim) if linear_skip else None
+        if self.skip is not None:
+            nn.init.zeros_(self.skip.weight)
+            nn.init.zeros_(self.skip.bias)
 
     def config(self) -> dict:
         return {**super().config(), "d_model": self.d_model, "heads": self.heads, "layers": self.layers,
-                "context": self.context}
+                "context": self.context, "linear_skip": self.skip is not None}
 
     def predict_next(self, states: torch.Tensor, controls: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        z = self.control_net(self.norm("state", states), self.norm("control", controls), self.norm("step", h))
+        inputs = (self.norm("state", states), self.norm("control", controls), self.norm("step", h))
+        z = self.control_net(*inputs)
         for block in self.blocks:
             z = block(z)
-        return states + self.head(self.ln_f(z)) * self.delta_std
+        delta = self.head(self.ln_f(z))
+        if self.skip is not None:
+            delta = delta + self.skip(torch.cat(inputs, dim=-1))
+        return states + delta * self.delta_std

@@ -96,11 +96,16 @@ class ActiveDecoder(nn.Module):
             head predicts the next state itself (METHOD §3 without the chosen residual), for a record
             whose every frame carries white noise (the quantum heterodyne record), where `x_t + Δ` makes
             the decoder cancel each frame's noise to predict the signal (docs/decisions.md).
+        linear_skip: also add a linear map of the step's normalised inputs `[x_t, u_t, h_t]` to the increment
+            (zero at init; a global parameter). The head reads the token through the final layer norm, which
+            bounds Δ whatever the inputs' size: a flight more energetic than any in training (the heavy OOD
+            quadrotor of Table 1) then needs increments the head cannot reach. The linear term scales with
+            the inputs (docs/decisions.md, "The decoder's increment was bounded").
     """
 
     def __init__(self, state_dim: int, control_dim: int, d_model: int, heads: int = 4, layers: int = 1,
                  context: int = 10, dropout: float = 0.0, meta_attention: bool = True,
-                 residual: str = "state") -> None:
+                 residual: str = "state", linear_skip: bool = False) -> None:
         super().__init__()
         if state_dim <= 0 or control_dim < 0 or d_model <= 0 or layers < 1 or context < 1:
             raise MetaSymError("ActiveDecoder needs state_dim > 0, control_dim >= 0, d_model > 0, "
@@ -125,13 +130,24 @@ class ActiveDecoder(nn.Module):
         self.head = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, state_dim))
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
+        if not isinstance(linear_skip, bool):
+            raise MetaSymError(f"linear_skip must be true or false, got {linear_skip!r}")
+        self.skip = nn.Linear(state_dim + control_dim + 1, state_dim) if linear_skip else None
+        if self.skip is not None:
+            nn.init.zeros_(self.skip.weight)
+            nn.init.zeros_(self.skip.bias)
+
+    @property
+    def linear_skip(self) -> bool:
+        """Whether a linear map of the step's inputs is added to the increment (`linear_skip`)."""
+        return self.skip is not None
 
     def config(self) -> dict:
-        """Constructor arguments, for checkpoints (older ones lack `meta_attention` and `residual`: the
-        defaults True and "state")."""
+        """Constructor arguments, for checkpoints (older ones lack `meta_attention`, `residual` and
+        `linear_skip`: the defaults True, "state" and False)."""
         return {"state_dim": self.state_dim, "control_dim": self.control_dim, "d_model": self.d_model,
                 "heads": self.heads, "layers": self.layers, "context": self.context, "dropout": self.dropout,
-                "meta_attention": self.meta_attention, "residual": self.residual}
+                "meta_attention": self.meta_attention, "residual": self.residual, "linear_skip": self.linear_skip}
 
     # -- parameter split -------------------------------------------------------------------------
     @staticmethod
@@ -164,7 +180,10 @@ class ActiveDecoder(nn.Module):
         for i, block in enumerate(self.blocks):
             z, block_kv = block(z, e, *self._local(local, i))
             kv.append(block_kv)
-        return self.head(self.ln_f(z)), kv
+        delta = self.head(self.ln_f(z))
+        if self.skip is not None:
+            delta = delta + self.skip(torch.cat([x, u, h], dim=-1))
+        return delta, kv
 
     def forward(self, x: torch.Tensor, u: torch.Tensor, h: torch.Tensor, e: torch.Tensor,
                 local: dict[str, torch.Tensor] | None = None) -> torch.Tensor:

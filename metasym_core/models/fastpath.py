@@ -402,8 +402,8 @@ def inference_entry(model, tensors: list[torch.Tensor]) -> tuple | None:
 def try_rollout(model, states: torch.Tensor, controls: torch.Tensor, h: torch.Tensor, future: torch.Tensor,
                 horizon: int, local: dict[str, torch.Tensor] | None) -> torch.Tensor | None:
     """`MetaSym.rollout` on checked inputs (`h [B, T + horizon, 1]`) via NumPy, or None if it does not apply."""
-    if not (model.state_residual or model.encoder_residual):
-        return None  # a nominal step (`models.nominal`) has no NumPy twin here
+    if not (model.state_residual or model.encoder_residual) or model.decoder.linear_skip:
+        return None  # a nominal step (`models.nominal`) and the linear skip have no NumPy twin here
     B, T = states.shape[:2]
     extra = list(local.values()) if local else []
     entry = applicable(model, [states, controls, h, future, *extra], B)

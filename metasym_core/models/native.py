@@ -18,9 +18,10 @@ torch path runs. It serves CPU float32/float64 rollouts without autograd in eval
 mode, any batch, context, step sizes (per row and per token) and local parameters,
 and equals `MetaSym.rollout_reference` to round-off (test/test_native.py). Its increment is
 added to x_t, or with `residual: nominal:quadrotor` to the quadrotor's nominal step
-(`csrc/nominal.h`, the C twin of `systems/quadrotor/torch_step.py`, in double vectors); the
-encoder residual runs elsewhere. K candidates from one context (`shares_context`) stream their
-shared tokens once: K = 512 MPPI candidates over 20 steps take 9 ms on one AMD EPYC core.
+(`csrc/nominal.h`, the C twin of `systems/quadrotor/torch_step.py`, in double vectors), with
+the decoder's linear skip where it has one; the encoder and mean residuals run elsewhere.
+K candidates from one context (`shares_context`) stream their shared tokens once: K = 512
+MPPI candidates over 20 steps take 9 ms on one AMD EPYC core.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import torch
 from metasym_core.errors import MetaSymError
 from metasym_core.models import fastpath
 
-ABI_VERSION = 4
+ABI_VERSION = 5
 #: names the ISA level the kernel uses (`isas()` lists them; "best" is the default)
 ISA_ENV = "METASYM_NATIVE_ISA"
 #: larger models stay on the torch path: their weights, re-read for every block of rows and every token,
@@ -200,6 +201,9 @@ class Packed:
             dstd = model.delta_std.double()
             put(dec.ln_f.weight, dec.ln_f.bias, lin1.weight, lin1.bias, lin2.weight.double() * dstd[:, None],
                 lin2.bias.double() * dstd)
+            if dec.skip is not None:  # folded like the ControlNet, in state units
+                ws = dec.skip.weight.double() / std * dstd[:, None]
+                put(ws, dec.skip.bias.double() * dstd - ws @ mean)
             if nominal == NOMINAL_QUADROTOR:
                 from metasym_core.systems.quadrotor.torch_step import kernel_constants
 
@@ -209,7 +213,7 @@ class Packed:
         self.weights = {np.float64: flat, np.float32: flat.astype(np.float32)}
         self.dims = np.array([D, m, d, H, c, dec.layers, int(dec.meta_attention), enc.layers, enc.sublayers,
                               _ACTIVATIONS[enc.activation], dec.blocks[0].mlp[0].out_features,
-                              lin1.out_features, nominal], dtype=np.int32)
+                              lin1.out_features, nominal, int(dec.skip is not None)], dtype=np.int32)
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:

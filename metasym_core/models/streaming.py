@@ -132,6 +132,13 @@ class StreamingPlan:
         self.ln_f = (dec.ln_f.weight, dec.ln_f.bias)
         lin1, lin2 = dec.head[0], dec.head[2]
         self.head = (lin1.weight, lin1.bias, lin2.weight * model.delta_std[:, None], lin2.bias * model.delta_std)
+        # the linear skip (`ActiveDecoder(linear_skip=True)`) folded like the ControlNet, in state units
+        self.skip_x = self.skip_uh = None
+        if dec.skip is not None:
+            ws = dec.skip.weight / std * model.delta_std[:, None]
+            bs = dec.skip.bias * model.delta_std - ws @ mean
+            self.skip_x = ws[:, :D].T.contiguous()
+            self.skip_uh = F.linear(torch.cat([future_u, future_h], dim=-1), ws[:, D:], bs)  # [B, steps, D]
 
     def _bias_table(self, rel_bias: torch.Tensor, first: int, steps: int) -> torch.Tensor:
         """Bias `[steps, c, H]` of step k's token (position `first + k`) over the ring slots.
@@ -190,4 +197,6 @@ class StreamingPlan:
             z = z + F.linear(F.silu(F.linear(F.layer_norm(z, (d,), *blk["ln3"]), w1, b1)), w2, b2)
         w1, b1, w2, b2 = self.head
         base = x if self.state_residual else self.anchor(x, e, self.future_u[:, k], h)
+        if self.skip_x is not None:
+            base = base + torch.addmm(self.skip_uh[:, k], x, self.skip_x)
         return base + F.linear(F.silu(F.linear(F.layer_norm(z, (d,), *self.ln_f), w1, b1)), w2, b2)

@@ -22,13 +22,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ABI_VERSION 4
+#define ABI_VERSION 5
 #define MAX_LAYERS 64 /* decoder blocks */
 /* everything is inlined into each level's entry point, so it is compiled for that level's target */
 #define INLINE inline __attribute__((always_inline))
 
 enum { DIM_D, DIM_M, DIM_DM, DIM_H, DIM_C, DIM_L, DIM_META, DIM_ELAYERS, DIM_ESUB, DIM_ACT, DIM_MLP, DIM_HEAD,
-       DIM_NOMINAL };
+       DIM_NOMINAL, DIM_SKIP };
 enum { ACT_SIGMOID, ACT_TANH, ACT_ELU };
 
 /* An (empty) Python module, so that the library imports like any extension; its functions are called

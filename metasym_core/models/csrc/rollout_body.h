@@ -143,12 +143,13 @@ typedef struct {
 } FN(Block);
 
 typedef struct {
-  int D, m, d, H, c, L, meta, el, es, act, hid, hhid, n, nominal;
+  int D, m, d, H, c, L, meta, el, es, act, hid, hhid, n, nominal, skip;
   REAL eps;
   const REAL *nominal_params; /* the nominal step's constants (nominal.h), when `nominal` */
   const REAL *shift, *A, *ebias, *ea, *tok_w, *tok_b;
   FN(Block) * blocks;
   const REAL *lnf_g, *lnf_b, *head1_w, *head1_b, *head2_w, *head2_b;
+  const REAL *skip_w, *skip_b; /* the linear skip on [x | u | h], when `skip` (ActiveDecoder's linear_skip) */
 } FN(Model);
 
 static INLINE const REAL *FN(take)(const REAL **cursor, size_t count) {
@@ -189,6 +190,9 @@ static size_t FN(unpack)(const int *dims, const REAL *w, FN(Model) * M, FN(Block
   M->lnf_g = FN(take)(p, d), M->lnf_b = FN(take)(p, d);
   M->head1_w = FN(take)(p, (size_t)M->hhid * d), M->head1_b = FN(take)(p, M->hhid);
   M->head2_w = FN(take)(p, (size_t)D * M->hhid), M->head2_b = FN(take)(p, D);
+  M->skip = dims[DIM_SKIP];
+  M->skip_w = M->skip ? FN(take)(p, (size_t)D * (D + M->m + 1)) : NULL;
+  M->skip_b = M->skip ? FN(take)(p, D) : NULL;
   M->nominal = dims[DIM_NOMINAL];
   M->nominal_params = M->nominal == NOMINAL_QUADROTOR ? FN(take)(p, QUAD_PARAMS) : NULL;
   return (size_t)(cur - w);
@@ -306,6 +310,7 @@ static INLINE void FN(run_block)(const FN(Model) * M, int r0, int nrows, int T, 
     FN(matvec)(M->hhid, d, M->head1_w, M->head1_b, y, hidden, 0);
     FN(silu)(M->hhid, hidden);
     FN(matvec)(D, M->hhid, M->head2_w, M->head2_b, hidden, delta, 0);
+    if (M->skip) FN(matvec)(D, din, M->skip_w, M->skip_b, in, delta, 1); /* Δ += the linear skip of x_t, u_t, h_t */
     if (M->nominal) /* x_{t+1} = f(x_t, u_t, h_t) + Δ, the nominal step row by row */
       FN(nominal_step)(M, in, delta);
     else
