@@ -66,7 +66,8 @@ def test_the_bundled_mppi_model_follows_its_recipe_and_the_config():
     assert recipe["family_options"] == {"source": "flight", "control_noise": 0.5}
     assert recipe["flight_revision"] == FLIGHT_REVISION, "flown by another simulator: retrain pretrained:mppi"
     bundled = load_checkpoint(resolve_checkpoint("pretrained:mppi", "quadrotor"))[0].config()
-    assert bundled["decoder"] == {"state_dim": 12, "control_dim": 4, **model["decoder"], "meta_attention": True}
+    assert bundled["decoder"] == {"state_dim": 12, "control_dim": 4, "linear_skip": False, **model["decoder"],
+                                  "meta_attention": True}
     assert cfg["ros"]["controller"]["checkpoint"] == "pretrained:mppi"
     for bad in ("pretrained:nope", "pretrained:../quadrotor"):
         with pytest.raises(MetaSymError, match="no such bundled model"):
