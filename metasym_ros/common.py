@@ -24,6 +24,7 @@ from metasym_core.online.live_predictor import Adaptation, ModelUpdate
 from metasym_core.online.plan import ControlPlan as Plan
 from metasym_core.online.predictor import describe_model
 from metasym_ros.msg import AdaptationStatus, ControlPlan, ModelCheckpoint
+from metasym_ros.realtime import set_fifo
 
 
 def declare(node: Node, name: str, default, description: str, apply: Callable[[object], None] | None = None,
@@ -185,11 +186,18 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:
     surfaced as a RuntimeError from inside rclpy ("Unable to convert call argument"), a traceback and exit
     code 1. rclpy's own handler (installed by `rclpy.init`) shuts the context down, which ends `spin` with
     ExternalShutdownException; ours only records that the stop was asked for, so that whatever the shut-down
-    context makes fail meanwhile (a node still being constructed) counts as the clean exit it is."""
+    context makes fail meanwhile (a node still being constructed) counts as the clean exit it is. A real-time
+    node also goes back to normal scheduling then: on a small machine its shutdown must not hold a core while
+    the other nodes of the graph are stopping too."""
     node = None
     code = 0
     interrupted = []
-    signal.signal(signal.SIGINT, lambda _signum, _frame: interrupted.append(True))
+
+    def on_sigint(_signum, _frame) -> None:
+        interrupted.append(True)
+        set_fifo(0)
+
+    signal.signal(signal.SIGINT, on_sigint)
     try:
         rclpy.init(args=args)
         node = factory()
@@ -206,6 +214,7 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:
             raise
         # stopping: the shut-down context made the node's start-up or the executor fail; a clean exit
     finally:
+        set_fifo(0)  # however the node stops
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
