@@ -21,18 +21,20 @@ def _case(B=3, T=8, horizon=12, device="cpu", seed=0):
 
 #: residual -> backends that do not apply to it (they add the increment to x_t only; the compiled kernel
 #: also has the quadrotor's nominal step)
-DECLINE = {"state": (), "encoder": ("native",), "nominal:quadrotor": ("numpy",), "state+skip": ("numpy",)}
+DECLINE = {"state": (), "encoder": ("native",), "nominal:quadrotor": ("numpy",), "mean": ("numpy",),
+           "state+skip": ("numpy",)}
 
 
 @pytest.mark.parametrize("name", backends.names())
 @pytest.mark.parametrize("meta", [True, False], ids=["meta-attention", "no-meta-attention"])
-@pytest.mark.parametrize("residual", ["state", "encoder", "nominal:quadrotor", "state+skip"],
-                         ids=["state-residual", "encoder-residual", "nominal-residual", "linear-skip"])
+@pytest.mark.parametrize("residual", ["state", "encoder", "nominal:quadrotor", "mean", "state+skip"],
+                         ids=["state-residual", "encoder-residual", "nominal-residual", "mean-residual", "linear-skip"])
 def test_every_backend_equals_the_reference(name, meta, residual):
     """Local parameters, given future controls, a 2-block decoder, float64: the same rollout to round-off.
     `cudagraph` runs where CUDA is; elsewhere it is refused by name (it does not apply to CPU tensors),
-    as are the compiled kernel for the encoder residual and the NumPy path for a nominal step or a linear
-    skip. (The case's 12 states and 4 controls are the quadrotor's, so its nominal step applies.)"""
+    as are the compiled kernel for the encoder residual and the NumPy path for a nominal step, the mean
+    residual or a linear skip. (The case's 12 states and 4 controls are the quadrotor's, so its nominal step
+    applies.)"""
     device = "cuda" if name == "cudagraph" and CUDA else "cpu"
     model = random_model(layers=2, context=6, meta_attention=meta, residual=residual.split("+")[0],
                          linear_skip=residual.endswith("+skip")).to(device)

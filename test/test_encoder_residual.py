@@ -107,10 +107,11 @@ def test_coordinates_the_data_never_moved_are_held():
     assert (out[:, -1] - x[:, -1]).abs().max() > 1e-3  # the others move
 
 
-@pytest.mark.parametrize("backend", ["auto", "torch", "reference"])
+@pytest.mark.parametrize("backend", ["auto", "native", "torch", "reference"])
 def test_the_mean_residual_rolls_out_alike_on_every_backend_that_takes_it(backend):
-    """The compiled kernel and the NumPy path add the increment to x_t or Φ_θ only: they decline a mean-residual
-    model, and `auto` falls through to the torch path, equal to the reference rollout."""
+    """The compiled kernel adds the increment to the training mean too (`auto` takes it); the NumPy path adds it
+    to x_t or Φ_θ only and declines a mean-residual model. Every backend that takes it equals the reference
+    rollout."""
     from metasym_core.models import backends
 
     model = random_model(layers=1, context=6, residual="mean", scale=0.1).float()
@@ -122,7 +123,8 @@ def test_the_mean_residual_rolls_out_alike_on_every_backend_that_takes_it(backen
         ref = model.rollout(x, u, 0.02, 12, future_controls=future, backend="reference")
         out = model.rollout(x, u, 0.02, 12, future_controls=future, backend=backend)
         h = torch.full((3, 6 + 12, 1), 0.02)
-        assert backends.BACKENDS["native"](model, x, u, h, future, 12, None) is None
         assert backends.BACKENDS["numpy"](model, x, u, h, future, 12, None) is None
+        native = backends.BACKENDS["native"](model, x, u, h, future, 12, None)
+        assert native is not None and (native - ref).abs().max() < 1e-5
     assert (out - ref).abs().max() < 1e-5
     assert (ref[:, 0] - x[:, -1]).abs().max() > 0.1  # not the hold of the last state

@@ -89,8 +89,7 @@ _QUICK_TRAIN = {"encoder_steps": 15, "outer_steps": 45, "eval_interval": 15, "pa
 QUICK: dict[str, Sizes] = {
     "quadrotor": Sizes({"train": 6, "val": 2, "id": 3, "ood": 3}, 120, 60, 30, 60, 150, training=_QUICK_TRAIN,
                        decoder={"linear_skip": True}),
-    "quantum": Sizes({"train": 6, "val": 2, "id": 3, "ood": 3}, 150, 80, 30, 60, 150, training=_QUICK_TRAIN,
-                     decoder={"residual": "mean"}),
+    "quantum": Sizes({"train": 6, "val": 2, "id": 3, "ood": 3}, 150, 80, 30, 60, 150, training=_QUICK_TRAIN),
     "spring_mesh": Sizes({"train": 6, "val": 2, "id": 3, "ood": 3}, 300, 100, 50, 60, 150, family={"grid": 3},
                          training=_QUICK_TRAIN, decoder={"d_model": 32}),
 }
@@ -103,11 +102,12 @@ FULL: dict[str, Sizes] = {
     # (MetaSym 0.0074 OOD without, 0.0030 with, seed 0; docs/decisions.md, "The decoder's increment was bounded")
     "quadrotor": Sizes({"train": 30, "val": 4, "id": 10, "ood": 10}, 200, 100, 50, 3300, 3000,
                        training={"encoder_steps": 300, "outer_steps": 3000}, decoder={"linear_skip": True}),
-    # the quantum MetaSym predicts the record's next frame itself (`residual: mean`): with x_t + Δ its decoder had to
-    # cancel each frame's white noise, and it scored worst of all rows against the noise-free signal (0.79 against
-    # 0.06-0.31, three seeds; docs/decisions.md, "The quantum record: predict the frame, not the increment")
+    # the quantum MetaSym predicts the record's next frame itself (config/quantum.yaml's `residual: mean`): with
+    # x_t + Δ its decoder had to cancel each frame's white noise, and it scored worst of all rows against the
+    # noise-free signal (0.79 against 0.06-0.31, three seeds; docs/decisions.md, "The quantum record: predict the
+    # frame, not the increment")
     "quantum": Sizes({"train": 50, "val": 4, "id": 10, "ood": 10}, 500, 200, 100, 3300, 3000,
-                     training={"encoder_steps": 300, "outer_steps": 3000}, decoder={"residual": "mean"}),
+                     training={"encoder_steps": 300, "outer_steps": 3000}),
     # the paper's 10x10 mesh (360 moving coordinates; MetaSym 335k parameters at d_model 64) with the bundled
     # model's data and schedule (metasym_core/pretrained/spring_mesh.recipe.json):
     # 100 training meshes (25 let the decoder overfit: training loss 0.01 against 0.59 held out), the config's

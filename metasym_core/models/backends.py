@@ -8,7 +8,8 @@ explicitly must apply, or `MetaSymError` says so. Every backend gives the refere
 
 - `native`: the compiled kernel (`native.py`, `csrc/`). `auto` takes it for CPU inference in
   float32/64 where the kernel is built and the model packs into ≤ `native.MAX_WEIGHTS` values; its
-  increment goes to x_t or to the quadrotor's nominal step (`csrc/nominal.h`), not to the encoder's.
+  increment goes to x_t, to the training mean or to the quadrotor's nominal step (`csrc/nominal.h`), not to
+  the encoder's.
 - `numpy`: NumPy on folded weights (`fastpath.py`). `auto` takes it for CPU inference with
   B ≤ `fastpath.MAX_BATCH` where `native` does not apply: an install without a C compiler, a model too
   large for the kernel, or the encoder residual (e.g. the spring mesh's). State or encoder residual, no

@@ -19,7 +19,8 @@ mode, any batch, context, step sizes (per row and per token) and local parameter
 and equals `MetaSym.rollout_reference` to round-off (test/test_native.py). Its increment is
 added to x_t, or with `residual: nominal:quadrotor` to the quadrotor's nominal step
 (`csrc/nominal.h`, the C twin of `systems/quadrotor/torch_step.py`, in double vectors), with
-the decoder's linear skip where it has one; the encoder and mean residuals run elsewhere.
+the training mean (`residual: mean`), with the decoder's linear skip where it has one; the
+encoder residual runs elsewhere.
 K candidates from one context (`shares_context`) stream their shared tokens once: K = 512
 MPPI candidates over 20 steps take 9 ms on one AMD EPYC core.
 """
@@ -39,7 +40,7 @@ import torch
 from metasym_core.errors import MetaSymError
 from metasym_core.models import fastpath
 
-ABI_VERSION = 5
+ABI_VERSION = 6
 #: names the ISA level the kernel uses (`isas()` lists them; "best" is the default)
 ISA_ENV = "METASYM_NATIVE_ISA"
 #: larger models stay on the torch path: their weights, re-read for every block of rows and every token,
@@ -138,7 +139,7 @@ def available() -> bool:
 
 
 #: the kernel's nominal steps (csrc/nominal.h): 0 adds the increment to x_t
-NOMINAL_NONE, NOMINAL_QUADROTOR = 0, 1
+NOMINAL_NONE, NOMINAL_QUADROTOR, NOMINAL_MEAN = 0, 1, 2
 
 
 def _nominal_code(model) -> int | None:
@@ -146,6 +147,8 @@ def _nominal_code(model) -> int | None:
     encoder residual, a nominal step it does not have)."""
     if model.state_residual:
         return NOMINAL_NONE
+    if model.decoder.residual == "mean":
+        return NOMINAL_MEAN
     if model.decoder.residual == "nominal:quadrotor" and (model.state_dim, model.control_dim) == (12, 4):
         return NOMINAL_QUADROTOR
     return None
@@ -208,6 +211,8 @@ class Packed:
                 from metasym_core.systems.quadrotor.torch_step import kernel_constants
 
                 put(torch.tensor(kernel_constants(), dtype=torch.float64))
+            elif nominal == NOMINAL_MEAN:
+                put(model.state_mean)
             flat = torch.cat(f).numpy()
         self.ok = flat.size <= MAX_WEIGHTS
         self.weights = {np.float64: flat, np.float32: flat.astype(np.float32)}

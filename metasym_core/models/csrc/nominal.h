@@ -8,7 +8,8 @@
  * units in the last place of a double (test/test_native.py checks the step against the torch reference). */
 #ifndef NOMINAL_CODES
 #define NOMINAL_CODES
-enum { NOMINAL_NONE, NOMINAL_QUADROTOR };
+enum { NOMINAL_NONE, NOMINAL_QUADROTOR, NOMINAL_MEAN }; /* what the increment is added to: x_t, the quadrotor's
+                                                     * nominal step, the training mean of the state */
 /* the quadrotor's packed constants: mass, Jx, Jy, Jz, arm, torque coefficient, gravity, thrust limit */
 #define QUAD_PARAMS 8
 #endif

@@ -22,7 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ABI_VERSION 5
+#define ABI_VERSION 6
 #define MAX_LAYERS 64 /* decoder blocks */
 /* everything is inlined into each level's entry point, so it is compiled for that level's target */
 #define INLINE inline __attribute__((always_inline))

@@ -194,7 +194,9 @@ static size_t FN(unpack)(const int *dims, const REAL *w, FN(Model) * M, FN(Block
   M->skip_w = M->skip ? FN(take)(p, (size_t)D * (D + M->m + 1)) : NULL;
   M->skip_b = M->skip ? FN(take)(p, D) : NULL;
   M->nominal = dims[DIM_NOMINAL];
-  M->nominal_params = M->nominal == NOMINAL_QUADROTOR ? FN(take)(p, QUAD_PARAMS) : NULL;
+  M->nominal_params = M->nominal == NOMINAL_QUADROTOR ? FN(take)(p, QUAD_PARAMS)
+                      : M->nominal == NOMINAL_MEAN    ? FN(take)(p, D) /* the training mean of the state */
+                                                      : NULL;
   return (size_t)(cur - w);
 }
 
@@ -311,8 +313,10 @@ static INLINE void FN(run_block)(const FN(Model) * M, int r0, int nrows, int T, 
     FN(silu)(M->hhid, hidden);
     FN(matvec)(D, M->hhid, M->head2_w, M->head2_b, hidden, delta, 0);
     if (M->skip) FN(matvec)(D, din, M->skip_w, M->skip_b, in, delta, 1); /* Δ += the linear skip of x_t, u_t, h_t */
-    if (M->nominal) /* x_{t+1} = f(x_t, u_t, h_t) + Δ, the nominal step row by row */
+    if (M->nominal == NOMINAL_QUADROTOR) /* x_{t+1} = f(x_t, u_t, h_t) + Δ, the nominal step row by row */
       FN(nominal_step)(M, in, delta);
+    else if (M->nominal == NOMINAL_MEAN) /* x_{t+1} = x̄ + Δ */
+      for (int i = 0; i < D; i++) in[i] = delta[i] + M->nominal_params[i];
     else
       for (int i = 0; i < D; i++) in[i] += delta[i]; /* x_{t+1} */
     if (t >= T - 1) {
