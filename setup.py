@@ -26,8 +26,9 @@ setup(
                            depends=["metasym_core/models/csrc/rollout_body.h",
                                     "metasym_core/models/csrc/rollout_types.h",
                                     "metasym_core/models/csrc/nominal.h"],
+                           # -g0: no debug info (Python's CFLAGS ask for -g): 43 s instead of 54 s on an AMD EPYC
                            extra_compile_args=["-O3", "-std=c11", "-ffp-contract=fast", "-fno-math-errno",
-                                               "-Wno-psabi"], optional=True)],
+                                               "-Wno-psabi", "-g0"], optional=True)],
     install_requires=[
         "torch>=2.4",
         "numpy>=1.26",
