@@ -15,7 +15,7 @@ from torch import nn
 from metasym_core.baselines.base import Baseline
 from metasym_core.errors import MetaSymError
 from metasym_core.models.attention import CausalSelfAttention, window_bias
-from metasym_core.models.decoder import ControlNet
+from metasym_core.models.decoder import ControlNet, zero_linear
 
 
 class _Block(nn.Module):
@@ -51,14 +51,9 @@ class TransformerBaseline(Baseline):
         self.control_net = ControlNet(state_dim, control_dim, d_model)
         self.blocks = nn.ModuleList(_Block(d_model, heads, context) for _ in range(layers))
         self.ln_f = nn.LayerNorm(d_model)
-        self.head = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, state_dim))
-        nn.init.zeros_(self.head[-1].weight)
-        nn.init.zeros_(self.head[-1].bias)
+        self.head = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), zero_linear(d_model, state_dim))
         # MetaSym's linear skip (`ActiveDecoder(linear_skip=True)`), so that Table 1 compares like with like
-        self.skip = nn.Linear(state_dim + control_dim + 1, state_dim) if linear_skip else None
-        if self.skip is not None:
-            nn.init.zeros_(self.skip.weight)
-            nn.init.zeros_(self.skip.bias)
+        self.skip = zero_linear(state_dim + control_dim + 1, state_dim) if linear_skip else None
 
     def config(self) -> dict:
         return {**super().config(), "d_model": self.d_model, "heads": self.heads, "layers": self.layers,

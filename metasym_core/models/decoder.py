@@ -22,6 +22,15 @@ LOCAL_SUFFIXES = ("meta_attn.w_q.weight", "meta_attn.w_v.weight", "meta_attn.w_v
 RESIDUALS = ("state", "encoder", "mean")
 
 
+def zero_linear(n_in: int, n_out: int) -> nn.Linear:
+    """A linear layer that starts at zero (weights and bias): a term added to a prediction that changes nothing
+    until trained (the head's last layer, the linear skip)."""
+    layer = nn.Linear(n_in, n_out)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
 class ControlNet(nn.Module):
     """Linear token embedding of `[x_t, u_t, h_t]` (state, control, step size)."""
 
@@ -127,15 +136,10 @@ class ActiveDecoder(nn.Module):
         self.blocks = nn.ModuleList(DecoderBlock(d_model, state_dim, heads, context, dropout, meta_attention)
                                     for _ in range(layers))
         self.ln_f = nn.LayerNorm(d_model)
-        self.head = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, state_dim))
-        nn.init.zeros_(self.head[-1].weight)
-        nn.init.zeros_(self.head[-1].bias)
+        self.head = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), zero_linear(d_model, state_dim))
         if not isinstance(linear_skip, bool):
             raise MetaSymError(f"linear_skip must be true or false, got {linear_skip!r}")
-        self.skip = nn.Linear(state_dim + control_dim + 1, state_dim) if linear_skip else None
-        if self.skip is not None:
-            nn.init.zeros_(self.skip.weight)
-            nn.init.zeros_(self.skip.bias)
+        self.skip = zero_linear(state_dim + control_dim + 1, state_dim) if linear_skip else None
 
     @property
     def linear_skip(self) -> bool:

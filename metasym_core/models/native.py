@@ -138,7 +138,7 @@ def available() -> bool:
     return library() is not None
 
 
-#: the kernel's nominal steps (csrc/nominal.h): 0 adds the increment to x_t
+#: what the kernel adds the increment to (csrc/nominal.h): x_t, the quadrotor's nominal step, the training mean
 NOMINAL_NONE, NOMINAL_QUADROTOR, NOMINAL_MEAN = 0, 1, 2
 
 
