@@ -178,6 +178,11 @@ def _figures(prefix: str, run: dict, candidates: int, duration_s: float, rate_hz
                     for q, name in pct.items()})
     out[f"{prefix}predictions_per_s"] = round(run["latency"].size / duration_s, 1)
     out[f"{prefix}prediction_fraction"] = round(run["latency"].size / (duration_s * rate_hz), 3)
+    # over the states the probe received in the same period: a source that publishes fewer states than its
+    # nominal rate (behind, or throttled) lowers prediction_fraction but not this one
+    out[f"{prefix}states_per_s"] = round(run["state_latency"].size / duration_s, 1)
+    if run["state_latency"].size:
+        out[f"{prefix}predicted_state_fraction"] = round(run["latency"].size / run["state_latency"].size, 3)
     for key in ("ratio_to_hold", "windows_at_most_0.5_fraction", "window_ratio_max"):
         for what in ("", "held_", "model_"):
             out[f"{prefix}{what}{key}"] = round(run["skill"][what + key], 4)
@@ -225,7 +230,8 @@ def run_ros_latency_bench(duration_s: float = 60.0, rate_hz: float = 100.0, syst
     cap = ((cfg.get("ros") or {}).get("predictor") or {}).get("max_rate_hz")
     rows = [["state → prediction", sched, figures[f"{prefix}latency_p50_ms"], figures[f"{prefix}latency_p99_ms"],
              f"{run['latency'].size} predictions in {duration_s:g} s ({figures[f'{prefix}predictions_per_s']:g}/s"
-             f"{f', max_rate_hz {cap:g}' if cap else ''}) at {rate_hz:g} Hz states"]
+             f"{f', max_rate_hz {cap:g}' if cap else ''}) for {run['state_latency'].size} states received "
+             f"({figures[f'{prefix}states_per_s']:g}/s; nominal {rate_hz:g} Hz)"]
             for prefix, sched, run in phases]
     for prefix, sched, _ in phases:
         if f"{prefix}state_latency_p50_ms" in figures:
