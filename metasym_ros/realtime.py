@@ -102,14 +102,16 @@ def child_fifo_priority(parent: int, marker: str) -> int | None:
 
 
 def fifo_priority(pid: int | None = None) -> int:
-    """The SCHED_FIFO priority of every thread of process `pid` (default: this one); 0 if any is not FIFO."""
+    """The SCHED_FIFO priority process `pid` (default: this one) runs with: the lowest over its SCHED_FIFO
+    threads, 0 if none is. Threads that a real-time process runs normal-scheduled on purpose (background
+    work, e.g. the quantum stream's chunk worker) do not count; a process that left real-time reads 0
+    only once every thread has."""
     root = _TASKS if pid is None else f"/proc/{pid}/task"
-    lowest = 99
+    priorities = []
     for tid in os.listdir(root):
         try:
-            if os.sched_getscheduler(int(tid)) != os.SCHED_FIFO:
-                return 0
-            lowest = min(lowest, os.sched_getparam(int(tid)).sched_priority)
+            if os.sched_getscheduler(int(tid)) == os.SCHED_FIFO:
+                priorities.append(os.sched_getparam(int(tid)).sched_priority)
         except ProcessLookupError:
             continue
-    return lowest
+    return min(priorities, default=0)
