@@ -177,6 +177,19 @@ def test_models_are_checked_loaded_and_swapped_with_their_early_adaptation(live,
     assert live.model_tag == tag and any("context" in w for w in live.sink.warnings)
 
 
+def test_models_load_on_a_normal_scheduled_thread(live, monkeypatch):
+    """In a real-time predictor the loader must not compete with the prediction thread at its priority
+    (metasym_core.online.scheduling): it asks for normal scheduling before it loads."""
+    import metasym_core.online.live_predictor as module
+
+    threads = []
+    monkeypatch.setattr(module, "background_scheduling", lambda: threads.append(threading.current_thread().name))
+    junk = b"not a checkpoint"
+    live.on_model("quadrotor", ModelUpdate(junk, hashlib.sha256(junk).hexdigest(), "model-junk", "junk.pt"))
+    _wait(lambda: live.models_refused == 1 and not live.loading, "the refusal")
+    assert threads == ["metasym-model-loader"]
+
+
 def test_rollout_batch_takes_flat_requests_and_names_bad_ones(live):
     rng = np.random.default_rng(3)
     L, K, Hb = 5, 3, 4

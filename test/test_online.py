@@ -2,6 +2,7 @@
 metasym_ros.graph, the launcher's command lines and the CLI registration)."""
 
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -471,3 +472,24 @@ def test_model_error_tracker_can_rerun_only_the_predicted_states():
         if (batch := tracker.due()) is not None:
             batches.append(batch.base_steps)
     assert batches == [[2, 5], [8, 11], [14, 17], [20, 23]]  # 26 waits for its horizon, 29 too
+
+
+def test_background_scheduling_leaves_a_normal_thread_alone_and_demotes_a_real_time_one():
+    from metasym_core.online.scheduling import background_scheduling
+
+    background_scheduling()  # pytest runs normal-scheduled: nothing to do, no error
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    code = textwrap.dedent("""
+        import os
+        from metasym_core.online.scheduling import background_scheduling
+        try:
+            os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(3))
+        except OSError:
+            print("refused"); raise SystemExit
+        background_scheduling()
+        print(os.sched_getscheduler(0) == os.SCHED_OTHER)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    if out.stdout.strip() == "refused":
+        pytest.skip("real-time scheduling not permitted here (needs CAP_SYS_NICE or an rtprio limit)")
+    assert out.stdout.split() == ["True"]

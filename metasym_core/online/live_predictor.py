@@ -48,6 +48,7 @@ from metasym_core.models.metasym import MetaSym
 from metasym_core.online.plan import PlanFollower
 from metasym_core.online.predictor import OnlinePredictor, PredictionResult, load_model_bytes
 from metasym_core.online.realised import MetricsAccumulator, ModelErrorTracker, RealisedErrorTracker
+from metasym_core.online.scheduling import background_scheduling
 from metasym_core.online.throttle import Throttled
 
 WARN_EVERY_S = 2.0  # throttle of the drop warnings
@@ -384,7 +385,9 @@ class LivePredictor:
             return self._loading
 
     def _load_models(self) -> None:
-        """Loader thread: load, check and warm up the newest announced checkpoint, then swap it in."""
+        """Loader thread: load, check and warm up the newest announced checkpoint, then swap it in. Background
+        work: normal-scheduled even in a real-time predictor, so that a load never holds up predictions."""
+        background_scheduling()
         torch.set_num_threads(self.threads)
         while not self._stop.is_set():
             with self._lock:

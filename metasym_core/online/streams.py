@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import abc
 import math
-import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -25,24 +24,8 @@ import numpy as np
 
 from metasym_core.errors import MetaSymError
 from metasym_core.online.plan import ControlPlan
+from metasym_core.online.scheduling import background_scheduling
 from metasym_core.systems import SPECS
-
-
-def background_scheduling() -> None:
-    """Put the calling thread back to normal scheduling if it runs real-time (SCHED_FIFO / SCHED_RR).
-
-    Why: a real-time node process (the simulator at `realtime_priority`) makes every thread real-time,
-    this stream's chunk worker included. Between equal SCHED_FIFO priorities there is no time slicing, so
-    a 200-step chunk of the SME kept the thread that publishes the states from running for tens of
-    milliseconds: the quantum graph published 95 of its 100 states per second (docs/decisions.md).
-    Prefetching is background work; the publishing thread keeps its priority."""
-    if not hasattr(os, "sched_getscheduler"):
-        return
-    try:
-        if os.sched_getscheduler(0) in (os.SCHED_FIFO, os.SCHED_RR):
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-    except OSError:  # no such policy here, or refused: the thread keeps what it has
-        pass
 
 
 @dataclass(frozen=True)
