@@ -1,6 +1,6 @@
 """Background threads of a real-time process run normal-scheduled.
 
-A latency-critical node process goes SCHED_FIFO as a whole (`metasym_ros.realtime.set_fifo`: every
+A latency-critical node process goes SCHED_FIFO as a whole (its `realtime_priority` parameter: every
 thread, and threads started later inherit it). Threads that only prepare work ahead of need (the
 quantum stream's next chunk, the predictor's next model) should not compete at that priority with the
 thread that publishes or predicts: between equal SCHED_FIFO priorities there is no time slicing, and a
