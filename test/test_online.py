@@ -226,27 +226,34 @@ def test_streams_advance_and_change_parameters(system, dim, param):
         stream.close()
 
 
+def _real_time_child(policy: str, priority: int, body: str) -> list[str]:
+    """Run `body` in a child process whose main thread was set to `os.<policy>` `priority` first (pytest itself
+    must not run real-time); its stdout words, or a skip where real-time scheduling is not permitted."""
+    code = textwrap.dedent(f"""
+        import os
+        try:
+            os.sched_setscheduler(0, os.{policy}, os.sched_param({priority}))
+        except OSError:
+            print("refused"); raise SystemExit
+    """) + textwrap.dedent(body)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    if out.stdout.strip() == "refused":
+        pytest.skip("real-time scheduling not permitted here (needs CAP_SYS_NICE or an rtprio limit)")
+    return out.stdout.split()
+
+
 def test_the_quantum_chunk_worker_of_a_real_time_simulator_runs_normally():
     """A real-time simulator's threads are all SCHED_FIFO; the worker that prepares the next chunk of the
     record must not be, or it keeps the publishing thread (equal priority, no time slicing) from running:
-    the graph lost 5 % of its states. In a child process: pytest itself must not run real-time."""
-    code = textwrap.dedent("""
-        import os
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(7))
-        except OSError:
-            print("refused"); raise SystemExit
+    the graph lost 5 % of its states."""
+    assert _real_time_child("SCHED_FIFO", 7, """
         from metasym_core.online.streams import make_stream
         stream = make_stream("quantum", seed=0, chunk=20)
         stream.advance()  # the first chunk, and the worker that prepares the next one, started real-time
         worker = stream._pool.submit(os.sched_getscheduler, 0).result()
         print(os.sched_getscheduler(0) == os.SCHED_FIFO, worker == os.SCHED_OTHER)
         stream.close()
-    """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    if out.stdout.strip() == "refused":
-        pytest.skip("SCHED_FIFO not permitted here (needs CAP_SYS_NICE or an rtprio limit)")
-    assert out.stdout.split() == ["True", "True"]
+    """) == ["True", "True"]
 
 
 def test_spring_mesh_stream_is_continuous():
@@ -479,17 +486,8 @@ def test_background_scheduling_leaves_a_normal_thread_alone_and_demotes_a_real_t
 
     background_scheduling()  # pytest runs normal-scheduled: nothing to do, no error
     assert os.sched_getscheduler(0) == os.SCHED_OTHER
-    code = textwrap.dedent("""
-        import os
+    assert _real_time_child("SCHED_RR", 3, """
         from metasym_core.online.scheduling import background_scheduling
-        try:
-            os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(3))
-        except OSError:
-            print("refused"); raise SystemExit
         background_scheduling()
         print(os.sched_getscheduler(0) == os.SCHED_OTHER)
-    """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    if out.stdout.strip() == "refused":
-        pytest.skip("real-time scheduling not permitted here (needs CAP_SYS_NICE or an rtprio limit)")
-    assert out.stdout.split() == ["True"]
+    """) == ["True"]

@@ -202,8 +202,10 @@ def run_ros_latency_bench(duration_s: float = 60.0, rate_hz: float = 100.0, syst
     if not (duration_s > 0 and rate_hz > 0 and horizon >= 1 and candidates >= 1 and rollout_repeats >= 1):
         raise MetaSymError("duration, rate, horizon, candidates and repeats must be positive")
     cfg = load_config(system)
+    ros = cfg.get("ros") or {}
+    predictor_cfg, simulator_cfg = ros.get("predictor") or {}, ros.get("simulator") or {}
     if realtime_priority is None:
-        realtime_priority = int(((cfg.get("ros") or {}).get("predictor") or {}).get("realtime_priority") or 20)
+        realtime_priority = int(predictor_cfg.get("realtime_priority") or 20)
     if type(realtime_priority) is not int or not 1 <= realtime_priority <= 99:
         raise MetaSymError(f"--realtime-priority must be 1-99 (the normal-scheduling run is the baseline), "
                            f"got {realtime_priority!r}")
@@ -227,7 +229,7 @@ def run_ros_latency_bench(duration_s: float = 60.0, rate_hz: float = 100.0, syst
     header = ["measure", "scheduling", "p50 ms", "p99 ms", "note"]
     fifo = f"SCHED_FIFO {rt['priority']}" if rt["priority"] else "normal (FIFO refused)"
     phases = (("", "normal", runs[0]), ("rt_", fifo, rt))
-    cap = ((cfg.get("ros") or {}).get("predictor") or {}).get("max_rate_hz")
+    cap = predictor_cfg.get("max_rate_hz")
     rows = [["state → prediction", sched, figures[f"{prefix}latency_p50_ms"], figures[f"{prefix}latency_p99_ms"],
              f"{run['latency'].size} predictions in {duration_s:g} s ({figures[f'{prefix}predictions_per_s']:g}/s"
              f"{f', max_rate_hz {cap:g}' if cap else ''}) for {run['state_latency'].size} states received "
@@ -267,7 +269,7 @@ def run_ros_latency_bench(duration_s: float = 60.0, rate_hz: float = 100.0, syst
             f"`realtime_priority` 0, the baseline), then `SCHED_FIFO` with the predictor's `realtime_priority` and "
             f"the probe (an MPC client) at that priority, and the simulator (the state source, as a robot's runs) "
             f"just below it (`simulator.realtime_priority` {rt['simulator_priority'] or 'refused'}; the config's "
-            f"is {((cfg.get('ros') or {}).get('simulator') or {}).get('realtime_priority', 0)}); the learner stays "
+            f"is {simulator_cfg.get('realtime_priority', 0)}); the learner stays "
             f"normal. Targets: p99 ≤ {TARGETS['latency_p99_target_ms']} ms, "
             f"K=1024 ≤ {TARGETS['rollout_k1024_target_ms']} ms, ≥ {MIN_PREDICTIONS_PER_S:g} predictions/s."
             f"\n\n{markdown_table(header, rows)}\n\n"
