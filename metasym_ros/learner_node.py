@@ -169,7 +169,8 @@ class LearnerNode(Node):
         if hasattr(self, "live"):  # else the constructor failed (a bad parameter): nothing started
             if not self.trainer.stop(STOP_WAIT_S):
                 self.get_logger().warning(f"meta-training did not stop within {STOP_WAIT_S:g} s")
-            self.live.stop()
+            if not self.live.stop():
+                self.get_logger().info("stopping with an adaptation still running: it publishes nothing")
         super().destroy_node()
 
 

@@ -5,29 +5,57 @@ KeyboardInterrupt inside an import: a traceback, and an exit code that a launche
 unclean exit. So until the node's `common.run_node` takes SIGINT over, SIGINT ends the process
 at once with code 0: nothing is open yet, nothing needs cleaning up.
 
+Once the node's `main` returns, it has released what it holds (`common.run_node`: the node
+destroyed, rclpy and its logging shut down), and the process ends at once with main's code,
+without the interpreter's finalization: that took 2.3-2.9 s of the node's 1.5-4.5 s exit on a
+2-core machine (tearing down torch, Pinocchio, DDS), three nodes at once compete for the cores
+then, and once a node outlasted its launcher's 10 s grace and was killed. An exception from
+main still ends the process the normal way, with its traceback.
+
 `python -m metasym_ros.start <node module> [args]` is what `metasym launch` runs; the console
 scripts (`metasym-predictor`, …) and the ROS executables (`scripts/<node>`) call `start` too.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import importlib
+import logging
 import os
 import signal
 import sys
+
+STACKS_SIGNAL = signal.SIGUSR1  # dumps every thread's Python stack to stderr
 
 
 def _exit_quietly(_signum, _frame) -> None:
     os._exit(0)
 
 
+def _exit_now(code: int) -> None:
+    """End the process with `code` once what Python buffers is written, skipping finalization."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more can be written anyway
+            pass
+    os._exit(code)
+
+
 def start(module: str, argv: list[str] | None = None) -> int:
-    """Import the node `module` with SIGINT set to a quiet exit, then run its `main(argv)`."""
+    """Import the node `module` with SIGINT set to a quiet exit, run its `main(argv)`, and end the
+    process with its exit code (module doc: without the interpreter's finalization)."""
     signal.signal(signal.SIGINT, _exit_quietly)
+    # a node that does not exit after SIGINT gets SIGUSR1 from its launcher before SIGKILL: its threads'
+    # stacks go to its log (launcher.stop_all), so that a hang says where it hung
+    faulthandler.register(STACKS_SIGNAL, all_threads=True)
     # a launcher holds SIGINT blocked through the interpreter's own start-up (launcher.die_with_parent);
     # from here on it is handled: one that came meanwhile is delivered now
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    return importlib.import_module(module).main(argv)
+    code = importlib.import_module(module).main(argv)
+    _exit_now(code if isinstance(code, int) else 0 if code is None else 1)
+    return code  # not reached: for the type checker and the console scripts' `return start(...)`
 
 
 def simulator() -> int:

@@ -66,6 +66,28 @@ def test_adaptations_run_off_the_callers_thread_and_publish_every_attempt(one_th
     live.stop()
 
 
+def test_stop_waits_briefly_for_a_running_adaptation_which_then_publishes_nothing():
+    """A node stopping mid-adaptation: `stop` returns within its wait (the launcher's grace covers every node),
+    the adaptation still running publishes nothing (the node's publishers are going), and none starts after."""
+    live = _live()
+    _feed(live)
+    release = threading.Event()
+    adapt_window = live.learner.adapt_window
+
+    def slow(*args, **kwargs):
+        release.wait(DEADLINE_S)
+        return adapt_window(*args, **kwargs)
+
+    live.learner.adapt_window = slow
+    assert live.request()[0] and live.tick(now=20.0) and live.busy
+    assert not live.stop(wait_s=0.05)  # still running
+    release.set()
+    _wait(lambda: not live.busy, "the adaptation")
+    assert len(live.outcomes) == 1 and live.sink.published == []
+    assert live.request()[0] and not live.tick(now=40.0)  # stopped: nothing starts any more
+    assert live.stop()
+
+
 def test_bad_states_are_dropped_counted_and_logged_once_per_period():
     live = _live()
     for k in range(10):

@@ -34,6 +34,7 @@ from metasym_core.online.predictor import load_model
 from metasym_core.online.throttle import Throttled
 
 WARN_EVERY_S = 2.0
+STOP_WAIT_S = 2.0  # [s] `stop` waits this long for a running adaptation; a launcher's grace covers every node
 
 
 class LiveLearner:
@@ -55,6 +56,8 @@ class LiveLearner:
         self._lock = threading.Lock()
         self._busy = threading.Event()
         self._force = False
+        self._stopped = False
+        self._publishing = threading.Lock()  # `stop` returns only between publications, never during one
         self._worker: threading.Thread | None = None
 
     def start(self) -> None:
@@ -63,10 +66,15 @@ class LiveLearner:
         self._worker = threading.Thread(target=self._warm_up, name="metasym-learner", daemon=True)
         self._worker.start()
 
-    def stop(self, wait_s: float = 10.0) -> None:
-        """Wait for a running adaptation (or the warm-up) to end."""
+    def stop(self, wait_s: float = STOP_WAIT_S) -> bool:
+        """Start no more adaptations, and wait up to `wait_s` for a running one (or the warm-up) to end; whether
+        none runs any longer. One still running is a daemon thread that keeps nothing half-written (parameter
+        files are written whole) and publishes nothing any more: the process may end under it."""
+        with self._publishing:
+            self._stopped = True
         if self._worker is not None and self._worker.is_alive():
             self._worker.join(timeout=wait_s)
+        return self._worker is None or not self._worker.is_alive()
 
     # -- settings --------------------------------------------------------------------------------
     def check(self, key: str, value) -> None:
@@ -126,7 +134,7 @@ class LiveLearner:
     def tick(self, now: float) -> bool:
         """Watch the newest transitions and start an adaptation on the worker thread when one is due and
         none is running; true when one started."""
-        if self.paused:
+        if self.paused or self._stopped:
             return False
         with self._lock:
             self.learner.watch()  # one forward pass on the newest window (bias_threshold, watch_rise)
@@ -161,7 +169,9 @@ class LiveLearner:
             return
         self.outcomes.append(outcome)
         try:
-            self.publish(outcome, tag)
+            with self._publishing:
+                if not self._stopped:  # after `stop` the node's publishers may be gone
+                    self.publish(outcome, tag)
         finally:
             self._busy.clear()
         text = (f"adaptation v{outcome.version} {outcome.reason}: held-out loss {outcome.loss_before:.4g} -> "

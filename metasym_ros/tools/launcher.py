@@ -27,8 +27,10 @@ from pathlib import Path
 import yaml
 
 from metasym_ros.graph import NodeSpec, node_environment, node_graph, params_yaml
+from metasym_ros.start import STACKS_SIGNAL
 
 GRACE_S = 10.0  # time the nodes get to exit after SIGINT
+STACKS_WAIT_S = 0.5  # time a hung node gets to write its stacks before SIGKILL
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -71,7 +73,10 @@ def stop_all(procs: list[subprocess.Popen], grace_s: float) -> list[int]:
         try:
             proc.wait(timeout=max(0.0, end - time.monotonic()))
         except subprocess.TimeoutExpired:
-            print(f"metasym launch: {proc.args[3]} did not exit after SIGINT; killing it", file=sys.stderr)
+            print(f"metasym launch: {proc.args[3]} did not exit after SIGINT; its stacks go to its log, then "
+                  "it is killed", file=sys.stderr)
+            proc.send_signal(STACKS_SIGNAL)  # metasym_ros.start: every thread's stack to the node's stderr
+            time.sleep(STACKS_WAIT_S)
             proc.kill()
             proc.wait()
     return [proc.returncode for proc in procs]
