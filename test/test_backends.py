@@ -22,18 +22,19 @@ def _case(B=3, T=8, horizon=12, device="cpu", seed=0):
 #: residual -> backends that do not apply to it (they add the increment to x_t only; the compiled kernel
 #: also has the quadrotor's nominal step)
 DECLINE = {"state": (), "encoder": ("native",), "nominal:quadrotor": ("numpy",), "mean": ("numpy",),
-           "state+skip": ("numpy",)}
+           "state+skip": (), "encoder+skip": ("native",)}
 
 
 @pytest.mark.parametrize("name", backends.names())
 @pytest.mark.parametrize("meta", [True, False], ids=["meta-attention", "no-meta-attention"])
-@pytest.mark.parametrize("residual", ["state", "encoder", "nominal:quadrotor", "mean", "state+skip"],
-                         ids=["state-residual", "encoder-residual", "nominal-residual", "mean-residual", "linear-skip"])
+@pytest.mark.parametrize("residual", ["state", "encoder", "nominal:quadrotor", "mean", "state+skip", "encoder+skip"],
+                         ids=["state-residual", "encoder-residual", "nominal-residual", "mean-residual", "linear-skip",
+                              "encoder-residual-linear-skip"])
 def test_every_backend_equals_the_reference(name, meta, residual):
     """Local parameters, given future controls, a 2-block decoder, float64: the same rollout to round-off.
     `cudagraph` runs where CUDA is; elsewhere it is refused by name (it does not apply to CPU tensors),
-    as are the compiled kernel for the encoder residual and the NumPy path for a nominal step, the mean
-    residual or a linear skip. (The case's 12 states and 4 controls are the quadrotor's, so its nominal step
+    as are the compiled kernel for the encoder residual and the NumPy path for a nominal step or the mean
+    residual. (The case's 12 states and 4 controls are the quadrotor's, so its nominal step
     applies.)"""
     device = "cuda" if name == "cudagraph" and CUDA else "cpu"
     model = random_model(layers=2, context=6, meta_attention=meta, residual=residual.split("+")[0],
@@ -48,6 +49,17 @@ def test_every_backend_equals_the_reference(name, meta, residual):
             return
         out = model.rollout(x, u, 0.02, 12, future_controls=fu, local_params=local, backend=name)
     assert out.shape == (3, 12, 12) and out.dtype == torch.float64 and out.device == ref.device
+    assert (out - ref).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("residual", ["state", "encoder"])
+def test_the_numpy_path_has_the_linear_skip_in_one_row_too(residual):
+    """One row takes the NumPy path's own single-row loop (`fastpath._steps_single`): the skip there as well."""
+    model = random_model(layers=2, context=6, residual=residual, linear_skip=True)
+    x, u, fu = (t[:1] for t in _case())
+    with torch.no_grad():
+        ref = model.rollout_reference(x, u, 0.02, 12, future_controls=fu)
+        out = model.rollout(x, u, 0.02, 12, future_controls=fu, backend="numpy")
     assert (out - ref).abs().max() < 1e-10
 
 

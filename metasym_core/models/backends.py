@@ -12,8 +12,8 @@ explicitly must apply, or `MetaSymError` says so. Every backend gives the refere
   the encoder's.
 - `numpy`: NumPy on folded weights (`fastpath.py`). `auto` takes it for CPU inference with
   B ≤ `fastpath.MAX_BATCH` where `native` does not apply: an install without a C compiler, a model too
-  large for the kernel, or the encoder residual (e.g. the spring mesh's). State or encoder residual, no
-  linear skip; rows may differ in step size only where the encoder is not folded (`fastpath.unfolded`).
+  large for the kernel, or the encoder residual (e.g. the spring mesh's). State or encoder residual, with
+  or without the linear skip; rows may differ in step size only where the encoder is not folded (`fastpath.unfolded`).
 - `cudagraph`: a captured CUDA graph, replayed (`cudagraph.py`). `auto` takes it for CUDA inference.
 - `torch`: streaming torch with key/value rings (`streaming.py`). Everything else: autograd,
   training mode, other dtypes and devices. Always applies.

@@ -186,6 +186,12 @@ class Fold:
         lin1, lin2 = dec.head[0], dec.head[2]
         dstd = _np(model.delta_std)
         self.head = self._mlp(dec.ln_f, lin1, lin2, dstd)
+        # the linear skip, folded like the ControlNet, in state units: x @ skip_x + u @ skip_u + h skip_h + skip_b
+        self.skip = None
+        if dec.skip is not None:
+            ws = _np(dec.skip.weight) / std * dstd[:, None]
+            self.skip = (np.ascontiguousarray(ws[:, :D].T), np.ascontiguousarray(ws[:, D:D + m].T), ws[:, D + m].copy(),
+                         _np(dec.skip.bias) * dstd - ws @ mean)
         self.tables: dict[float, _EncoderTable] = {}
         self.biases: dict[tuple, tuple] = {}
 
@@ -402,8 +408,8 @@ def inference_entry(model, tensors: list[torch.Tensor]) -> tuple | None:
 def try_rollout(model, states: torch.Tensor, controls: torch.Tensor, h: torch.Tensor, future: torch.Tensor,
                 horizon: int, local: dict[str, torch.Tensor] | None) -> torch.Tensor | None:
     """`MetaSym.rollout` on checked inputs (`h [B, T + horizon, 1]`) via NumPy, or None if it does not apply."""
-    if not (model.state_residual or model.encoder_residual) or model.decoder.linear_skip:
-        return None  # a nominal step (`models.nominal`) and the linear skip have no NumPy twin here
+    if not (model.state_residual or model.encoder_residual):
+        return None  # a nominal step (`models.nominal`) has no NumPy twin here
     B, T = states.shape[:2]
     extra = list(local.values()) if local else []
     entry = applicable(model, [states, controls, h, future, *extra], B)
@@ -485,15 +491,22 @@ def rollout_numpy(fold: Fold, xs: np.ndarray, us: np.ndarray, hs: np.ndarray, fu
     bias[..., :d] = u_all @ fold.tok_u + (hv[..., None] * fold.tok_h + fold.tok_b)
     bias[..., d:] = tables[0].b if all(tb is tables[0] for tb in tables) else np.stack([tb.b for tb in tables])
     denoms = []
+    skip = None  # the linear skip's per-token constants (u, h parts) [B, ntok, D]
+    if fold.skip is not None:
+        skip = u_all @ fold.skip[1] + (hv[..., None] * fold.skip[2] + fold.skip[3])
     x, rings = _prefill(fold, xs[:, s:].astype(np.float64), bias[:, :T - s], tables[:T - s], hv[:, :T - s], T, s,
                         denoms)
+    if skip is not None:
+        x = x + (np.dot(xs[:, -1].astype(np.float64), fold.skip[0]) + skip[:, T - s - 1])
     out = np.empty((B, horizon, D))
     out[:, 0] = x
     if horizon > 1:
         if B == 1:
-            _steps_single(fold, x[0], bias[0, T - s:], tables[T - s:], hv[0, T - s:], T, rings, out[0], denoms)
+            _steps_single(fold, x[0], bias[0, T - s:], tables[T - s:], hv[0, T - s:], T, rings, out[0], denoms,
+                          None if skip is None else skip[0, T - s:])
         else:
-            _steps_batch(fold, x, bias[:, T - s:], tables[T - s:], hv[:, T - s:, None], T, rings, out, denoms)
+            _steps_batch(fold, x, bias[:, T - s:], tables[T - s:], hv[:, T - s:, None], T, rings, out, denoms,
+                         None if skip is None else skip[:, T - s:])
     every = np.concatenate([g.ravel() for g in denoms])
     if not (every.min() > _SAFE[0] and every.max() < _SAFE[1]) or not np.isfinite(out).all():
         return None
@@ -564,9 +577,9 @@ def _attend_all(Q: np.ndarray, K: np.ndarray, V: np.ndarray, bias: np.ndarray, d
 
 
 def _steps_single(fold: Fold, x: np.ndarray, bias: np.ndarray, tables: list[_EncoderTable], hv: np.ndarray,
-                  T: int, rings: list[np.ndarray], out: np.ndarray, denoms: list) -> None:
-    """Steps 1.. of a one-row rollout on 1-D arrays (step sizes `hv [steps]`; fewest NumPy calls); writes
-    `out[1:]`."""
+                  T: int, rings: list[np.ndarray], out: np.ndarray, denoms: list, skip: np.ndarray | None) -> None:
+    """Steps 1.. of a one-row rollout on 1-D arrays (step sizes `hv [steps]`, the linear skip's constants
+    `skip [steps, D]` or None; fewest NumPy calls); writes `out[1:]`."""
     d, H, c, n, kw = fold.d, fold.H, fold.c, fold.n, fold.kv_width
     f = fold.act
     dot, exp = np.dot, np.exp
@@ -587,10 +600,13 @@ def _steps_single(fold: Fold, x: np.ndarray, bias: np.ndarray, tables: list[_Enc
     hd_M, hd_b, hd_eps, hW2 = fold.head
     sq = math.sqrt
     explicit = fold.explicit
+    skip_x = None if skip is None else fold.skip[0]
     for k in range(steps):
         tb = tables[k]
         slot = (T + k) % c
         X = dot(x, tb.W) + bias[k]
+        if skip_x is not None:
+            base_skip = dot(x, skip_x) + skip[k]
         if explicit:
             rest, base = fold.latents(x, hv[k])
         else:
@@ -623,13 +639,16 @@ def _steps_single(fold: Fold, x: np.ndarray, bias: np.ndarray, tables: list[_Enc
         y = dot(z, hd_M)
         zs = y[:d]
         a = y[d:] * (1.0 / sq(float(dot(zs, zs)) + hd_eps)) + hd_b
-        x = out[k + 1] = base + dot(a * expit(a), hW2)
+        x = base + dot(a * expit(a), hW2)
+        if skip_x is not None:
+            x = x + base_skip
+        out[k + 1] = x
 
 
 def _steps_batch(fold: Fold, x: np.ndarray, bias: np.ndarray, tables: list[_EncoderTable], hv: np.ndarray,
-                 T: int, rings: list[np.ndarray], out: np.ndarray, denoms: list) -> None:
-    """Steps 1.. for `B > 1` rows (`x [B, D]`, step sizes `hv [B, steps, 1]`, rings `[B, c, ·]`); writes
-    `out[:, 1:]`."""
+                 T: int, rings: list[np.ndarray], out: np.ndarray, denoms: list, skip: np.ndarray | None) -> None:
+    """Steps 1.. for `B > 1` rows (`x [B, D]`, step sizes `hv [B, steps, 1]`, rings `[B, c, ·]`, the linear
+    skip's constants `skip [B, steps, D]` or None); writes `out[:, 1:]`."""
     B = x.shape[0]
     d, H, c, n, kw = fold.d, fold.H, fold.c, fold.n, fold.kv_width
     f = fold.act
@@ -651,6 +670,8 @@ def _steps_batch(fold: Fold, x: np.ndarray, bias: np.ndarray, tables: list[_Enco
         tb = tables[k]
         slot = (T + k) % c
         X = np.dot(x, tb.W) + bias[:, k]
+        if skip is not None:
+            base_skip = np.dot(x, fold.skip[0]) + skip[:, k]
         if fold.explicit:
             rest, base = fold.latents(x, hv[:, k])
         else:
@@ -671,4 +692,6 @@ def _steps_batch(fold: Fold, x: np.ndarray, bias: np.ndarray, tables: list[_Enco
                 z = z + attend(mK, flat[nr * i + 3], _ln(z, *blk["ma"], d), ma_bias[k], guard[k, i, 1])
             z = z + _mlp(z, blk["mlp"], d)
         x = base + _mlp(z, fold.head, d)
+        if skip is not None:
+            x = x + base_skip
         out[:, k + 1] = x
