@@ -41,7 +41,10 @@ def test_the_bundled_model_is_what_metasym_demo_makes():
     recipe = json.loads((PRETRAINED / "quadrotor.recipe.json").read_text())
     assert recipe == json.loads(json.dumps(_recipe(1800, 0))), "regenerate the bundled model (see the module doc)"
     path = resolve_checkpoint("pretrained", "quadrotor")
-    assert load_checkpoint(path)[0].state_dim == 12 and resolve_checkpoint("a/b.pt", "quadrotor") == "a/b.pt"
+    model = load_checkpoint(path)[0]
+    assert model.state_dim == 12 and resolve_checkpoint("a/b.pt", "quadrotor") == "a/b.pt"
+    decoder = model.config()["decoder"]
+    assert {k: decoder[k] for k in recipe["model"]["decoder"]} == recipe["model"]["decoder"]  # linear_skip too
     with pytest.raises(MetaSymError, match="no such bundled model for quadrotor"):
         resolve_checkpoint("pretrained:nope", "quadrotor")
 
@@ -62,6 +65,7 @@ def test_the_bundled_mppi_model_follows_its_recipe_and_the_config():
     recipe = json.loads((PRETRAINED / "quadrotor_mppi.recipe.json").read_text())
     model = copy.deepcopy(cfg["model"])
     model["decoder"].update(d_model=32, residual="nominal:quadrotor")
+    del model["decoder"]["linear_skip"]  # without the skip (docs/decisions.md, "The product's quadrotor model")
     assert recipe["model"] == model and recipe["training"] == cfg["training"], "retrain pretrained:mppi (recipe)"
     assert recipe["family_options"] == {"source": "flight", "control_noise": 0.5}
     assert recipe["flight_revision"] == FLIGHT_REVISION, "flown by another simulator: retrain pretrained:mppi"
@@ -78,17 +82,22 @@ def test_the_bundled_nominal_mass_model_follows_its_recipe_and_the_config():
     """`pretrained:nominal_mass`, the model the learner's tests and `metasym bench learner` adapt: trained at
     nominal mass on the current simulator's flights with the config's model and training; its recipe's
     learner settings are valid ones and reach `bundled_learner` (other checkpoints have none)."""
+    import copy
+
     from metasym_core.checkpoint import PRETRAINED, bundled_learner, load_checkpoint, resolve_checkpoint
     from metasym_core.config import data_tag, load_config
     from metasym_core.online.learner import learner_settings
 
     cfg = load_config("quadrotor")
     recipe = json.loads((PRETRAINED / "quadrotor_nominal_mass.recipe.json").read_text())
-    assert recipe["model"] == cfg["model"] and recipe["training"] == cfg["training"], "retrain it (recipe)"
+    model = copy.deepcopy(cfg["model"])
+    del model["decoder"]["linear_skip"]  # without the skip (docs/decisions.md, "The product's quadrotor model")
+    assert recipe["model"] == model and recipe["training"] == cfg["training"], "retrain it (recipe)"
     assert recipe["family_options"]["fixed"] == ["mass"]
     assert recipe["data_tag"] == data_tag(recipe["family_options"]), "flown by another simulator: retrain it"
     bundled = load_checkpoint(resolve_checkpoint("pretrained:nominal_mass", "quadrotor"))[0].config()
-    assert bundled["decoder"]["d_model"] == cfg["model"]["decoder"]["d_model"]
+    assert {k: bundled["decoder"][k] for k in model["decoder"]} == model["decoder"]
+    assert not bundled["decoder"]["linear_skip"]
     tuned = bundled_learner("pretrained:nominal_mass", "quadrotor")
     assert tuned == recipe["learner"] and learner_settings(cfg, tuned)["lr"] == tuned["lr"]
     assert bundled_learner("pretrained", "quadrotor") == {} and bundled_learner(str(PRETRAINED / "x.pt"), "q") == {}
