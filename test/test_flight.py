@@ -87,12 +87,11 @@ def test_the_bundled_nominal_mass_model_follows_its_recipe_and_the_config():
 
     cfg = load_config("quadrotor")
     recipe = json.loads((PRETRAINED / "quadrotor_nominal_mass.recipe.json").read_text())
-    model = cfg["model"]
-    assert recipe["model"] == model and recipe["training"] == cfg["training"], "retrain it (recipe)"
+    assert recipe["model"] == cfg["model"] and recipe["training"] == cfg["training"], "retrain it (recipe)"
     assert recipe["family_options"]["fixed"] == ["mass"]
     assert recipe["data_tag"] == data_tag(recipe["family_options"]), "flown by another simulator: retrain it"
     bundled = load_checkpoint(resolve_checkpoint("pretrained:nominal_mass", "quadrotor"))[0].config()
-    assert {k: bundled["decoder"][k] for k in model["decoder"]} == model["decoder"]
+    assert {k: bundled["decoder"][k] for k in cfg["model"]["decoder"]} == cfg["model"]["decoder"]
     tuned = bundled_learner("pretrained:nominal_mass", "quadrotor")
     assert tuned == recipe["learner"] and learner_settings(cfg, tuned)["lr"] == tuned["lr"]
     assert bundled_learner("pretrained", "quadrotor") == {} and bundled_learner(str(PRETRAINED / "x.pt"), "q") == {}

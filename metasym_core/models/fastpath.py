@@ -491,12 +491,11 @@ def rollout_numpy(fold: Fold, xs: np.ndarray, us: np.ndarray, hs: np.ndarray, fu
     bias[..., :d] = u_all @ fold.tok_u + (hv[..., None] * fold.tok_h + fold.tok_b)
     bias[..., d:] = tables[0].b if all(tb is tables[0] for tb in tables) else np.stack([tb.b for tb in tables])
     denoms = []
+    x, rings = _prefill(fold, xs[:, s:].astype(np.float64), bias[:, :T - s], tables[:T - s], hv[:, :T - s], T, s,
+                        denoms)
     skip = None  # the linear skip's per-token constants (u, h parts) [B, ntok, D]
     if fold.skip is not None:
         skip = u_all @ fold.skip[1] + (hv[..., None] * fold.skip[2] + fold.skip[3])
-    x, rings = _prefill(fold, xs[:, s:].astype(np.float64), bias[:, :T - s], tables[:T - s], hv[:, :T - s], T, s,
-                        denoms)
-    if skip is not None:
         x = x + (np.dot(xs[:, -1].astype(np.float64), fold.skip[0]) + skip[:, T - s - 1])
     out = np.empty((B, horizon, D))
     out[:, 0] = x
@@ -605,14 +604,14 @@ def _steps_single(fold: Fold, x: np.ndarray, bias: np.ndarray, tables: list[_Enc
         tb = tables[k]
         slot = (T + k) % c
         X = dot(x, tb.W) + bias[k]
-        if skip_x is not None:
-            base_skip = dot(x, skip_x) + skip[k]
         if explicit:
             rest, base = fold.latents(x, hv[k])
         else:
             base, rest = x, X[d:]
             for R in tb.R:
                 rest = rest[n:] + dot(f(rest[:n]), R)
+        if skip_x is not None:
+            base = base + (dot(x, skip_x) + skip[k])
         z = X[:d]
         for i, (sa_M, sa_b, sa_eps, ma_M, ma_b, ma_eps, ml_M, ml_b, ml_eps, W2, sa_bias, ma_bias,
                 sK, sV, mK, mV, sVf, mVf, o) in enumerate(blocks):
@@ -639,10 +638,7 @@ def _steps_single(fold: Fold, x: np.ndarray, bias: np.ndarray, tables: list[_Enc
         y = dot(z, hd_M)
         zs = y[:d]
         a = y[d:] * (1.0 / sq(float(dot(zs, zs)) + hd_eps)) + hd_b
-        x = base + dot(a * expit(a), hW2)
-        if skip_x is not None:
-            x = x + base_skip
-        out[k + 1] = x
+        x = out[k + 1] = base + dot(a * expit(a), hW2)
 
 
 def _steps_batch(fold: Fold, x: np.ndarray, bias: np.ndarray, tables: list[_EncoderTable], hv: np.ndarray,
@@ -670,12 +666,12 @@ def _steps_batch(fold: Fold, x: np.ndarray, bias: np.ndarray, tables: list[_Enco
         tb = tables[k]
         slot = (T + k) % c
         X = np.dot(x, tb.W) + bias[:, k]
-        if skip is not None:
-            base_skip = np.dot(x, fold.skip[0]) + skip[:, k]
         if fold.explicit:
             rest, base = fold.latents(x, hv[:, k])
         else:
             base, rest = x, _encode_rest(X, tb.R, d, n, f)
+        if skip is not None:
+            base = base + (np.dot(x, fold.skip[0]) + skip[:, k])
         z = X[:, :d]
         for i, blk in enumerate(fold.blocks):
             sK, sV = rings[nr * i:nr * i + 2]
@@ -692,6 +688,4 @@ def _steps_batch(fold: Fold, x: np.ndarray, bias: np.ndarray, tables: list[_Enco
                 z = z + attend(mK, flat[nr * i + 3], _ln(z, *blk["ma"], d), ma_bias[k], guard[k, i, 1])
             z = z + _mlp(z, blk["mlp"], d)
         x = base + _mlp(z, fold.head, d)
-        if skip is not None:
-            x = x + base_skip
         out[:, k + 1] = x
