@@ -37,7 +37,10 @@ from metasym_ros.qos import (
     STATE_TOPIC,
 )
 
-STOP_WAIT_S = 20.0  # how long shutdown waits for a training to save last.pt
+# How long shutdown waits for a training to stop at its next outer step and save last.pt: with the 2 s it may then
+# wait for an adaptation (LiveLearner.stop) inside a launcher's grace (a training that misses it resumes from the
+# last.pt of its previous checkpoint interval)
+STOP_WAIT_S = 6.0
 
 
 class LearnerNode(Node):

@@ -26,6 +26,9 @@ import signal
 import sys
 
 STACKS_SIGNAL = signal.SIGUSR1  # dumps every thread's Python stack to stderr
+# Time a launcher gives a node to exit after SIGINT before it is killed (`metasym launch`; ros2 launch sends
+# SIGTERM after 5 s and SIGKILL 5 s later): every wait of a node's shutdown must fit in it together.
+STOP_GRACE_S = 10.0
 
 
 def _exit_quietly(_signum, _frame) -> None:

@@ -27,9 +27,9 @@ from pathlib import Path
 import yaml
 
 from metasym_ros.graph import NodeSpec, node_environment, node_graph, params_yaml
-from metasym_ros.start import STACKS_SIGNAL
+from metasym_ros.start import STACKS_SIGNAL, STOP_GRACE_S
 
-GRACE_S = 10.0  # time the nodes get to exit after SIGINT
+GRACE_S = STOP_GRACE_S  # time the nodes get to exit after SIGINT
 STACKS_WAIT_S = 0.5  # time a hung node gets to write its stacks before SIGKILL
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
