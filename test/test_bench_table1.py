@@ -24,6 +24,8 @@ def test_table1_quick_quadrotor(tmp_path, capsys):
             value = figures[f"quadrotor_{model}_{what}"]
             assert math.isfinite(value) and value >= 0, (model, what, value)
     assert "quadrotor_quantum_lstm_ood_mse" not in figures  # not applicable
+    for key in ("metasym", "metasym_nometa", "metasym_no_meta_attention"):  # each seed's runs kept apart
+        assert (out / "quadrotor" / "seed0" / key / "final.pt").is_file(), key
     # skill against holding the state: 0 for holding itself, 1 − MSE ratio for the others, per horizon step too
     assert figures["quadrotor_hold_last_skill"] == 0.0 and figures["quadrotor_hold_last_skill_h1"] == 0.0
     for model in models:

@@ -377,7 +377,8 @@ def train_rows(system: str, sizes: Sizes, data: dict[str, SystemDataset], out: P
         run_cfg["training"].update(training or {})
         run_cfg["model"]["decoder"].update(decoder or {})
         log(f"[table1] {system}: {what}")
-        m, mtc, curves_[key] = _train_metasym(run_cfg, data, sizes, out / system / key, seed, device)
+        run = out / system / f"seed{seed}" / key  # every training seed keeps its own run (models, metrics)
+        m, mtc, curves_[key] = _train_metasym(run_cfg, data, sizes, run, seed, device)
         return m, mtc, time.perf_counter() - t0
 
     model, tc, train_s = metasym("metasym", None, None, f"meta-training MetaSym ({sizes.max_steps} outer steps "
