@@ -25,6 +25,7 @@ from metasym_core.online.plan import ControlPlan as Plan
 from metasym_core.online.predictor import describe_model
 from metasym_ros.msg import AdaptationStatus, ControlPlan, ModelCheckpoint
 from metasym_ros.realtime import set_fifo
+from metasym_ros.start import teardown_watchdog
 
 
 def declare(node: Node, name: str, default, description: str, apply: Callable[[object], None] | None = None,
@@ -211,11 +212,16 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:
             code = 1
     except Exception:
         if not interrupted and rclpy.ok():
+            code = 1  # the exit code, should the teardown on the way out hang (`teardown_watchdog`)
             raise
         # stopping: the shut-down context made the node's start-up or the executor fail; a clean exit
     finally:
         set_fifo(0)  # however the node stops
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+        watchdog = teardown_watchdog(lambda: code)  # a teardown stuck in native code ends the process anyway
+        try:
+            if node is not None:
+                node.destroy_node()
+            rclpy.try_shutdown()
+        finally:
+            watchdog.cancel()
     return code

@@ -38,9 +38,9 @@ from metasym_ros.qos import (
 )
 
 # How long shutdown waits for a training to stop at its next outer step and save last.pt: with the 2 s it may then
-# wait for an adaptation (LiveLearner.stop) inside a launcher's grace (a training that misses it resumes from the
-# last.pt of its previous checkpoint interval)
-STOP_WAIT_S = 6.0
+# wait for an adaptation (LiveLearner.stop), inside the node's teardown limit (start.TEARDOWN_LIMIT_S) and so a
+# launcher's grace (a training that misses it resumes from the last.pt of its previous checkpoint interval)
+STOP_WAIT_S = 5.0
 
 
 class LearnerNode(Node):

@@ -24,11 +24,16 @@ import logging
 import os
 import signal
 import sys
+import threading
+from collections.abc import Callable
 
 STACKS_SIGNAL = signal.SIGUSR1  # dumps every thread's Python stack to stderr
 # Time a launcher gives a node to exit after SIGINT before it is killed (`metasym launch`; ros2 launch sends
 # SIGTERM after 5 s and SIGKILL 5 s later): every wait of a node's shutdown must fit in it together.
 STOP_GRACE_S = 10.0
+# A node's teardown (destroying it, shutting rclpy down) that has not ended this long after it began gives up
+# (`teardown_watchdog`), inside the grace
+TEARDOWN_LIMIT_S = STOP_GRACE_S - 2.0
 
 
 def _exit_quietly(_signum, _frame) -> None:
@@ -44,6 +49,27 @@ def _exit_now(code: int) -> None:
         except (OSError, ValueError):  # a closed or broken pipe: nothing more can be written anyway
             pass
     os._exit(code)
+
+
+def teardown_watchdog(code: Callable[[], int], limit_s: float = TEARDOWN_LIMIT_S) -> threading.Timer:
+    """A started timer: unless cancelled within `limit_s` seconds, it writes one line and every thread's stack to
+    stderr and ends the process with `code()`.
+
+    Why: destroying a node can hang in native code, out of Python's reach. It did once in CI (a learner blocked
+    in rclpy's `destroy_when_not_in_use`, its own waits long done, killed at its launcher's grace); rclpy and the
+    DDS implementations have a history of such hangs (ros2/rclpy#456, ros2/rmw_cyclonedds#104). A node that has
+    released what it holds then still ends by itself, saying where it hung, rather than being killed."""
+
+    def give_up() -> None:
+        print(f"metasym_ros: the node's teardown did not end within {limit_s:g} s (stuck in rclpy or DDS, below); "
+              "exiting without it", file=sys.stderr, flush=True)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        _exit_now(code())
+
+    timer = threading.Timer(limit_s, give_up)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def start(module: str, argv: list[str] | None = None) -> int:

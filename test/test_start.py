@@ -20,6 +20,11 @@ NODE = textwrap.dedent("""
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             print("ready", flush=True)
             time.sleep(60)
+        if mode.startswith("teardown"):  # common.run_node's teardown, stuck (as in native code) or not
+            from metasym_ros.start import teardown_watchdog
+            watchdog = teardown_watchdog(lambda: 4, limit_s=0.5)
+            time.sleep(60 if mode == "teardown-stuck" else 0.1)
+            watchdog.cancel()
         print("ran", argv[1:], end="")  # still buffered when main returns
         return 3
 """)
@@ -54,3 +59,21 @@ def test_a_node_that_does_not_exit_after_sigint_says_where_it_hangs_then_is_kill
     out = proc.stdout.read()
     assert "most recent call first" in out and "stand_in_node.py" in out and "in main" in out, out
     assert "stand_in_node did not exit after SIGINT" in capsys.readouterr().err
+
+
+def test_a_teardown_stuck_past_its_limit_ends_the_node_and_says_where(tmp_path):
+    """`teardown_watchdog`: a node's teardown that hangs (in rclpy or DDS, beyond Python's reach) ends the process
+    by itself after the limit, with the node's exit code, one line and every thread's stack; one that ends in time
+    is not disturbed."""
+    import time
+
+    t0 = time.monotonic()
+    proc = _node(tmp_path, "teardown-stuck")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 4, out
+    assert time.monotonic() - t0 < 30  # the limit (0.5 s here) after the interpreter's start, not the 60 s sleep
+    assert "teardown did not end within 0.5 s" in out and "stand_in_node.py" in out and "in main" in out, out
+    assert "finalized" not in out
+    proc = _node(tmp_path, "teardown-ok")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 3 and out == "ran ['teardown-ok']", out
