@@ -61,7 +61,7 @@ def teardown_watchdog(code: Callable[[], int], limit_s: float = TEARDOWN_LIMIT_S
     released what it holds then still ends by itself, saying where it hung, rather than being killed."""
 
     def give_up() -> None:
-        print(f"metasym_ros: the node's teardown did not end within {limit_s:g} s (stuck in rclpy or DDS, below); "
+        print(f"metasym_ros: the node's teardown did not end within {limit_s:g} s (where it is stuck: below); "
               "exiting without it", file=sys.stderr, flush=True)
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
         _exit_now(code())
