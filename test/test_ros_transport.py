@@ -24,6 +24,7 @@ def test_adaptation_reaches_a_predictor_that_shares_no_files_with_the_learner(tm
 
     from metasym_ros import qos
     from metasym_ros.graph import node_graph, params_yaml
+    from metasym_ros.start import STOP_GRACE_S
     from metasym_ros.tools.launcher import die_with_parent, node_command, stop_all
 
     overrides = {"change_time": 2.0, "learner.window": 50, "learner.period_s": 0.5, "learner.min_gain": 0.0,
@@ -56,7 +57,7 @@ def test_adaptation_reaches_a_predictor_that_shares_no_files_with_the_learner(tm
                      "predictions with the adapted parameters", 30)
             assert not any((tmp_path / "learner").rglob("*.pt")), "the learner wrote no parameter file"
         finally:
-            codes = stop_all(procs, 10.0)
+            codes = stop_all(procs, STOP_GRACE_S)
             for log in logs:
                 log.close()
         assert codes == [0, 0, 0], [(tmp_path / n / "node.log").read_text()[-1500:] for n in ("learner", "predictor")]

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 from metasym_ros.tools.launcher import stop_all
 
@@ -65,8 +66,6 @@ def test_a_teardown_stuck_past_its_limit_ends_the_node_and_says_where(tmp_path):
     """`teardown_watchdog`: a node's teardown that hangs (in rclpy or DDS, beyond Python's reach) ends the process
     by itself after the limit, with the node's exit code, one line and every thread's stack; one that ends in time
     is not disturbed."""
-    import time
-
     t0 = time.monotonic()
     proc = _node(tmp_path, "teardown-stuck")
     out, _ = proc.communicate(timeout=60)

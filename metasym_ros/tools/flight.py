@@ -459,7 +459,7 @@ def run_flight(cfg: FlightConfig, log=print) -> dict:
     from metasym_core.io import atomic_write_text
     from metasym_ros import qos
     from metasym_ros.msg import AdaptationStatus, Prediction, PredictionMetrics, SystemState
-    from metasym_ros.tools.launcher import GRACE_S, GraphRunner
+    from metasym_ros.tools.launcher import GraphRunner
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -501,7 +501,7 @@ def run_flight(cfg: FlightConfig, log=print) -> dict:
             thread.join(timeout=5)
             node.destroy_node()
             context.try_shutdown()
-            codes = graph.stop(GRACE_S)
+            codes = graph.stop()
     wall_s = time.monotonic() - start
     rec.finish()
     rec.hindcast(cfg.checkpoint)

@@ -29,7 +29,6 @@ import yaml
 from metasym_ros.graph import NodeSpec, node_environment, node_graph, params_yaml
 from metasym_ros.start import STACKS_SIGNAL, STOP_GRACE_S
 
-GRACE_S = STOP_GRACE_S  # time the nodes get to exit after SIGINT
 STACKS_WAIT_S = 0.5  # time a hung node gets to write its stacks before SIGKILL
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -126,7 +125,7 @@ class GraphRunner:
         """The process id of the node `name`."""
         return next(p.pid for spec, p in zip(self.specs, self.procs, strict=True) if spec.name == name)
 
-    def stop(self, grace_s: float = GRACE_S) -> list[int]:
+    def stop(self, grace_s: float = STOP_GRACE_S) -> list[int]:
         """Stop every node (SIGINT, then SIGKILL after `grace_s`); their exit codes, in start order."""
         if self.codes is None:
             self.codes = stop_all(self.procs, grace_s)
@@ -138,7 +137,7 @@ class GraphRunner:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def close(self, grace_s: float = GRACE_S) -> None:
+    def close(self, grace_s: float = STOP_GRACE_S) -> None:
         """`stop` what still runs and remove the parameters files."""
         try:
             self.stop(grace_s)
@@ -150,7 +149,7 @@ class GraphRunner:
 
 
 def launch(system: str, overrides: Mapping[str, object] | None = None, duration_s: float | None = None,
-           grace_s: float = GRACE_S) -> int:
+           grace_s: float = STOP_GRACE_S) -> int:
     """Run the graph of `system` until SIGINT/SIGTERM (or `duration_s`); the exit code of the graph."""
     stop = {"signal": None}
 
