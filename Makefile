@@ -53,7 +53,7 @@ lint: venv
 
 # the whole suite (what CI runs)
 test: venv native interfaces lint
-	$(PY) -m pytest -q test
+	$(PY) -m pytest -q --durations=10 test
 
 # the development tier: everything but the tests marked slow (pyproject.toml)
 test-fast: venv native interfaces lint
