@@ -172,3 +172,23 @@ def test_several_training_seeds_merge_into_one_table():
     assert "quadrotor_metasym_ood_mse_seed0" not in single and single["quadrotor_metasym_ood_mse"] == 0.01
     with pytest.raises(MetaSymError, match="--seeds must be a positive integer"):
         run_table1_bench(["quadrotor"], quick=True, doc=None, seeds=0)
+
+
+def test_the_noise_free_signal_score_keeps_each_seed_and_ratios():
+    """Against the quantum record's noise-free mean: each seed's figure, the mean over seeds, and MetaSym's ratio to
+    every row (issue 17's quantum criterion) are figures."""
+    from metasym_core.bench.table1 import merge_seeds, system_figures
+
+    def with_signal(scale: float, signal: dict[str, float]) -> dict:
+        res = _fake_result(scale)
+        for key, value in signal.items():
+            res["models"][key]["signal_mse"] = {"mean": value, "std": 0.0}
+        return res
+    merged = merge_seeds([with_signal(1.0, {"metasym": 0.05, "hold_last": 30.0, "dhnn": 0.06}),
+                          with_signal(3.0, {"metasym": 0.07, "hold_last": 30.0, "dhnn": 0.05})])
+    fig = system_figures("quantum", merged)
+    assert fig["quantum_metasym_ood_mse_vs_mean_signal"] == pytest.approx(0.06)
+    assert (fig["quantum_metasym_ood_mse_vs_mean_signal_seed0"], fig["quantum_metasym_ood_mse_vs_mean_signal_seed1"]
+            ) == (0.05, 0.07)
+    assert fig["quantum_metasym_over_dhnn_vs_mean_signal"] == pytest.approx(0.06 / 0.055)
+    assert fig["quantum_metasym_over_hold_last_vs_mean_signal"] == pytest.approx(0.002)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from metasym_core.errors import MetaSymError
+from metasym_core.systems import noise_free_states
 from metasym_core.systems.dataset import SystemDataset
 from metasym_core.train.data import padded_steps
 
@@ -33,13 +34,15 @@ class LinearNextStep:
     def _features(x: np.ndarray, u: np.ndarray, h: np.ndarray) -> np.ndarray:
         return np.concatenate([x, u, h[..., None], np.ones_like(h)[..., None]], axis=-1)
 
-    def fit(self, ds: SystemDataset) -> LinearNextStep:
-        """Least squares on all transitions of `ds` (every system, every frame but the last)."""
+    def fit(self, ds: SystemDataset, noise_free: bool = False) -> LinearNextStep:
+        """Least squares on all transitions of `ds` (every system, every frame but the last); with `noise_free`
+        towards the noise-free next states (`systems.noise_free_states`, as `training.noise_free_targets`)."""
         if ds.steps < 2:
             raise MetaSymError("the linear reference needs at least 2 frames per system")
         h = padded_steps(ds.times)[:, :-1]
         feats = self._features(ds.states[:, :-1], ds.controls[:, :-1], h).reshape(-1, ds.state_dim + ds.control_dim + 2)
-        target = (ds.states[:, 1:] - ds.states[:, :-1]).reshape(-1, ds.state_dim)
+        nxt = noise_free_states(ds)[:, 1:] if noise_free else ds.states[:, 1:]
+        target = (nxt - ds.states[:, :-1]).reshape(-1, ds.state_dim)
         gram = feats.T @ feats
         gram[np.diag_indices_from(gram)] += RIDGE * max(float(np.trace(gram)) / len(gram), 1e-300)
         self.weights = np.linalg.solve(gram, feats.T @ target)

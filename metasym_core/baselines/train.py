@@ -22,25 +22,30 @@ import torch
 from metasym_core.baselines.base import Baseline
 from metasym_core.device import resolve_device
 from metasym_core.errors import MetaSymError
+from metasym_core.systems import noise_free_states
 from metasym_core.systems.dataset import SystemDataset
 from metasym_core.train.data import padded_steps
 
 
-def dataset_tensors(ds: SystemDataset, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """states `[N, T, D]`, controls `[N, T, m]` and steps `[N, T, 1]` of a dataset."""
-    return (torch.from_numpy(ds.states).to(dtype), torch.from_numpy(ds.controls).to(dtype),
-            torch.from_numpy(padded_steps(ds.times)).to(dtype).unsqueeze(-1))
+def dataset_tensors(ds: SystemDataset, dtype: torch.dtype, noise_free: bool = False) -> tuple[torch.Tensor, ...]:
+    """states `[N, T, D]`, controls `[N, T, m]`, steps `[N, T, 1]` and targets `[N, T, D]` of a dataset: the
+    states, or with `noise_free` their noise-free expectation (`systems.noise_free_states`)."""
+    states = torch.from_numpy(ds.states).to(dtype)
+    targets = torch.from_numpy(np.ascontiguousarray(noise_free_states(ds))).to(dtype) if noise_free else states
+    return (states, torch.from_numpy(ds.controls).to(dtype),
+            torch.from_numpy(padded_steps(ds.times)).to(dtype).unsqueeze(-1), targets)
 
 
-def next_step_loss(model: Baseline, x: torch.Tensor, u: torch.Tensor, h: torch.Tensor,
+def next_step_loss(model: Baseline, x: torch.Tensor, u: torch.Tensor, h: torch.Tensor, y: torch.Tensor | None = None,
                    noise: float = 0.0, gen: torch.Generator | None = None) -> torch.Tensor:
-    """Mean squared normalised next-step error over windows `[B, W+1, ·]`."""
+    """Mean squared normalised next-step error over windows `[B, W+1, ·]` of inputs `x` and targets `y`
+    (default: `x`)."""
     inputs = x[:, :-1]
     if noise > 0:
         draw = torch.randn(inputs.shape, generator=gen, dtype=x.dtype)  # on the generator's (CPU) device
         inputs = inputs + noise * model.delta_std * draw.to(x.device)
     pred = model.predict_next(inputs, u[:, :-1], h[:, :-1])
-    return ((pred - x[:, 1:]) / model.delta_std).pow(2).mean()
+    return ((pred - (x if y is None else y)[:, 1:]) / model.delta_std).pow(2).mean()
 
 
 def _windows(data, rows: torch.Tensor, starts: torch.Tensor, length: int):
@@ -52,9 +57,10 @@ def _windows(data, rows: torch.Tensor, starts: torch.Tensor, length: int):
 def train_baseline(model: Baseline, train_ds: SystemDataset, val_ds: SystemDataset, steps: int = 500,
                    lr: float = 3e-3, window: int = 40, seed: int = 0, batch: int = 16, noise: float = 0.0,
                    eval_interval: int = 25, patience: int = 8, grad_clip: float = 1.0,
-                   device: str | torch.device | None = None) -> list[dict]:
+                   device: str | torch.device | None = None, noise_free: bool = False) -> list[dict]:
     """Train `model` in place (normalisation fitted on `train_ds`); returns the history rows
-    `{step, loss, val_loss, seconds}` (val_loss only at evaluations).
+    `{step, loss, val_loss, seconds}` (val_loss only at evaluations). With `noise_free` the targets (training
+    and validation) are the noise-free next states, MetaSym's `training.noise_free_targets`.
 
     `device` (`cpu`, `cuda[:N]`, `auto`; default: where the model is) is where it trains
     and stays; window indices and noise are drawn on the CPU, so a seed gives the same
@@ -69,8 +75,8 @@ def train_baseline(model: Baseline, train_ds: SystemDataset, val_ds: SystemDatas
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     dtype = next(model.parameters()).dtype
-    train, val = dataset_tensors(train_ds, dtype), dataset_tensors(val_ds, dtype)
-    model.set_normalization(*train)
+    train, val = dataset_tensors(train_ds, dtype, noise_free), dataset_tensors(val_ds, dtype, noise_free)
+    model.set_normalization(*train[:3])
     dev = resolve_device(str(device)) if device is not None else next(model.parameters()).device
     model.to(dev)
     train, val = tuple(t.to(dev) for t in train), tuple(t.to(dev) for t in val)
@@ -86,7 +92,7 @@ def train_baseline(model: Baseline, train_ds: SystemDataset, val_ds: SystemDatas
         model.train()
         rows = torch.randint(0, train[0].shape[0], (batch,), generator=gen)
         starts = torch.randint(0, train[0].shape[1] - W, (batch,), generator=gen)
-        loss = next_step_loss(model, *_windows(train, rows, starts, W + 1), noise, gen)
+        loss = next_step_loss(model, *_windows(train, rows, starts, W + 1), noise=noise, gen=gen)
         if not torch.isfinite(loss):
             raise MetaSymError(f"{model.name}: training loss is {float(loss)} at step {step}")
         opt.zero_grad()

@@ -13,6 +13,8 @@ import importlib
 import inspect
 from dataclasses import dataclass
 
+import numpy as np
+
 from metasym_core.errors import MetaSymError
 from metasym_core.systems.base import SPLITS, SystemFamily, Trajectory
 
@@ -50,7 +52,7 @@ CLOSED_LOOP_SYSTEMS: tuple[str, ...] = tuple(name for name, spec in SPECS.items(
 _REGISTRY: dict[str, str] = {name: spec.family for name, spec in SPECS.items()}
 
 __all__ = ["CLOSED_LOOP_SYSTEMS", "EXTRA_SYSTEMS", "GRAPH_SYSTEMS", "SPECS", "SPLITS", "SYSTEM_NAMES", "SystemFamily",
-           "SystemSpec", "Trajectory", "family_class", "make_family", "register_family"]
+           "SystemSpec", "Trajectory", "family_class", "make_family", "noise_free_states", "register_family"]
 
 
 def register_family(name: str, target: str) -> None:
@@ -68,6 +70,11 @@ def family_class(name: str) -> type[SystemFamily]:
     except ImportError as exc:
         raise MetaSymError(f"system {name!r} is unavailable: {exc}") from exc
     return getattr(module, cls_name)
+
+
+def noise_free_states(ds) -> np.ndarray:
+    """The noise-free expectation of every frame of dataset `ds` (`SystemFamily.noise_free_states` of its family)."""
+    return family_class(ds.family).noise_free_states(ds)
 
 
 def make_family(name: str, **options) -> SystemFamily:

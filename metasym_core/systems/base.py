@@ -67,6 +67,21 @@ class SystemFamily(abc.ABC):
         """Constructor options (recorded in dataset metadata)."""
         return {}
 
+    @classmethod
+    def noise_free_states(cls, ds) -> np.ndarray:
+        """The noise-free expectation of every observed frame of dataset `ds`, `[N, T, D]` like `ds.states`.
+
+        Why: a model trained on noisy next frames fits their noise too. The noise of a frame is independent of
+        the frames before it, so the expectation given the past is the same target with far less variance
+        (`training.noise_free_targets`). Default: the `clean_states` extra, which families that add sensor
+        noise store, else the states themselves (a family without measurement noise). Families whose
+        observation is noisy in another way override this (the quantum record)."""
+        clean = ds.extras.get("clean_states", ds.states)
+        if clean.shape != ds.states.shape:
+            raise MetaSymError(f"{ds.family} dataset: its clean_states {list(clean.shape)} do not match its states "
+                               f"{list(ds.states.shape)} (coordinates dropped from one of them?)")
+        return clean
+
     # -- optional validation helpers -------------------------------------------------
 
     def check_split(self, split: str) -> str:

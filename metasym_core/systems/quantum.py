@@ -77,6 +77,7 @@ _TRAIN = {"omega": (0.8, 1.2), "kappa": (0.0, 0.2), "epsilon": (0.0, 0.01), "nba
           "eta": (0.5, 1.0)}
 _OOD = {"omega": (1.2, 1.5), "kappa": (0.2, 0.3), "epsilon": (0.01, 0.02), "nbar": (0.5, 1.0),
         "eta": (0.3, 0.5)}
+DEFAULT_GAMMA = 0.1  # loss rate γ of the family (an option, recorded in each dataset's metadata)
 # Largest internal step × stiffness S accepted by the automatic substep count (see module doc).
 STIFFNESS_STEP = 0.25
 
@@ -110,7 +111,7 @@ class OpenQuantumSystem(SystemFamily):
     default_systems = {"train": 50, "ood": 10}
     default_steps = 500
 
-    def __init__(self, fock_dim: int = 20, gamma: float = 0.1, dt: float = 0.1, substeps: int | None = None,
+    def __init__(self, fock_dim: int = 20, gamma: float = DEFAULT_GAMMA, dt: float = 0.1, substeps: int | None = None,
                  alpha_range: tuple[float, float] = (0.5, 2.0)):
         if not _is_int(fock_dim) or fock_dim < 3:
             raise MetaSymError(f"quantum fock_dim must be an integer >= 3, got {fock_dim!r}")
@@ -167,6 +168,21 @@ class OpenQuantumSystem(SystemFamily):
     def signal_scale(self, params: dict[str, float]) -> float:
         """E[I_k] / hidden_x[k] = E[Q_k] / hidden_p[k] = √(2ηγ(n̄+1))."""
         return math.sqrt(2.0 * params["eta"] * self.gamma * (params["nbar"] + 1.0))
+
+    @classmethod
+    def noise_free_states(cls, ds) -> np.ndarray:
+        """The record's mean given the record before each frame, `[N, T, 2]`: √(2ηγ(n̄+1))·(hidden_x, hidden_p).
+
+        Each frame is that plus white noise of variance ≈ 2/dt, so it is also what the best predictor of the
+        frame can know (and what Table 1 scores against beside the raw record)."""
+        if "hidden_x" not in ds.extras or "hidden_p" not in ds.extras:
+            raise MetaSymError(f"{ds.family} dataset has no hidden_x / hidden_p extras: its noise-free record is "
+                               "unknown (regenerate it with `metasym generate`)")
+        gamma = float(ds.metadata.get("options", {}).get("gamma", DEFAULT_GAMMA))
+        names = ds.param_names
+        eta, nbar = ds.params[:, names.index("eta")], ds.params[:, names.index("nbar")]
+        scale = np.sqrt(2.0 * eta * gamma * (nbar + 1.0))[:, None, None]
+        return scale * np.stack([ds.extras["hidden_x"], ds.extras["hidden_p"]], axis=-1)
 
     def simulate(self, params: dict[str, float], steps: int, rng: np.random.Generator) -> Trajectory:
         """One heterodyne trajectory: `steps` record samples (I, Q) at times k·dt."""

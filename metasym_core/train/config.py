@@ -39,6 +39,12 @@ class TrainingConfig:
     # coordinate's per-step increment spread (delta_std); targets stay the clean next states, so the model learns
     # to correct an input that is off, as its own rollouts are (0: off)
     input_noise: float = 0.0
+    # the decoder's targets: the noise-free expectation of each next frame given the frames before it
+    # (`SystemFamily.noise_free_states`: a simulator knows it) instead of the observed, noisy frame; the inputs stay
+    # the observed frames. The best prediction is the same (a frame's noise is independent of the past), the
+    # gradient far less noisy where the record's noise dwarfs its signal (the quantum record). The encoder's flow
+    # step is still fitted to the observed transitions
+    noise_free_targets: bool = False
 
     @classmethod
     def from_config(cls, cfg: dict) -> TrainingConfig:

@@ -14,6 +14,7 @@ import torch
 from metasym_core.errors import MetaSymError
 from metasym_core.meta.losses import DecoderBatch, decoder_batch
 from metasym_core.models.metasym import MetaSym
+from metasym_core.systems import noise_free_states
 from metasym_core.systems.dataset import SystemDataset
 
 
@@ -27,7 +28,8 @@ class TrainData:
     """Tensors of one dataset in the model's dtype plus the window geometry."""
 
     @torch.no_grad()
-    def __init__(self, ds: SystemDataset, model: MetaSym, support_fraction: float, window: int, name: str):
+    def __init__(self, ds: SystemDataset, model: MetaSym, support_fraction: float, window: int, name: str,
+                 noise_free: bool = False):
         if ds.state_dim != model.state_dim or ds.control_dim != model.control_dim:
             raise MetaSymError(f"{name} dataset ({ds.family}) has state_dim {ds.state_dim}, control_dim "
                                f"{ds.control_dim}; the config expects {model.state_dim}, {model.control_dim}")
@@ -43,6 +45,10 @@ class TrainData:
             raise MetaSymError(f"{name} dataset has {T} frames per system: too few for support_fraction "
                                f"{support_fraction} and context {model.context}")
         self.states = torch.from_numpy(ds.states).to(self.device, dtype)
+        # what the decoder learns to predict: the observed next frames, or their noise-free expectation given the
+        # frames before (`TrainingConfig.noise_free_targets`; the inputs stay the observed frames)
+        self.targets = (torch.from_numpy(np.ascontiguousarray(noise_free_states(ds))).to(self.device, dtype)
+                        if noise_free else self.states)
         self.controls = torch.from_numpy(ds.controls).to(self.device, dtype)
         self.h = torch.from_numpy(padded_steps(ds.times)).to(self.device, dtype).unsqueeze(-1)
         self.n = len(ds)
@@ -76,7 +82,7 @@ class TrainData:
         if self._tokens is None:
             was = model.training
             model.eval()
-            self._tokens = decoder_batch(model, self.states, self.controls, self.h)
+            self._tokens = decoder_batch(model, self.states, self.controls, self.h, self.targets)
             model.train(was)
         return self._tokens
 
@@ -84,16 +90,16 @@ class TrainData:
                        lead: int = 0, noise: float = 0.0, gen: torch.Generator | None = None) -> DecoderBatch:
         """Frames first-lead .. first+window (targets: `lead` context transitions, then `window`). With `noise`,
         the input states get N(0, (noise·delta_std)²) added (drawn from `gen`; not on coordinates that never
-        move), and the targets stay the clean next states (`TrainingConfig.input_noise`)."""
+        move), and the targets stay the unperturbed next states (`TrainingConfig.input_noise`)."""
         idx = ((first - lead)[:, None] + torch.arange(self.window + lead + 1)).to(self.device)
         rows = systems[:, None].to(self.device)
         if noise > 0:
-            clean = self.states[rows, idx]
-            draw = torch.randn(clean.shape, generator=gen, dtype=clean.dtype).to(self.device)
-            noisy = clean + draw * (noise * model.delta_std * ~model.fixed)
+            observed = self.states[rows, idx]
+            draw = torch.randn(observed.shape, generator=gen, dtype=observed.dtype).to(self.device)
+            noisy = observed + draw * (noise * model.delta_std * ~model.fixed)
             was = model.encoder.training
             model.encoder.eval()  # the encoder's latents without DropConnect, as in `tokens`
-            batch = decoder_batch(model, noisy, self.controls[rows, idx], self.h[rows, idx], clean)
+            batch = decoder_batch(model, noisy, self.controls[rows, idx], self.h[rows, idx], self.targets[rows, idx])
             model.encoder.train(was)
             return batch
         tok = self.tokens(model)

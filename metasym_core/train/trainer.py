@@ -74,8 +74,9 @@ class Trainer:
         if not self.model.decoder.meta_attention and not self.model.encoder_residual:
             self.tc = replace(self.tc, encoder_steps=0)  # ablation D.3: the encoder's output is never read (with
             # the encoder residual its flow step still carries the prediction, so phase 1 still trains it)
-        self.train_data = TrainData(train, self.model, self.tc.support_fraction, self.tc.window, "training")
-        self.val_data = TrainData(val, self.model, self.tc.support_fraction, self.tc.window, "validation")
+        clean = self.tc.noise_free_targets
+        self.train_data = TrainData(train, self.model, self.tc.support_fraction, self.tc.window, "training", clean)
+        self.val_data = TrainData(val, self.model, self.tc.support_fraction, self.tc.window, "validation", clean)
         self.total = self.tc.encoder_steps + self.tc.outer_steps
         if max_steps is not None:
             if max_steps < 1:
