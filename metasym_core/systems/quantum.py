@@ -93,6 +93,11 @@ def _positive(name: str, value: float) -> float:
     return out
 
 
+def _signal_scale(eta, gamma, nbar):
+    """√(2ηγ(n̄+1)): the record's mean over the conditional quadrature (module doc); floats or arrays."""
+    return np.sqrt(2.0 * np.asarray(eta) * gamma * (np.asarray(nbar) + 1.0))
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
@@ -167,7 +172,7 @@ class OpenQuantumSystem(SystemFamily):
 
     def signal_scale(self, params: dict[str, float]) -> float:
         """E[I_k] / hidden_x[k] = E[Q_k] / hidden_p[k] = √(2ηγ(n̄+1))."""
-        return math.sqrt(2.0 * params["eta"] * self.gamma * (params["nbar"] + 1.0))
+        return float(_signal_scale(params["eta"], self.gamma, params["nbar"]))
 
     @classmethod
     def noise_free_states(cls, ds) -> np.ndarray:
@@ -181,7 +186,7 @@ class OpenQuantumSystem(SystemFamily):
         gamma = float(ds.metadata.get("options", {}).get("gamma", DEFAULT_GAMMA))
         names = ds.param_names
         eta, nbar = ds.params[:, names.index("eta")], ds.params[:, names.index("nbar")]
-        scale = np.sqrt(2.0 * eta * gamma * (nbar + 1.0))[:, None, None]
+        scale = _signal_scale(eta, gamma, nbar)[:, None, None]
         return scale * np.stack([ds.extras["hidden_x"], ds.extras["hidden_p"]], axis=-1)
 
     def simulate(self, params: dict[str, float], steps: int, rng: np.random.Generator) -> Trajectory:
