@@ -126,3 +126,20 @@ def test_training_with_noise_free_targets(noisy, tmp_path):
         pred = train.states[:, :-1] + feats @ lin.weights
         return float(((pred - train.extras["clean_states"][:, 1:]) ** 2).mean())
     assert clean_error(fits[True]) < clean_error(fits[False])
+
+
+def test_dropping_constant_coordinates_drops_them_from_the_clean_states_too():
+    """Table 1 trains without the mesh's fixed row; a dataset's clean states lose the same coordinates, so the
+    noise-free targets keep matching the states."""
+    from metasym_core.bench.table1 import drop_constant_coordinates
+
+    mesh = SystemDataset.from_arrays(generate(make_family("spring_mesh", grid=3), "train", 2, 30, seed=0, workers=1,
+                                              progress=False))
+    rng = np.random.default_rng(0)
+    noisy = SystemDataset(mesh.metadata, mesh.system_index, mesh.params, mesh.times,
+                          mesh.states + rng.normal(0.0, 0.01, mesh.states.shape), mesh.controls,
+                          {**mesh.extras, "clean_states": mesh.states})
+    reduced = drop_constant_coordinates({"train": mesh, "ood": noisy})["ood"]
+    assert reduced.state_dim < mesh.state_dim
+    keep = np.ptp(mesh.states.reshape(-1, mesh.state_dim), axis=0) > 0
+    assert np.array_equal(noise_free_states(reduced), mesh.states[..., keep])

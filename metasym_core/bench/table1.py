@@ -149,8 +149,11 @@ def drop_constant_coordinates(data: dict[str, SystemDataset]) -> dict[str, Syste
         md = dict(ds.metadata, state_dim=int(keep.sum()))
         if isinstance(md.get("state_names"), list) and len(md["state_names"]) == keep.size:
             md["state_names"] = [n for n, k in zip(md["state_names"], keep, strict=True) if k]
+        extras = dict(ds.extras)
+        if "clean_states" in extras:  # the noise-free states (`noise_free_states`) lose the same coordinates
+            extras["clean_states"] = extras["clean_states"][..., keep]
         out[name] = SystemDataset(md, ds.system_index, ds.params, ds.times, ds.states[..., keep], ds.controls,
-                                  ds.extras)
+                                  extras)
         out[name]._validate()
     return out
 
