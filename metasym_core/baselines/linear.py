@@ -15,9 +15,8 @@ import numpy as np
 import torch
 
 from metasym_core.errors import MetaSymError
-from metasym_core.systems import noise_free_states
 from metasym_core.systems.dataset import SystemDataset
-from metasym_core.train.data import padded_steps
+from metasym_core.train.data import padded_steps, target_states
 
 #: Ridge weight relative to the mean diagonal of the normal equations (keeps constant or collinear
 #: coordinates, e.g. a fixed mesh node, from making the solve singular; far below any real signal).
@@ -41,8 +40,7 @@ class LinearNextStep:
             raise MetaSymError("the linear reference needs at least 2 frames per system")
         h = padded_steps(ds.times)[:, :-1]
         feats = self._features(ds.states[:, :-1], ds.controls[:, :-1], h).reshape(-1, ds.state_dim + ds.control_dim + 2)
-        nxt = noise_free_states(ds)[:, 1:] if noise_free else ds.states[:, 1:]
-        target = (nxt - ds.states[:, :-1]).reshape(-1, ds.state_dim)
+        target = (target_states(ds, noise_free)[:, 1:] - ds.states[:, :-1]).reshape(-1, ds.state_dim)
         gram = feats.T @ feats
         gram[np.diag_indices_from(gram)] += RIDGE * max(float(np.trace(gram)) / len(gram), 1e-300)
         self.weights = np.linalg.solve(gram, feats.T @ target)

@@ -22,16 +22,15 @@ import torch
 from metasym_core.baselines.base import Baseline
 from metasym_core.device import resolve_device
 from metasym_core.errors import MetaSymError
-from metasym_core.systems import noise_free_states
 from metasym_core.systems.dataset import SystemDataset
-from metasym_core.train.data import padded_steps
+from metasym_core.train.data import padded_steps, target_states
 
 
 def dataset_tensors(ds: SystemDataset, dtype: torch.dtype, noise_free: bool = False) -> tuple[torch.Tensor, ...]:
     """states `[N, T, D]`, controls `[N, T, m]`, steps `[N, T, 1]` and targets `[N, T, D]` of a dataset: the
     states, or with `noise_free` their noise-free expectation (`systems.noise_free_states`)."""
     states = torch.from_numpy(ds.states).to(dtype)
-    targets = torch.from_numpy(np.ascontiguousarray(noise_free_states(ds))).to(dtype) if noise_free else states
+    targets = torch.from_numpy(target_states(ds, True)).to(dtype) if noise_free else states
     return (states, torch.from_numpy(ds.controls).to(dtype),
             torch.from_numpy(padded_steps(ds.times)).to(dtype).unsqueeze(-1), targets)
 

@@ -28,6 +28,7 @@ model's data sizes, ~1 h on 2 cores with both ablations).
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 import time
@@ -395,8 +396,7 @@ def train_rows(system: str, sizes: Sizes, data: dict[str, SystemDataset], out: P
     constant = lambda i, x, u, hh, fut: mean.expand(1, fut.shape[1], x.shape[-1])  # noqa: E731
     rows["train_mean"] = Row(lambda ds: constant, 0, 0.0, 0.0)  # reference: a constant (a noisy record favours it)
     t0 = time.perf_counter()
-    noise_free = bool(cfg["training"].get("noise_free_targets", False))  # MetaSym's targets, for every learned row
-    linear = LinearNextStep().fit(data["train"], noise_free)
+    linear = LinearNextStep().fit(data["train"], tc.noise_free_targets)  # MetaSym's targets, for every learned row
     rows["linear"] = Row(lambda ds: lambda i, x, u, hh, fut: linear.rollout(x, u, hh, fut.shape[1], fut),
                          int(linear.weights.size), rollout_latency_ms(lambda: linear.rollout(*latency_args)),
                          time.perf_counter() - t0)  # reference: the pooled least-squares next-step model
@@ -409,8 +409,7 @@ def train_rows(system: str, sizes: Sizes, data: dict[str, SystemDataset], out: P
         log(f"[table1] {system}: training {name} {opts} ({bl.n_params()} parameters)")
         history = train_baseline(bl, data["train"], data["val"], steps=sizes.baseline_steps,
                                  window=cfg["training"].get("window", 40), seed=seed, device=device,
-                                 noise=float(cfg["training"].get("input_noise", 0.0)),  # MetaSym's noise injection
-                                 noise_free=noise_free)
+                                 noise=tc.input_noise, noise_free=tc.noise_free_targets)  # MetaSym's tools
         bl.cpu()
         curves_[name] = curves(history)
         rows[name] = Row(lambda ds, bl=bl: lambda i, x, u, hh, fut: bl.rollout(x, u, hh, fut.shape[1], fut),
@@ -552,7 +551,8 @@ def system_figures(system: str, res: dict) -> dict[str, float]:
 
 def _seed_list(figures: dict[str, float], stem: str) -> str:
     """" (seeds a / b / c)" of the figures `<stem>_seed<k>` where they differ (several training seeds), else ""."""
-    per = [figures[f"{stem}_seed{k}"] for k in range(len(figures)) if f"{stem}_seed{k}" in figures]
+    per = list(itertools.takewhile(lambda v: v is not None,
+                                   (figures.get(f"{stem}_seed{k}") for k in itertools.count())))
     return f" (seeds {' / '.join(f'{v:.4g}' for v in per)})" if len(set(per)) > 1 else ""
 
 

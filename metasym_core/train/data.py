@@ -18,6 +18,12 @@ from metasym_core.systems import noise_free_states
 from metasym_core.systems.dataset import SystemDataset
 
 
+def target_states(ds: SystemDataset, noise_free: bool) -> np.ndarray:
+    """What a model learns to predict of `ds`, `[N, T, D]`: its observed states, or with `noise_free` their
+    noise-free expectation given the frames before (`systems.noise_free_states`; `training.noise_free_targets`)."""
+    return noise_free_states(ds) if noise_free else ds.states
+
+
 def padded_steps(times: np.ndarray) -> np.ndarray:
     """h_t per frame `[N, T]`; the last frame repeats the previous step."""
     dt = np.diff(times, axis=1)
@@ -47,8 +53,8 @@ class TrainData:
         self.states = torch.from_numpy(ds.states).to(self.device, dtype)
         # what the decoder learns to predict: the observed next frames, or their noise-free expectation given the
         # frames before (`TrainingConfig.noise_free_targets`; the inputs stay the observed frames)
-        self.targets = (torch.from_numpy(np.ascontiguousarray(noise_free_states(ds))).to(self.device, dtype)
-                        if noise_free else self.states)
+        self.targets = (torch.from_numpy(target_states(ds, True)).to(self.device, dtype) if noise_free
+                        else self.states)
         self.controls = torch.from_numpy(ds.controls).to(self.device, dtype)
         self.h = torch.from_numpy(padded_steps(ds.times)).to(self.device, dtype).unsqueeze(-1)
         self.n = len(ds)
